@@ -1,0 +1,243 @@
+//! The encoder: writes frames straight into the caller's buffer.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::frame::{Command, Frame, Version};
+
+/// A frame this version cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{0} frame must not have a body")]
+    BodyNotAllowed(Command),
+    #[error("empty header name")]
+    EmptyHeaderName,
+    #[error("header {name:?} cannot be written unescaped in STOMP {version} {command}")]
+    Unrepresentable {
+        name: String,
+        version: Version,
+        command: Command,
+    },
+}
+
+/// Writes `frame` into `dst` with the header escaping of `version`.
+///
+/// `content-length` is always written true: a `content-length` header of the frame gets
+/// the body's length, and a frame with a body but no such header gets one appended, so
+/// bodies may hold NULs. Nothing is allocated per header; `dst` grows at most once
+/// for a frame without escapes.
+pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    let command = frame.command;
+    if !frame.body.is_empty() && !command.allows_body() {
+        return Err(EncodeError::BodyNotAllowed(command));
+    }
+    let escape = if command.escapes_headers() {
+        Escape::for_version(version)
+    } else {
+        Escape::None
+    };
+
+    let mut need = command.as_str().len() + frame.body.len() + 2 + 36;
+    for h in &frame.headers {
+        need += h.name.len() + h.value.len() + 2;
+    }
+    dst.reserve(need);
+
+    dst.put_slice(command.as_str().as_bytes());
+    dst.put_u8(b'\n');
+    let mut wrote_length = false;
+    for h in &frame.headers {
+        if h.name.is_empty() {
+            return Err(EncodeError::EmptyHeaderName);
+        }
+        let unrepresentable = || EncodeError::Unrepresentable {
+            name: String::from_utf8_lossy(&h.name).into_owned(),
+            version,
+            command,
+        };
+        if !wrote_length && h.name.as_ref() == b"content-length" {
+            wrote_length = true;
+            put_content_length(dst, frame.body.len());
+            continue;
+        }
+        escape.put(dst, &h.name, true).ok_or_else(unrepresentable)?;
+        dst.put_u8(b':');
+        escape
+            .put(dst, &h.value, false)
+            .ok_or_else(unrepresentable)?;
+        dst.put_u8(b'\n');
+    }
+    if !wrote_length && !frame.body.is_empty() {
+        put_content_length(dst, frame.body.len());
+    }
+    dst.put_u8(b'\n');
+    dst.put_slice(&frame.body);
+    dst.put_u8(0);
+    Ok(())
+}
+
+fn put_content_length(dst: &mut BytesMut, len: usize) {
+    dst.put_slice(b"content-length:");
+    put_decimal(dst, len);
+    dst.put_u8(b'\n');
+}
+
+/// Writes `n` in decimal without going through `fmt`.
+pub(crate) fn put_decimal(dst: &mut BytesMut, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[i..]);
+}
+
+#[derive(Clone, Copy)]
+enum Escape {
+    /// STOMP 1.0 and the CONNECT family: nothing is escaped.
+    None,
+    /// STOMP 1.1: `\n`, `\c`, `\\`.
+    V11,
+    /// STOMP 1.2: also `\r`.
+    V12,
+}
+
+impl Escape {
+    fn for_version(version: Version) -> Escape {
+        match version {
+            Version::V1_0 => Escape::None,
+            Version::V1_1 => Escape::V11,
+            Version::V1_2 => Escape::V12,
+        }
+    }
+
+    fn special(self, b: u8) -> bool {
+        match self {
+            Escape::None => false,
+            Escape::V11 => matches!(b, b'\n' | b':' | b'\\'),
+            Escape::V12 => matches!(b, b'\n' | b':' | b'\\' | b'\r'),
+        }
+    }
+
+    /// Writes one name or value; `None` when it cannot be represented.
+    fn put(self, dst: &mut BytesMut, text: &[u8], is_name: bool) -> Option<()> {
+        if let Escape::None = self {
+            // Split on the first colon and the line's end: a name may hold neither, a
+            // value no LF, and a value may not end in CR (read back as CRLF).
+            let bad_colon = is_name && text.contains(&b':');
+            let bad_cr = !is_name && text.last() == Some(&b'\r');
+            if bad_colon || bad_cr || text.contains(&b'\n') {
+                return None;
+            }
+            dst.put_slice(text);
+            return Some(());
+        }
+        if let Escape::V11 = self {
+            // 1.1 has no escape for CR; a value's trailing CR would read back as CRLF.
+            if !is_name && text.last() == Some(&b'\r') {
+                return None;
+            }
+        }
+        let mut rest = text;
+        while let Some(i) = rest.iter().position(|&b| self.special(b)) {
+            dst.put_slice(&rest[..i]);
+            dst.put_slice(match rest[i] {
+                b'\n' => b"\\n",
+                b':' => b"\\c",
+                b'\\' => b"\\\\",
+                _ => b"\\r",
+            });
+            rest = &rest[i + 1..];
+        }
+        dst.put_slice(rest);
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Frame;
+
+    fn enc(frame: &Frame, version: Version) -> Result<String, EncodeError> {
+        let mut buf = BytesMut::new();
+        encode(frame, version, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    #[test]
+    fn writes_message_with_content_length() {
+        let f = Frame::new(Command::Message)
+            .header("destination", "/topic/a")
+            .header("message-id", "0-1")
+            .body("hello");
+        assert_eq!(
+            enc(&f, Version::V1_2).unwrap(),
+            "MESSAGE\ndestination:/topic/a\nmessage-id:0-1\ncontent-length:5\n\nhello\0"
+        );
+    }
+
+    #[test]
+    fn replaces_a_wrong_content_length() {
+        let f = Frame::new(Command::Send)
+            .header("content-length", "99")
+            .header("destination", "/q")
+            .body("ab");
+        assert_eq!(
+            enc(&f, Version::V1_2).unwrap(),
+            "SEND\ncontent-length:2\ndestination:/q\n\nab\0"
+        );
+    }
+
+    #[test]
+    fn escapes_by_version() {
+        let f = Frame::new(Command::Message).header("k:1", "a\nb:c\\d\re");
+        assert_eq!(
+            enc(&f, Version::V1_2).unwrap(),
+            "MESSAGE\nk\\c1:a\\nb\\cc\\\\d\\re\n\n\0"
+        );
+        assert_eq!(
+            enc(&f, Version::V1_1).unwrap(),
+            "MESSAGE\nk\\c1:a\\nb\\cc\\\\d\re\n\n\0"
+        );
+        assert!(matches!(
+            enc(&f, Version::V1_0),
+            Err(EncodeError::Unrepresentable { .. })
+        ));
+    }
+
+    #[test]
+    fn connect_family_is_never_escaped() {
+        let f = Frame::new(Command::Connect).header("passcode", "a:b\\c");
+        assert_eq!(
+            enc(&f, Version::V1_2).unwrap(),
+            "CONNECT\npasscode:a:b\\c\n\n\0"
+        );
+        let f = Frame::new(Command::Connected).header("x", "a\nb");
+        assert!(enc(&f, Version::V1_2).is_err());
+    }
+
+    #[test]
+    fn refuses_body_where_not_allowed() {
+        let f = Frame::new(Command::Subscribe).body("x");
+        assert_eq!(
+            enc(&f, Version::V1_2),
+            Err(EncodeError::BodyNotAllowed(Command::Subscribe))
+        );
+        let f = Frame::new(Command::Send).header("", "x");
+        assert_eq!(enc(&f, Version::V1_2), Err(EncodeError::EmptyHeaderName));
+    }
+
+    #[test]
+    fn decimal() {
+        for n in [0usize, 7, 10, 12345, usize::MAX] {
+            let mut b = BytesMut::new();
+            put_decimal(&mut b, n);
+            assert_eq!(&b[..], n.to_string().as_bytes());
+        }
+    }
+}
