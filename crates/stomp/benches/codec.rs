@@ -24,7 +24,7 @@ fn codec(c: &mut Criterion) {
     let mut one = BytesMut::new();
     encode(&frame, Version::V1_2, &mut one).expect("encodable");
     assert_eq!(
-        frame.headers.len() + 1,
+        frame.header_count() + 1,
         6,
         "five headers plus content-length"
     );

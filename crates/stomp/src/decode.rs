@@ -9,12 +9,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use nom::bytes::streaming::{tag, take, take_till};
 use nom::sequence::terminated;
 use nom::{IResult, Parser};
 
-use crate::frame::{Command, Frame, Header, Item, Version};
+use crate::frame::{Command, Entry, Frame, Item, Span, Version};
 
 /// Decoder limits. Every one is enforced on partial input too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,8 +128,8 @@ pub fn decode_version(
         _ => {}
     }
 
-    let mut spans = Spans::new();
-    let Some(shape) = scan(buf, version, limits, &mut spans)? else {
+    let mut frame = Frame::default();
+    let Some(shape) = scan(buf, version, limits, &mut frame)? else {
         if buf.len() > limits.max_frame_bytes {
             return Err(DecodeError::limit(
                 Limit::FrameBytes,
@@ -138,74 +138,10 @@ pub fn decode_version(
         }
         return Ok(None);
     };
-
-    let bytes = buf.split_to(shape.frame_len).freeze();
-    let mut headers = Vec::with_capacity(spans.len());
-    for span in spans.iter() {
-        headers.push(Header {
-            name: part(&bytes, span.start..span.colon, span.escaped, version)?,
-            value: part(&bytes, span.colon + 1..span.end, span.escaped, version)?,
-        });
-    }
-    Ok(Some(Item::Frame(Frame {
-        command: shape.command,
-        headers,
-        body: bytes.slice(shape.body),
-    })))
-}
-
-fn part(bytes: &Bytes, range: Range<usize>, escaped: bool, version: Version) -> Result<Bytes> {
-    if escaped {
-        Ok(Bytes::from(unescape(&bytes[range], version)?))
-    } else {
-        Ok(bytes.slice(range))
-    }
-}
-
-/// One header line: name is `start..colon`, value `colon + 1..end`. `escaped` when the
-/// line holds an escape sequence that must be undone.
-#[derive(Debug, Clone, Copy, Default)]
-struct Span {
-    start: usize,
-    colon: usize,
-    end: usize,
-    escaped: bool,
-}
-
-/// Header spans, on the stack for the usual handful of headers.
-struct Spans {
-    inline: [Span; 12],
-    len: usize,
-    spill: Vec<Span>,
-}
-
-impl Spans {
-    fn new() -> Spans {
-        Spans {
-            inline: [Span::default(); 12],
-            len: 0,
-            spill: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, span: Span) {
-        if let Some(slot) = self.inline.get_mut(self.len) {
-            *slot = span;
-        } else {
-            self.spill.push(span);
-        }
-        self.len += 1;
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Span> {
-        self.inline[..self.len.min(self.inline.len())]
-            .iter()
-            .chain(&self.spill)
-    }
+    frame.command = shape.command;
+    frame.source = buf.split_to(shape.frame_len).freeze();
+    frame.body = frame.source.slice(shape.body);
+    Ok(Some(Item::Frame(frame)))
 }
 
 /// Where the parts of a complete frame sit in the buffer.
@@ -221,7 +157,7 @@ fn scan(
     input: &[u8],
     version: Version,
     limits: &Limits,
-    spans: &mut Spans,
+    frame: &mut Frame,
 ) -> Result<Option<Shape>> {
     let Some((mut rest, command_line)) = done(command_line(input))? else {
         let partial = strip_cr(input);
@@ -256,7 +192,7 @@ fn scan(
                 limits.max_header_line,
             ));
         }
-        if spans.len() == limits.max_headers {
+        if frame.entries.len() == limits.max_headers {
             return Err(DecodeError::limit(Limit::HeaderCount, limits.max_headers));
         }
         let text = &input[offset..offset + line.len];
@@ -280,12 +216,23 @@ fn scan(
             }
             content_length = Some(n);
         }
-        spans.push(Span {
-            start: offset,
-            colon: offset + colon,
-            end: offset + line.len,
-            escaped,
-        });
+        let entry = if escaped {
+            Entry {
+                name: frame.own(&unescape(name, version)?),
+                value: frame.own(&unescape(value, version)?),
+            }
+        } else {
+            let span = |start, end| Span {
+                start,
+                end,
+                owned: false,
+            };
+            Entry {
+                name: span(offset, offset + colon),
+                value: span(offset + colon + 1, offset + line.len),
+            }
+        };
+        frame.entries.push(entry);
     }
 
     let body_start = input.len() - rest.len();

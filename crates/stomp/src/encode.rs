@@ -36,34 +36,30 @@ pub fn encode(frame: &Frame, version: Version, dst: &mut BytesMut) -> Result<(),
         Escape::None
     };
 
-    let mut need = command.as_str().len() + frame.body.len() + 2 + 36;
-    for h in &frame.headers {
-        need += h.name.len() + h.value.len() + 2;
-    }
-    dst.reserve(need);
+    // Enough for every header unescaped (a decoded frame's source holds its lines).
+    let lines = frame.text.len() + frame.source.len() + 2 * frame.entries.len();
+    dst.reserve(command.as_str().len() + lines + frame.body.len() + 40);
 
     dst.put_slice(command.as_str().as_bytes());
     dst.put_u8(b'\n');
     let mut wrote_length = false;
-    for h in &frame.headers {
-        if h.name.is_empty() {
+    for (name, value) in frame.headers() {
+        if name.is_empty() {
             return Err(EncodeError::EmptyHeaderName);
         }
         let unrepresentable = || EncodeError::Unrepresentable {
-            name: String::from_utf8_lossy(&h.name).into_owned(),
+            name: String::from_utf8_lossy(name).into_owned(),
             version,
             command,
         };
-        if !wrote_length && h.name.as_ref() == b"content-length" {
+        if !wrote_length && name == b"content-length" {
             wrote_length = true;
             put_content_length(dst, frame.body.len());
             continue;
         }
-        escape.put(dst, &h.name, true).ok_or_else(unrepresentable)?;
+        escape.put(dst, name, true).ok_or_else(unrepresentable)?;
         dst.put_u8(b':');
-        escape
-            .put(dst, &h.value, false)
-            .ok_or_else(unrepresentable)?;
+        escape.put(dst, value, false).ok_or_else(unrepresentable)?;
         dst.put_u8(b'\n');
     }
     if !wrote_length && !frame.body.is_empty() {
@@ -96,6 +92,16 @@ pub(crate) fn put_decimal(dst: &mut BytesMut, mut n: usize) {
     dst.put_slice(&digits[i..]);
 }
 
+/// Bytes that need escaping: bit 1 in STOMP 1.1, bit 2 in 1.2.
+const SPECIAL: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'\n' as usize] = 3;
+    t[b':' as usize] = 3;
+    t[b'\\' as usize] = 3;
+    t[b'\r' as usize] = 2;
+    t
+};
+
 #[derive(Clone, Copy)]
 enum Escape {
     /// STOMP 1.0 and the CONNECT family: nothing is escaped.
@@ -115,12 +121,43 @@ impl Escape {
         }
     }
 
-    fn special(self, b: u8) -> bool {
+    /// The bit of [`SPECIAL`] that marks bytes this escaping rewrites.
+    fn mask(self) -> u8 {
         match self {
-            Escape::None => false,
-            Escape::V11 => matches!(b, b'\n' | b':' | b'\\'),
-            Escape::V12 => matches!(b, b'\n' | b':' | b'\\' | b'\r'),
+            Escape::None => 0,
+            Escape::V11 => 1,
+            Escape::V12 => 2,
         }
+    }
+
+    /// Eight bytes at a time: most names and values need nothing.
+    fn needs_escape(self, text: &[u8]) -> bool {
+        const LO: u64 = 0x0101_0101_0101_0101;
+        const HI: u64 = 0x8080_8080_8080_8080;
+        // Non-zero when some byte of `x` equals `b` (exact for "any").
+        fn has(x: u64, b: u8) -> u64 {
+            let y = x ^ (LO * u64::from(b));
+            y.wrapping_sub(LO) & !y & HI
+        }
+        let cr = matches!(self, Escape::V12);
+        let mut chunks = text.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let x = u64::from_le_bytes(word);
+            let mut hit = has(x, b'\n') | has(x, b':') | has(x, b'\\');
+            if cr {
+                hit |= has(x, b'\r');
+            }
+            if hit != 0 {
+                return true;
+            }
+        }
+        let mask = self.mask();
+        chunks
+            .remainder()
+            .iter()
+            .any(|&b| SPECIAL[usize::from(b)] & mask != 0)
     }
 
     /// Writes one name or value; `None` when it cannot be represented.
@@ -142,8 +179,16 @@ impl Escape {
                 return None;
             }
         }
+        if !self.needs_escape(text) {
+            dst.put_slice(text);
+            return Some(());
+        }
+        let mask = self.mask();
         let mut rest = text;
-        while let Some(i) = rest.iter().position(|&b| self.special(b)) {
+        while let Some(i) = rest
+            .iter()
+            .position(|&b| SPECIAL[usize::from(b)] & mask != 0)
+        {
             dst.put_slice(&rest[..i]);
             dst.put_slice(match rest[i] {
                 b'\n' => b"\\n",

@@ -179,64 +179,52 @@ impl fmt::Display for Command {
     }
 }
 
-/// One header. Decoded headers are slices of the frame's buffer unless they had to be
-/// unescaped; decoded names and values are valid UTF-8.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: Bytes,
-    pub value: Bytes,
+/// Where one name or value sits: in the frame's source bytes (decoded, zero-copy) or in
+/// its own text (built, or unescaped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) owned: bool,
 }
 
-impl Header {
-    pub fn new(name: impl Into<Bytes>, value: impl Into<Bytes>) -> Header {
-        Header {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
-
-    /// The name as text (empty when it is not UTF-8, which a decoded header never is).
-    pub fn name_str(&self) -> &str {
-        std::str::from_utf8(&self.name).unwrap_or_default()
-    }
-
-    /// The value as text (empty when it is not UTF-8, which a decoded header never is).
-    pub fn value_str(&self) -> &str {
-        std::str::from_utf8(&self.value).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for Header {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?}: {:?}",
-            String::from_utf8_lossy(&self.name),
-            String::from_utf8_lossy(&self.value)
-        )
-    }
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) name: Span,
+    pub(crate) value: Span,
 }
 
 /// A STOMP frame: command, ordered headers (repeats kept, the first one wins), body.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Headers are spans into two buffers: the decoded frame's bytes, shared and never
+/// copied, and the frame's own text for headers that were built or unescaped. Reading a
+/// header therefore costs no reference count and no allocation.
+#[derive(Clone, Default)]
 pub struct Frame {
     pub command: Command,
-    pub headers: Vec<Header>,
     pub body: Bytes,
+    pub(crate) source: Bytes,
+    pub(crate) text: Vec<u8>,
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl Default for Command {
+    fn default() -> Command {
+        Command::Send
+    }
 }
 
 impl Frame {
     pub fn new(command: Command) -> Frame {
         Frame {
             command,
-            headers: Vec::new(),
-            body: Bytes::new(),
+            ..Frame::default()
         }
     }
 
     /// Appends a header (builder style).
-    pub fn header(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Frame {
-        self.headers.push(Header::new(name, value));
+    pub fn header(mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Frame {
+        self.push_header(name, value);
         self
     }
 
@@ -247,16 +235,43 @@ impl Frame {
     }
 
     /// Appends a header.
-    pub fn push_header(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.headers.push(Header::new(name, value));
+    pub fn push_header(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let name = self.own(name.as_ref());
+        let value = self.own(value.as_ref());
+        self.entries.push(Entry { name, value });
+    }
+
+    pub(crate) fn own(&mut self, bytes: &[u8]) -> Span {
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        Span {
+            start,
+            end: self.text.len(),
+            owned: true,
+        }
+    }
+
+    fn resolve(&self, span: Span) -> &[u8] {
+        let buf = if span.owned {
+            &self.text[..]
+        } else {
+            &self.source[..]
+        };
+        buf.get(span.start..span.end).unwrap_or_default()
+    }
+
+    /// The headers in order, as raw bytes (decoded frames: unescaped, valid UTF-8).
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (self.resolve(e.name), self.resolve(e.value)))
     }
 
     /// The first header with this name, as raw bytes.
-    pub fn get_bytes(&self, name: &str) -> Option<&Bytes> {
-        self.headers
-            .iter()
-            .find(|h| h.name.as_ref() == name.as_bytes())
-            .map(|h| &h.value)
+    pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// The first header with this name, as text. A value that is not UTF-8 reads as
@@ -265,13 +280,32 @@ impl Frame {
         self.get_bytes(name)
             .and_then(|v| std::str::from_utf8(v).ok())
     }
+
+    /// Number of header lines.
+    pub fn header_count(&self) -> usize {
+        self.entries.len()
+    }
 }
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.command == other.command
+            && self.body == other.body
+            && self.headers().eq(other.headers())
+    }
+}
+
+impl Eq for Frame {}
 
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<_> = self
+            .headers()
+            .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+            .collect();
         f.debug_struct("Frame")
             .field("command", &self.command)
-            .field("headers", &self.headers)
+            .field("headers", &headers)
             .field("body", &String::from_utf8_lossy(&self.body))
             .finish()
     }

@@ -28,4 +28,4 @@ mod frame;
 
 pub use decode::{DecodeError, Limit, Limits, decode, decode_version};
 pub use encode::{EncodeError, encode};
-pub use frame::{Command, Frame, Header, HeartBeat, Item, Version};
+pub use frame::{Command, Frame, HeartBeat, Item, Version};
