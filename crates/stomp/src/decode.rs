@@ -367,7 +367,7 @@ fn sized_body(n: usize, input: &[u8]) -> IResult<&[u8], &[u8]> {
 }
 
 /// `Ok(None)` for incomplete input.
-fn done<'a, O>(r: IResult<&'a [u8], O>) -> Result<Option<(&'a [u8], O)>> {
+fn done<O>(r: IResult<&[u8], O>) -> Result<Option<(&[u8], O)>> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(nom::Err::Incomplete(_)) => Ok(None),

@@ -72,11 +72,12 @@ impl fmt::Display for Version {
 }
 
 /// Every STOMP command, client and server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Command {
     // client
     Connect,
     Stomp,
+    #[default]
     Send,
     Subscribe,
     Unsubscribe,
@@ -206,12 +207,6 @@ pub struct Frame {
     pub(crate) source: Bytes,
     pub(crate) text: Vec<u8>,
     pub(crate) entries: Vec<Entry>,
-}
-
-impl Default for Command {
-    fn default() -> Command {
-        Command::Send
-    }
 }
 
 impl Frame {

@@ -1,0 +1,42 @@
+# The two commands: `make run` and `make test`. Both install what they need first.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test tools-build tools-test fmt-check lint unit bench fuzz
+
+run: tools-build
+	@if [ -f crates/cli/Cargo.toml ]; then \
+		$(CARGO) run --release -p pushcenter -- standalone; \
+	else \
+		echo "node not built yet: only the STOMP codec exists so far (see README.md)"; \
+	fi
+
+test: tools-test fmt-check lint unit
+
+tools-build:
+	@deploy/ensure-tools.sh build
+
+tools-test:
+	@deploy/ensure-tools.sh test
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+bench:
+	$(CARGO) bench -p pushcenter-stomp --bench codec
+
+# Needs cargo-fuzz and a nightly toolchain; see docs/testing.md.
+FUZZ_SECONDS ?= 600
+fuzz:
+	mkdir -p fuzz/corpus/decode && cd fuzz && $(CARGO) +nightly fuzz run decode corpus/decode seeds -- -max_total_time=$(FUZZ_SECONDS)

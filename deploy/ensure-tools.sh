@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what building or testing needs, only when it is missing.
+#   deploy/ensure-tools.sh build   C toolchain, protobuf compiler
+#   deploy/ensure-tools.sh test    build tools plus the test-only tools
+set -euo pipefail
+
+apt_updated=0
+apt_install() {
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+    echo "error: need root (or sudo) to install: $*" >&2
+    exit 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  if [ "$apt_updated" -eq 0 ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
+need_cmd() { # need_cmd COMMAND DEBIAN-PACKAGE
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+}
+
+ensure_build() {
+  command -v cargo >/dev/null || { echo "error: cargo not found (install Rust with rustup)" >&2; exit 1; }
+  need_cmd cc build-essential
+  need_cmd protoc protobuf-compiler
+}
+
+ensure_test() {
+  ensure_build
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+}
+
+case "${1:-}" in
+  build) ensure_build ;;
+  test) ensure_test ;;
+  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+esac
