@@ -196,6 +196,10 @@ fn scan(
             return Err(DecodeError::limit(Limit::HeaderCount, limits.max_headers));
         }
         let text = &input[offset..offset + line.len];
+        // CR only ever ends a line; inside a header it must be escaped (1.2) or absent.
+        if memchr::memchr(b'\r', text).is_some() {
+            return Err(DecodeError::malformed("CR inside a header line"));
+        }
         let colon = match line.colon {
             Some(0) => return Err(DecodeError::malformed("empty header name")),
             Some(c) if c < line.len => c,

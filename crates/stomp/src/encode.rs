@@ -163,19 +163,17 @@ impl Escape {
     /// Writes one name or value; `None` when it cannot be represented.
     fn put(self, dst: &mut BytesMut, text: &[u8], is_name: bool) -> Option<()> {
         if let Escape::None = self {
-            // Split on the first colon and the line's end: a name may hold neither, a
-            // value no LF, and a value may not end in CR (read back as CRLF).
+            // Lines split on the first colon and end at LF; CR may only end a line.
             let bad_colon = is_name && text.contains(&b':');
-            let bad_cr = !is_name && text.last() == Some(&b'\r');
-            if bad_colon || bad_cr || text.contains(&b'\n') {
+            if bad_colon || text.contains(&b'\n') || text.contains(&b'\r') {
                 return None;
             }
             dst.put_slice(text);
             return Some(());
         }
         if let Escape::V11 = self {
-            // 1.1 has no escape for CR; a value's trailing CR would read back as CRLF.
-            if !is_name && text.last() == Some(&b'\r') {
+            // 1.1 has no escape for CR, and CR may only end a line.
+            if text.contains(&b'\r') {
                 return None;
             }
         }
@@ -245,9 +243,11 @@ mod tests {
             enc(&f, Version::V1_2).unwrap(),
             "MESSAGE\nk\\c1:a\\nb\\cc\\\\d\\re\n\n\0"
         );
+        assert!(enc(&f, Version::V1_1).is_err(), "1.1 cannot carry a CR");
+        let f11 = Frame::new(Command::Message).header("k:1", "a\nb:c\\d");
         assert_eq!(
-            enc(&f, Version::V1_1).unwrap(),
-            "MESSAGE\nk\\c1:a\\nb\\cc\\\\d\re\n\n\0"
+            enc(&f11, Version::V1_1).unwrap(),
+            "MESSAGE\nk\\c1:a\\nb\\cc\\\\d\n\n\0"
         );
         assert!(matches!(
             enc(&f, Version::V1_0),

@@ -13,13 +13,13 @@ fn command() -> impl Strategy<Value = Command> {
 }
 
 /// Text with every character that needs escaping somewhere, plus some non-ASCII.
-fn text(escaping: bool, is_name: bool) -> impl Strategy<Value = String> {
-    let chars = if escaping {
-        "[a-z0-9:\\\\\n\r é中-]"
-    } else if is_name {
-        "[a-z0-9\\\\ é中-]"
-    } else {
-        "[a-z0-9:\\\\\r é中-]"
+fn text(version: Version, escaping: bool, is_name: bool) -> impl Strategy<Value = String> {
+    // CR is only representable where 1.2 escapes it.
+    let chars = match (escaping, version) {
+        (true, Version::V1_2) => "[a-z0-9:\\\\\n\r é中-]",
+        (true, _) => "[a-z0-9:\\\\\n é中-]",
+        (false, _) if is_name => "[a-z0-9\\\\ é中-]",
+        (false, _) => "[a-z0-9:\\\\ é中-]",
     };
     let min = usize::from(is_name);
     prop::collection::vec(prop::string::string_regex(chars).expect("regex"), min..8)
@@ -31,18 +31,13 @@ fn text(escaping: bool, is_name: bool) -> impl Strategy<Value = String> {
 fn frame_for(version: Version) -> impl Strategy<Value = Frame> {
     command().prop_flat_map(move |command| {
         let escaping = version > Version::V1_0 && command.escapes_headers();
-        let header = (text(escaping, true), text(escaping, false)).prop_filter_map(
-            "representable",
-            move |(name, mut value)| {
-                // Without a CR escape a trailing CR reads back as a CRLF line end.
-                if version < Version::V1_2 || !escaping {
-                    while value.ends_with('\r') {
-                        value.pop();
-                    }
-                }
-                (name != "content-length").then_some((name, value))
-            },
-        );
+        let header = (
+            text(version, escaping, true),
+            text(version, escaping, false),
+        )
+            .prop_filter("content-length is set below", |(name, _)| {
+                name != "content-length"
+            });
         let body = if command.allows_body() {
             prop::collection::vec(any::<u8>(), 0..300).boxed()
         } else {
@@ -167,9 +162,9 @@ fn round_trips_every_escapable_character_in_each_version() {
             if escaping && version == Version::V1_2 {
                 f.push_header(nasty, nasty);
             } else if escaping {
-                f.push_header("a:b\nc\\d", "a:b\nc\\d\re\\");
+                f.push_header("a:b\nc\\d", "a:b\nc\\de\\");
             } else {
-                f.push_header("a\\b", "x:y\\z\rw");
+                f.push_header("a\\b", "x:y\\zw");
             }
             if command.allows_body() {
                 f.push_header("content-length", "3");

@@ -180,6 +180,10 @@ fn malformed_lines() {
     assert!(malformed(b"SEND\n:value\n\n\0", Version::V1_2).contains("empty header name"));
     assert!(malformed(b"SEND\nk:\xff\xfe\n\n\0", Version::V1_2).contains("UTF-8"));
     assert!(malformed(b"\rX", Version::V1_2).contains("CR"));
+    for v in Version::ALL {
+        assert!(malformed(b"SEND\nk:a\rb\n\n\0", v).contains("CR"));
+        assert!(malformed(b"SEND\nk:ab\r\r\n\n\0", v).contains("CR"));
+    }
 }
 
 #[test]
