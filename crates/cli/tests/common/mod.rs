@@ -1,0 +1,288 @@
+//! Helpers: start the real `pushcenter` binary, speak STOMP over WebSocket and TCP with
+//! the project's own codec, post HTTP by hand.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use pushcenter_stomp::{Command as Cmd, Frame, Item, Limits, Version, decode, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+pub struct Node {
+    child: Child,
+    pub http: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+}
+
+impl Node {
+    pub fn standalone(extra: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+            .args([
+                "standalone",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--tcp-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pushcenter");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("listening line");
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(|a| a.parse().expect("address"))
+        };
+        Node {
+            http: field("http=").expect("http address"),
+            tcp: field("tcp="),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// Sends a signal and waits for the process to exit.
+    pub fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        self.child.wait().expect("wait")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect http");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.expect("read");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn publish(addr: SocketAddr, destination: &str, body: &str) -> (u16, String) {
+    let json = serde_json::json!({"destination": destination, "body": body}).to_string();
+    http(addr, "POST", "/v1/publish", &json).await
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A STOMP client over WebSocket using the project's codec.
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    buf: BytesMut,
+    pub protocol: Option<String>,
+}
+
+impl WsClient {
+    pub async fn open(url: &str, protocols: Option<&str>) -> WsClient {
+        let mut req = url.into_client_request().expect("request");
+        if let Some(p) = protocols {
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(p).expect("header"),
+            );
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
+        let protocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        WsClient {
+            ws,
+            buf: BytesMut::new(),
+            protocol,
+        }
+    }
+
+    pub async fn connect(url: &str) -> WsClient {
+        let mut c = WsClient::open(url, Some("v12.stomp")).await;
+        c.send(
+            &Frame::new(Cmd::Connect)
+                .header("accept-version", "1.2")
+                .header("host", "x"),
+        )
+        .await;
+        let f = c.frame().await.expect("CONNECTED");
+        assert_eq!(f.command, Cmd::Connected, "{f:?}");
+        c
+    }
+
+    pub async fn send(&mut self, f: &Frame) {
+        let mut b = BytesMut::new();
+        encode(f, Version::V1_2, &mut b).expect("encode");
+        self.ws
+            .send(Message::Binary(b.freeze()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.ws.send(Message::Binary(bytes.to_vec().into())).await;
+    }
+
+    /// The next frame, skipping heart-beats; None when closed or after TIMEOUT.
+    pub async fn frame(&mut self) -> Option<Frame> {
+        self.frame_within(TIMEOUT).await
+    }
+
+    pub async fn frame_within(&mut self, t: Duration) -> Option<Frame> {
+        tokio::time::timeout(t, async {
+            loop {
+                match decode(&mut self.buf, &Limits::default()) {
+                    Ok(Some(Item::Frame(f))) => return Some(f),
+                    Ok(Some(Item::HeartBeat)) => continue,
+                    Ok(None) => {}
+                    Err(e) => panic!("bad frame from server: {e}"),
+                }
+                match self.ws.next().await? {
+                    Ok(Message::Text(t)) => self.buf.extend_from_slice(t.as_bytes()),
+                    Ok(Message::Binary(b)) => self.buf.extend_from_slice(&b),
+                    Ok(Message::Close(_)) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Waits for the close; returns the close code if any.
+    pub async fn closed(&mut self) -> Option<u16> {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("closed within timeout")
+    }
+
+    pub async fn subscribe(&mut self, id: &str, destination: &str) {
+        self.send(
+            &Frame::new(Cmd::Subscribe)
+                .header("id", id)
+                .header("destination", destination)
+                .header("receipt", format!("sub-{id}")),
+        )
+        .await;
+        let r = self.frame().await.expect("RECEIPT");
+        assert_eq!(r.command, Cmd::Receipt, "{r:?}");
+    }
+}
+
+/// A STOMP client over plain TCP.
+pub struct TcpClient {
+    pub s: TcpStream,
+    buf: BytesMut,
+}
+
+impl TcpClient {
+    pub async fn open(addr: SocketAddr) -> TcpClient {
+        TcpClient {
+            s: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn raw(&mut self, bytes: &[u8]) {
+        let _ = self.s.write_all(bytes).await;
+    }
+
+    /// The next frame, None when the server closed.
+    pub async fn frame(&mut self) -> Option<Frame> {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match decode(&mut self.buf, &Limits::default()) {
+                    Ok(Some(Item::Frame(f))) => return Some(f),
+                    Ok(Some(Item::HeartBeat)) => continue,
+                    Ok(None) => {}
+                    Err(e) => panic!("bad frame from server: {e}"),
+                }
+                self.buf.reserve(4096);
+                match self.s.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("server answered within timeout")
+    }
+
+    /// True when the server closed the connection (EOF) within the timeout.
+    pub async fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1024];
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match self.s.read(&mut b).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}

@@ -1,0 +1,100 @@
+//! The standalone node, driven as a user would: real binary, real sockets.
+
+mod common;
+
+use common::*;
+use pushcenter_stomp::{Command, Frame};
+
+#[tokio::test]
+async fn websocket_subscriber_receives_http_publish() {
+    let node = Node::standalone(&[]);
+    let mut c = WsClient::connect(&node.ws_url()).await;
+    assert_eq!(c.protocol.as_deref(), Some("v12.stomp"));
+    c.subscribe("s1", "/topic/orders.42").await;
+
+    let (status, body) = publish(node.http, "/topic/orders.42", "hello").await;
+    assert_eq!(status, 202, "{body}");
+    let id: serde_json::Value = serde_json::from_str(&body).expect("json");
+
+    let m = c.frame().await.expect("MESSAGE");
+    assert_eq!(m.command, Command::Message);
+    assert_eq!(m.get("subscription"), Some("s1"));
+    assert_eq!(m.get("destination"), Some("/topic/orders.42"));
+    assert_eq!(m.get("message-id"), id["id"].as_str());
+    assert_eq!(&m.body[..], b"hello");
+}
+
+#[tokio::test]
+async fn highest_offered_subprotocol_is_echoed_and_none_is_accepted() {
+    let node = Node::standalone(&[]);
+    let c = WsClient::open(&node.ws_url(), Some("v10.stomp, v12.stomp, v11.stomp")).await;
+    assert_eq!(c.protocol.as_deref(), Some("v12.stomp"));
+    let c = WsClient::open(&node.ws_url(), Some("v10.stomp")).await;
+    assert_eq!(c.protocol.as_deref(), Some("v10.stomp"));
+    let mut c = WsClient::open(&node.ws_url(), None).await;
+    assert_eq!(c.protocol, None);
+    c.send(&Frame::new(Command::Stomp).header("accept-version", "1.1"))
+        .await;
+    let f = c.frame().await.expect("CONNECTED");
+    assert_eq!(f.get("version"), Some("1.1"));
+}
+
+#[tokio::test]
+async fn frames_may_span_messages_and_share_one() {
+    let node = Node::standalone(&[]);
+    let mut c = WsClient::open(&node.ws_url(), None).await;
+    c.send_raw(b"CONNECT\naccept-version:1.2\n\n\0SUBSCRIBE\nid:a\ndestination:/topic/x\nrec")
+        .await;
+    c.send_raw(b"eipt:r1\n\n\0").await;
+    assert_eq!(c.frame().await.map(|f| f.command), Some(Command::Connected));
+    let r = c.frame().await.expect("RECEIPT");
+    assert_eq!(r.get("receipt-id"), Some("r1"));
+}
+
+#[tokio::test]
+async fn tcp_clients_use_the_same_sessions() {
+    let node = Node::standalone(&[]);
+    let mut t = TcpClient::open(node.tcp.expect("tcp")).await;
+    t.raw(b"CONNECT\naccept-version:1.2\nhost:x\n\n\0SUBSCRIBE\nid:0\ndestination:/topic/t\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(t.frame().await.map(|f| f.command), Some(Command::Connected));
+    assert_eq!(t.frame().await.map(|f| f.command), Some(Command::Receipt));
+    t.raw(b"SEND\ndestination:/topic/t\n\nfrom tcp\0").await;
+    let m = t.frame().await.expect("MESSAGE");
+    assert_eq!(&m.body[..], b"from tcp");
+    t.raw(b"DISCONNECT\nreceipt:bye\n\n\0").await;
+    let r = t.frame().await.expect("RECEIPT");
+    assert_eq!(r.get("receipt-id"), Some("bye"));
+    assert!(t.is_closed().await);
+}
+
+#[tokio::test]
+async fn bad_http_input_gets_a_json_error() {
+    let node = Node::standalone(&[]);
+    for body in [
+        "{not json",
+        r#"{"body":"x"}"#,
+        r#"{"destination":"/queue/x"}"#,
+    ] {
+        let (status, text) = http(node.http, "POST", "/v1/publish", body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json error body");
+        assert!(v["error"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1012() {
+    let mut node = Node::standalone(&[]);
+    let mut c = WsClient::connect(&node.ws_url()).await;
+    let pid = node.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let e = c.frame().await.expect("ERROR");
+    assert_eq!(e.command, Command::Error);
+    assert_eq!(c.closed().await, Some(1012));
+    let status = node.signal("0");
+    assert!(status.success(), "exit status {status}");
+}

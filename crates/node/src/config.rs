@@ -1,0 +1,147 @@
+//! Node configuration: one serde struct, defaults in code, `validate()` before start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pushcenter_stomp::Limits;
+use serde::{Deserialize, Serialize};
+
+/// What happens when a connection's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    /// Send ERROR `message:slow consumer` and close the connection.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued message to make room, and count it.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Identifies the node in message ids and the registry.
+    pub node_id: String,
+    /// HTTP + WebSocket listener; port 0 picks a free port.
+    pub http_addr: SocketAddr,
+    /// Optional plain STOMP-over-TCP listener.
+    pub tcp_addr: Option<SocketAddr>,
+    /// The URL clients use to reach this node's WebSocket endpoint (registry).
+    pub advertise_url: Option<String>,
+    pub limits: LimitsConfig,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Unacknowledged messages per `client`/`client-individual` subscription.
+    pub ack_window: usize,
+    /// Outbound queue per connection: messages and bytes.
+    pub outbound_max_messages: usize,
+    pub outbound_max_bytes: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Heart-beat intervals the server offers (send, receive); 0 disables.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_send: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_receive: Duration,
+    /// Time a new connection has to complete the WebSocket handshake and send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long shutdown waits for connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Clients may SEND to `/topic/...`.
+    pub client_send: bool,
+    /// Serve the demo page at `/`.
+    pub demo_page: bool,
+}
+
+/// The codec limits, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_line: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        let l = Limits::default();
+        LimitsConfig {
+            max_frame_bytes: l.max_frame_bytes,
+            max_headers: l.max_headers,
+            max_header_line: l.max_header_line,
+            max_body_bytes: l.max_body_bytes,
+        }
+    }
+}
+
+impl From<LimitsConfig> for Limits {
+    fn from(c: LimitsConfig) -> Limits {
+        Limits {
+            max_frame_bytes: c.max_frame_bytes,
+            max_headers: c.max_headers,
+            max_header_line: c.max_header_line,
+            max_body_bytes: c.max_body_bytes,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            node_id: "node-1".into(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tcp_addr: None,
+            advertise_url: None,
+            limits: LimitsConfig::default(),
+            max_subscriptions: 256,
+            ack_window: 1000,
+            outbound_max_messages: 1024,
+            outbound_max_bytes: 4 * 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            heartbeat_send: Duration::from_secs(10),
+            heartbeat_receive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            client_send: true,
+            demo_page: true,
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.node_id.is_empty() || !self.node_id.chars().all(id_ok) {
+            return bad("node_id must be non-empty and use only A-Z a-z 0-9 - _ .");
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 256 || l.max_headers == 0 || l.max_header_line < 64 {
+            return bad(
+                "limits too small: max_frame_bytes >= 256, max_headers >= 1, max_header_line >= 64",
+            );
+        }
+        if l.max_body_bytes >= l.max_frame_bytes {
+            return bad("limits.max_body_bytes must be smaller than limits.max_frame_bytes");
+        }
+        if self.max_subscriptions == 0 || self.ack_window == 0 {
+            return bad("max_subscriptions and ack_window must be at least 1");
+        }
+        if self.outbound_max_messages == 0 || self.outbound_max_bytes < l.max_frame_bytes {
+            return bad(
+                "outbound_max_messages >= 1 and outbound_max_bytes >= limits.max_frame_bytes",
+            );
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must be positive");
+        }
+        Ok(())
+    }
+}

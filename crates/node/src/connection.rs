@@ -1,0 +1,438 @@
+//! One client connection: the only place that does socket I/O. Reads feed the codec and
+//! the session; the session's actions are carried out in order; the outbox is written
+//! in batches; heart-beats and deadlines are kept here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use pushcenter_stomp::{
+    DecodeError, Frame, HeartBeat, Item, Limits, Version, decode_version, encode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+use tracing::{Instrument, debug, info_span, trace};
+
+use crate::Node;
+use crate::outbox::{Out, Outbox};
+use crate::session::{Action, Head, Session, SessionConfig, error_frame};
+use crate::stats::Stats;
+
+/// WebSocket close code 1012: service restart (reconnect elsewhere).
+const CLOSE_RESTART: u16 = 1012;
+
+/// A transport that carries STOMP bytes.
+pub(crate) trait Link: Send {
+    /// Appends what the peer sent to `buf`; `false` when the peer closed.
+    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool>;
+    /// Buffers one whole frame (or a heart-beat) for sending.
+    async fn feed(&mut self, frame: Bytes) -> io::Result<()>;
+    async fn flush(&mut self) -> io::Result<()>;
+    /// Closes; `restart` asks WebSocket clients to reconnect elsewhere.
+    async fn close(&mut self, restart: bool);
+}
+
+pub(crate) struct WsLink(pub(crate) WebSocket);
+
+impl Link for WsLink {
+    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
+        loop {
+            match self.0.recv().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(false),
+                Some(Ok(Message::Text(t))) => buf.extend_from_slice(t.as_bytes()),
+                Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            }
+            return Ok(true);
+        }
+    }
+
+    async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
+        // Text when it is text: every STOMP client reads text; binary bodies stay binary.
+        let msg = match Utf8Bytes::try_from(frame.clone()) {
+            Ok(t) => Message::Text(t),
+            Err(_) => Message::Binary(frame),
+        };
+        self.0.feed(msg).await.map_err(io::Error::other)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().await.map_err(io::Error::other)
+    }
+
+    async fn close(&mut self, restart: bool) {
+        let frame = restart.then(|| CloseFrame {
+            code: CLOSE_RESTART,
+            reason: Utf8Bytes::from_static("service restart"),
+        });
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.0.send(Message::Close(frame))).await;
+    }
+}
+
+pub(crate) struct TcpLink {
+    stream: TcpStream,
+    out: BytesMut,
+}
+
+impl TcpLink {
+    pub(crate) fn new(stream: TcpStream) -> TcpLink {
+        TcpLink {
+            stream,
+            out: BytesMut::new(),
+        }
+    }
+}
+
+impl Link for TcpLink {
+    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
+        buf.reserve(4096);
+        Ok(self.stream.read_buf(buf).await? > 0)
+    }
+
+    async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
+        self.out.extend_from_slice(&frame);
+        if self.out.len() >= 64 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let out = self.out.split();
+            self.stream.write_all(&out).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, _restart: bool) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    Closed,
+    Shutdown,
+}
+
+pub(crate) async fn serve<L: Link>(link: L, node: Arc<Node>, peer: Option<SocketAddr>) {
+    let conn_id = node.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = info_span!("conn", conn_id, peer = ?peer);
+    Stats::add(&node.stats.connections, 1);
+    Stats::inc(&node.stats.connections_total);
+    let mut conn = Connection::new(link, node.clone(), conn_id);
+    let end = conn.run().instrument(span.clone()).await;
+    conn.cleanup();
+    Stats::add(&node.stats.connections, -1);
+    span.in_scope(|| debug!(?end, "connection closed"));
+}
+
+struct Connection<L> {
+    link: L,
+    node: Arc<Node>,
+    conn_id: u64,
+    session: Session,
+    outbox: Arc<Outbox>,
+    limits: Limits,
+    version: Version,
+    send_every: Option<Duration>,
+    recv_within: Option<Duration>,
+    scratch: BytesMut,
+}
+
+impl<L: Link> Connection<L> {
+    fn new(link: L, node: Arc<Node>, conn_id: u64) -> Connection<L> {
+        let cfg = &node.config;
+        let hb = HeartBeat {
+            send_ms: duration_ms(cfg.heartbeat_send),
+            recv_ms: duration_ms(cfg.heartbeat_receive),
+        };
+        let session = Session::new(SessionConfig {
+            max_subscriptions: cfg.max_subscriptions,
+            ack_window: cfg.ack_window,
+            client_send: cfg.client_send,
+            heart_beat: hb,
+            session_id: format!("{}-{}", cfg.node_id, conn_id),
+        });
+        let outbox = Arc::new(Outbox::new(
+            cfg.outbound_max_messages,
+            cfg.outbound_max_bytes,
+            cfg.slow_consumer,
+            node.stats.clone(),
+        ));
+        Connection {
+            link,
+            limits: cfg.limits.into(),
+            node,
+            conn_id,
+            session,
+            outbox,
+            version: Version::V1_2,
+            send_every: None,
+            recv_within: None,
+            scratch: BytesMut::new(),
+        }
+    }
+
+    async fn run(&mut self) -> End {
+        let mut inbuf = BytesMut::with_capacity(4096);
+        let mut actions = Vec::new();
+        let mut queued = Vec::new();
+        let mut shutdown = self.node.shutdown.clone();
+        let mut read_deadline = Instant::now() + self.node.config.connect_timeout;
+        let mut write_deadline = far_future();
+        loop {
+            if *shutdown.borrow() {
+                self.send_error("server shutting down: reconnect to another node")
+                    .await;
+                self.link.close(true).await;
+                return End::Shutdown;
+            }
+            tokio::select! {
+                got = self.link.recv(&mut inbuf) => {
+                    match got {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => return End::Closed,
+                    }
+                    if let Some(d) = self.recv_within {
+                        read_deadline = Instant::now() + d;
+                    } else if self.session.is_connected() {
+                        read_deadline = far_future();
+                    }
+                    loop {
+                        match decode_version(&mut inbuf, self.version, &self.limits) {
+                            Ok(None) => break,
+                            Ok(Some(Item::HeartBeat)) => continue,
+                            Ok(Some(Item::Frame(frame))) => {
+                                Stats::inc(&self.node.stats.frames_in_total);
+                                trace!(command = %frame.command, "frame in");
+                                self.session.on_frame(frame, &mut actions);
+                            }
+                            Err(e) => {
+                                self.protocol_error(&e, &mut actions);
+                            }
+                        }
+                        if self.apply(&mut actions).await {
+                            let _ = self.link.flush().await;
+                            self.link.close(false).await;
+                            return End::Closed;
+                        }
+                        if self.session.is_connected() {
+                            if let Some(d) = self.recv_within {
+                                read_deadline = Instant::now() + d;
+                            } else {
+                                read_deadline = far_future();
+                            }
+                            if let Some(d) = self.send_every {
+                                write_deadline = Instant::now() + d;
+                            }
+                        }
+                    }
+                    if self.link.flush().await.is_err() {
+                        return End::Closed;
+                    }
+                }
+                _ = self.outbox.notified() => {
+                    if self.outbox.is_slow() {
+                        Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
+                        self.send_error("slow consumer").await;
+                        self.link.close(false).await;
+                        return End::Closed;
+                    }
+                    self.outbox.drain(&mut queued);
+                    let mut slow = false;
+                    for out in queued.drain(..) {
+                        if !slow && !self.write_out(out).await {
+                            slow = true;
+                        }
+                    }
+                    if slow {
+                        Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
+                        self.send_error("slow consumer").await;
+                        self.link.close(false).await;
+                        return End::Closed;
+                    }
+                    if self.link.flush().await.is_err() {
+                        return End::Closed;
+                    }
+                    if let Some(d) = self.send_every {
+                        write_deadline = Instant::now() + d;
+                    }
+                }
+                _ = sleep_until(read_deadline) => {
+                    if self.session.is_connected() {
+                        Stats::inc(&self.node.stats.heartbeat_timeouts_total);
+                        self.send_error("heart-beat timeout: no data from client").await;
+                    } else {
+                        self.send_error("timed out waiting for CONNECT").await;
+                    }
+                    self.link.close(false).await;
+                    return End::Closed;
+                }
+                _ = sleep_until(write_deadline) => {
+                    if self.link.feed(Bytes::from_static(b"\n")).await.is_err()
+                        || self.link.flush().await.is_err()
+                    {
+                        return End::Closed;
+                    }
+                    write_deadline = self.send_every.map_or_else(far_future, |d| Instant::now() + d);
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, e: &DecodeError, actions: &mut Vec<Action>) {
+        Stats::inc(&self.node.stats.protocol_errors_total);
+        self.session.fail(&e.to_string(), None, actions);
+    }
+
+    /// Carries out the session's actions; true when the connection must close.
+    async fn apply(&mut self, actions: &mut Vec<Action>) -> bool {
+        let mut close = false;
+        let mut i = 0;
+        while i < actions.len() {
+            let action = std::mem::replace(&mut actions[i], Action::Close);
+            i += 1;
+            match action {
+                Action::Reply(frame) => {
+                    if frame.command == pushcenter_stomp::Command::Error {
+                        Stats::inc(&self.node.stats.protocol_errors_total);
+                    }
+                    let _ = self.write_frame(&frame).await;
+                }
+                Action::Connected {
+                    version,
+                    send_ms,
+                    recv_ms,
+                } => {
+                    self.version = version;
+                    self.send_every = (send_ms > 0).then(|| Duration::from_millis(send_ms.into()));
+                    // A peer silent for twice its interval is gone.
+                    self.recv_within =
+                        (recv_ms > 0).then(|| Duration::from_millis(u64::from(recv_ms) * 2));
+                }
+                Action::Subscribe { slot, destination } => {
+                    self.node.router.subscribe(
+                        &destination,
+                        self.conn_id,
+                        slot,
+                        self.outbox.clone(),
+                    );
+                }
+                Action::Unsubscribe { slot, destination } => {
+                    self.node
+                        .router
+                        .unsubscribe(&destination, self.conn_id, slot);
+                }
+                Action::Publish(record) => {
+                    if let Err(e) = self.node.publish(record).await {
+                        let mut rest = Vec::new();
+                        self.session
+                            .fail(&format!("publish failed: {e}"), None, &mut rest);
+                        actions.truncate(i);
+                        actions.extend(rest);
+                    } else {
+                        Stats::inc(&self.node.stats.messages_published_total);
+                    }
+                }
+                Action::Close => close = true,
+            }
+            if close {
+                break;
+            }
+        }
+        actions.clear();
+        let nacks = self.session.take_nacks();
+        if nacks > 0 {
+            self.node
+                .stats
+                .nacks_total
+                .fetch_add(nacks, Ordering::Relaxed);
+        }
+        close
+    }
+
+    async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
+        self.scratch.clear();
+        if encode(frame, self.version, &mut self.scratch).is_err() {
+            return Ok(());
+        }
+        Stats::inc(&self.node.stats.frames_out_total);
+        let bytes = self.scratch.split().freeze();
+        self.link.feed(bytes).await
+    }
+
+    async fn send_error(&mut self, message: &str) {
+        Stats::inc(&self.node.stats.protocol_errors_total);
+        let _ = self.write_frame(&error_frame(message, None)).await;
+        let _ = self.link.flush().await;
+    }
+
+    /// Writes one queued item; false when the subscription's ack window is full.
+    async fn write_out(&mut self, out: Out) -> bool {
+        match out {
+            Out::Message { sub, msg } => {
+                let Some(shared) = msg.for_version(self.version) else {
+                    Stats::inc(&self.node.stats.messages_dropped_total);
+                    return true;
+                };
+                match self.session.message_head(sub, || msg.id().to_string()) {
+                    Head::Gone => true,
+                    Head::WindowFull => {
+                        Stats::inc(&self.node.stats.messages_dropped_total);
+                        false
+                    }
+                    Head::Lines { subscription, ack } => {
+                        let b = &mut self.scratch;
+                        b.clear();
+                        b.reserve(shared.len() + subscription.len() + 32);
+                        b.put_slice(b"MESSAGE\n");
+                        b.put_slice(&subscription);
+                        if let Some(seq) = ack {
+                            b.put_slice(b"ack:");
+                            b.put_slice(seq.to_string().as_bytes());
+                            b.put_u8(b'\n');
+                        }
+                        b.put_slice(shared);
+                        let bytes = b.split().freeze();
+                        Stats::inc(&self.node.stats.frames_out_total);
+                        let _ = self.link.feed(bytes).await;
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for (slot, destination) in self.session.subscriptions() {
+            self.node
+                .router
+                .unsubscribe(destination, self.conn_id, slot);
+        }
+        self.outbox.clear();
+    }
+}
+
+fn duration_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

@@ -1,0 +1,220 @@
+//! The pushcenter broker node: STOMP over WebSocket and TCP, the topic map, the HTTP
+//! API. It knows the cluster only through two ports, [`Bus`] and [`Registrar`], each with
+//! an in-memory implementation for standalone mode.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![allow(async_fn_in_trait)]
+
+mod bus;
+mod config;
+mod connection;
+mod http;
+mod outbox;
+mod registrar;
+mod router;
+mod session;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+pub use bus::{BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, Record};
+pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy};
+pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
+pub use stats::Stats;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::router::Router;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every connection task and HTTP handler shares.
+pub(crate) struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) router: Router,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) registrar: Arc<dyn Registrar>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) next_conn_id: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) started_at: u64,
+    pub(crate) http_bound: SocketAddr,
+    pub(crate) tcp_bound: Option<SocketAddr>,
+}
+
+/// How long an HTTP publish waits for the bus before answering 503.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Node {
+    pub(crate) async fn publish(&self, record: Record) -> Result<String, BusError> {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.bus.publish(record)).await {
+            Ok(r) => r,
+            Err(_) => Err(BusError::Unavailable("timed out".into())),
+        }
+    }
+}
+
+/// A node whose listeners are bound; [`Server::run`] serves until shutdown.
+pub struct Server {
+    node: Arc<Node>,
+    http: TcpListener,
+    tcp: Option<TcpListener>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Validates the config, binds the listeners and starts the bus.
+    pub async fn bind(
+        config: NodeConfig,
+        bus: Arc<dyn Bus>,
+        registrar: Arc<dyn Registrar>,
+    ) -> Result<Server> {
+        config.validate()?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })
+        };
+        let http = bind(config.http_addr).await?;
+        let tcp = match config.tcp_addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let stats = Arc::new(Stats::default());
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let http_bound = http.local_addr().map_err(|source| Error::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+        let tcp_bound = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let node = Arc::new(Node {
+            http_bound,
+            tcp_bound,
+            router: Router::new(stats.clone()),
+            config,
+            bus,
+            registrar,
+            stats,
+            next_conn_id: AtomicU64::new(0),
+            shutdown,
+            started_at,
+        });
+        let weak = Arc::downgrade(&node);
+        node.registrar.report(registrar::info(&node));
+        node.bus.start(Arc::new(move |d: Delivery| {
+            if let Some(node) = weak.upgrade() {
+                node.router.deliver(&d);
+            }
+        }));
+        Ok(Server {
+            node,
+            http,
+            tcp,
+            shutdown_tx,
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.node.stats.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stop accepting, tell clients to
+    /// reconnect elsewhere, wait up to the grace period for them to go.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+        let Server {
+            node,
+            http,
+            tcp,
+            shutdown_tx,
+        } = self;
+        let report = registrar::report_loop(node.clone());
+        let report = tokio::spawn(report);
+        let tcp_task = tcp.map(|l| tokio::spawn(accept_tcp(l, node.clone())));
+        let app = http::routes(node.clone());
+        let mut http_shutdown = node.shutdown.clone();
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "http server failed");
+            }
+        });
+
+        shutdown.await;
+        info!("shutting down: draining connections");
+        node.registrar.set_draining(true);
+        let _ = shutdown_tx.send(true);
+        if let Some(t) = tcp_task {
+            t.abort();
+        }
+        let grace = node.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        while node
+            .stats
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, http_task).await;
+        report.abort();
+        Ok(())
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_tcp(stream, peer, node.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_tcp(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) {
+    connection::serve(connection::TcpLink::new(stream), node, Some(peer)).await;
+}

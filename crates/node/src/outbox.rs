@@ -1,0 +1,130 @@
+//! A connection's bounded outbound queue. Fan-out only ever pushes without waiting;
+//! a full queue applies the slow-consumer policy and is counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::config::SlowConsumerPolicy;
+use crate::router::Shared;
+use crate::stats::Stats;
+
+/// One queued item.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// A MESSAGE for the connection's subscription slot `sub`.
+    Message { sub: u32, msg: Arc<Shared> },
+}
+
+impl Out {
+    fn cost(&self) -> usize {
+        match self {
+            Out::Message { msg, .. } => msg.len() + 64,
+        }
+    }
+}
+
+pub(crate) struct Outbox {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+    policy: SlowConsumerPolicy,
+    /// Set when the queue overflowed under the disconnect policy.
+    slow: AtomicBool,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Out>,
+    bytes: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(
+        max_messages: usize,
+        max_bytes: usize,
+        policy: SlowConsumerPolicy,
+        stats: Arc<Stats>,
+    ) -> Outbox {
+        Outbox {
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            max_messages,
+            max_bytes,
+            policy,
+            slow: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    /// Queues `out` without waiting. Returns false when it was not queued.
+    pub(crate) fn push(&self, out: Out) -> bool {
+        if self.slow.load(Ordering::Relaxed) {
+            Stats::inc(&self.stats.messages_dropped_total);
+            return false;
+        }
+        let cost = out.cost();
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
+        while q.items.len() >= self.max_messages || q.bytes + cost > self.max_bytes {
+            match self.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    drop(q);
+                    self.mark_slow();
+                    Stats::inc(&self.stats.messages_dropped_total);
+                    return false;
+                }
+                SlowConsumerPolicy::DropOldest => match q.items.pop_front() {
+                    Some(old) => {
+                        q.bytes -= old.cost();
+                        Stats::add(&self.stats.queued_messages, -1);
+                        Stats::inc(&self.stats.messages_dropped_total);
+                    }
+                    None => break,
+                },
+            }
+        }
+        q.bytes += cost;
+        q.items.push_back(out);
+        drop(q);
+        Stats::add(&self.stats.queued_messages, 1);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Flags the connection as a slow consumer; its task closes it.
+    pub(crate) fn mark_slow(&self) {
+        if !self.slow.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    pub(crate) fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Moves everything queued into `into`.
+    pub(crate) fn drain(&self, into: &mut Vec<Out>) {
+        if let Ok(mut q) = self.queue.lock() {
+            let n = q.items.len();
+            into.extend(q.items.drain(..));
+            q.bytes = 0;
+            Stats::add(&self.stats.queued_messages, -(n as i64));
+        }
+    }
+
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Forgets what is still queued (the connection is gone).
+    pub(crate) fn clear(&self) {
+        let mut rest = Vec::new();
+        self.drain(&mut rest);
+    }
+}

@@ -1,0 +1,96 @@
+//! The `Registrar` port: this node reports its address and load. The in-memory
+//! registrar serves the registry endpoints of a standalone node.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Node;
+
+/// One node as the registry shows it (etcd value in a cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub ws_url: String,
+    pub tcp_url: Option<String>,
+    pub http_url: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub draining: bool,
+    pub version: String,
+    pub started_at: u64,
+}
+
+pub trait Registrar: Send + Sync + 'static {
+    /// The node's current address and load; called every report interval.
+    fn report(&self, info: NodeInfo);
+    /// Marks the node draining, so discovery stops handing it out.
+    fn set_draining(&self, draining: bool);
+    /// Every live node known (standalone: this one).
+    fn nodes(&self) -> Vec<NodeInfo>;
+}
+
+#[derive(Default)]
+pub struct MemoryRegistrar {
+    me: Mutex<Option<NodeInfo>>,
+}
+
+impl Registrar for MemoryRegistrar {
+    fn report(&self, info: NodeInfo) {
+        if let Ok(mut me) = self.me.lock() {
+            let draining = me.as_ref().is_some_and(|m| m.draining);
+            *me = Some(NodeInfo { draining, ..info });
+        }
+    }
+
+    fn set_draining(&self, draining: bool) {
+        if let Ok(mut me) = self.me.lock() {
+            if let Some(m) = me.as_mut() {
+                m.draining = draining;
+            }
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.me
+            .lock()
+            .ok()
+            .and_then(|m| m.clone())
+            .into_iter()
+            .collect()
+    }
+}
+
+/// How often load is reported.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) fn info(node: &Node) -> NodeInfo {
+    let cfg = &node.config;
+    let http = node.http_bound;
+    let http_url = format!("http://{http}");
+    let ws_url = cfg
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{http}/ws"));
+    NodeInfo {
+        node_id: cfg.node_id.clone(),
+        ws_url,
+        tcp_url: node.tcp_bound.map(|a| format!("tcp://{a}")),
+        http_url,
+        connections: node.stats.connections.load(Ordering::Relaxed).max(0) as u64,
+        subscriptions: node.stats.subscriptions.load(Ordering::Relaxed).max(0) as u64,
+        draining: *node.shutdown.borrow(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: node.started_at,
+    }
+}
+
+pub(crate) async fn report_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    loop {
+        tick.tick().await;
+        node.registrar.report(info(&node));
+    }
+}

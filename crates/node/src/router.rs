@@ -1,0 +1,197 @@
+//! The topic map: destination → local subscribers. Fan-out encodes the shared part of
+//! a MESSAGE once and only ever pushes into bounded per-connection queues.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use pushcenter_stomp::{Command, Frame, Version, encode};
+
+use crate::bus::Delivery;
+use crate::outbox::{Out, Outbox};
+use crate::stats::Stats;
+
+pub(crate) type ConnId = u64;
+
+/// The part of a MESSAGE that every subscriber shares: every header but `subscription`
+/// and `ack`, the body and the NUL, encoded once per escaping flavour.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    id: String,
+    /// STOMP 1.1 and 1.2 (identical: record header values never hold CR).
+    escaped: Bytes,
+    /// STOMP 1.0: `None` when 1.0 cannot carry these headers.
+    plain: Option<Bytes>,
+}
+
+const PREFIX: &[u8] = b"MESSAGE\n";
+
+impl Shared {
+    pub(crate) fn new(d: &Delivery) -> Option<Shared> {
+        let r = &d.record;
+        let mut frame = Frame::new(Command::Message)
+            .header("destination", &r.destination)
+            .header("message-id", &d.id);
+        for (k, v) in &r.headers {
+            frame.push_header(k, v);
+        }
+        let frame = frame.body(r.body.clone());
+        let encoded = |v| {
+            let mut buf = BytesMut::new();
+            encode(&frame, v, &mut buf).ok()?;
+            Some(buf.freeze().slice(PREFIX.len()..))
+        };
+        let escaped = encoded(Version::V1_2)?;
+        let plain = match encoded(Version::V1_0) {
+            Some(p) if p == escaped => Some(escaped.clone()),
+            other => other,
+        };
+        Some(Shared {
+            id: d.id.clone(),
+            escaped,
+            plain,
+        })
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.escaped.len()
+    }
+
+    /// The bytes that follow this connection's `subscription`/`ack` headers.
+    pub(crate) fn for_version(&self, v: Version) -> Option<&Bytes> {
+        match v {
+            Version::V1_0 => self.plain.as_ref(),
+            _ => Some(&self.escaped),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SubRef {
+    conn: ConnId,
+    sub: u32,
+    outbox: Arc<Outbox>,
+}
+
+#[derive(Default)]
+struct Topics {
+    exact: HashMap<String, Vec<SubRef>>,
+    patterns: Vec<(String, SubRef)>,
+}
+
+pub(crate) struct Router {
+    topics: RwLock<Topics>,
+    stats: Arc<Stats>,
+}
+
+/// True when `destination` matches `pattern`: `*` is one segment (segments are split by
+/// `.` and `/`), a final `#` any number of segments (zero included).
+pub(crate) fn matches(pattern: &str, destination: &str) -> bool {
+    let mut p = pattern.split(['.', '/']);
+    let mut d = destination.split(['.', '/']);
+    loop {
+        match (p.next(), d.next()) {
+            (Some("#"), _) => return p.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+pub(crate) fn is_pattern(destination: &str) -> bool {
+    destination.split(['.', '/']).any(|s| s == "*" || s == "#")
+}
+
+impl Router {
+    pub(crate) fn new(stats: Arc<Stats>) -> Router {
+        Router {
+            topics: RwLock::new(Topics::default()),
+            stats,
+        }
+    }
+
+    pub(crate) fn subscribe(&self, destination: &str, conn: ConnId, sub: u32, outbox: Arc<Outbox>) {
+        let r = SubRef { conn, sub, outbox };
+        if let Ok(mut t) = self.topics.write() {
+            if is_pattern(destination) {
+                t.patterns.push((destination.to_string(), r));
+            } else {
+                t.exact.entry(destination.to_string()).or_default().push(r);
+            }
+        }
+        Stats::add(&self.stats.subscriptions, 1);
+    }
+
+    pub(crate) fn unsubscribe(&self, destination: &str, conn: ConnId, sub: u32) {
+        let same = |r: &SubRef| r.conn == conn && r.sub == sub;
+        if let Ok(mut t) = self.topics.write() {
+            if is_pattern(destination) {
+                t.patterns.retain(|(_, r)| !same(r));
+            } else if let Some(list) = t.exact.get_mut(destination) {
+                list.retain(|r| !same(r));
+                if list.is_empty() {
+                    t.exact.remove(destination);
+                }
+            }
+        }
+        Stats::add(&self.stats.subscriptions, -1);
+    }
+
+    /// Pushes a record to every local subscriber of its destination.
+    pub(crate) fn deliver(&self, d: &Delivery) {
+        Stats::inc(&self.stats.messages_received_total);
+        let Some(shared) = Shared::new(d).map(Arc::new) else {
+            return;
+        };
+        let Ok(t) = self.topics.read() else {
+            return;
+        };
+        let dest = d.record.destination.as_str();
+        let exact = t.exact.get(dest).into_iter().flatten();
+        let wild = t
+            .patterns
+            .iter()
+            .filter(|(p, _)| matches(p, dest))
+            .map(|(_, r)| r);
+        let mut n = 0u64;
+        for r in exact.chain(wild) {
+            let out = Out::Message {
+                sub: r.sub,
+                msg: shared.clone(),
+            };
+            if r.outbox.push(out) {
+                n += 1;
+            }
+        }
+        drop(t);
+        if n == 0 {
+            Stats::inc(&self.stats.messages_unrouted_total);
+        }
+        self.stats
+            .messages_delivered_total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("/topic/a.*", "/topic/a.b"));
+        assert!(!matches("/topic/a.*", "/topic/a.b.c"));
+        assert!(!matches("/topic/a.*", "/topic/a"));
+        assert!(matches("/topic/a.#", "/topic/a.b.c"));
+        assert!(matches("/topic/a.#", "/topic/a"));
+        assert!(matches("/topic/*.x", "/topic/q.x"));
+        assert!(!matches("/topic/a.b", "/topic/a.c"));
+        assert!(is_pattern("/topic/a.*") && is_pattern("/topic/#") && !is_pattern("/topic/a"));
+    }
+}

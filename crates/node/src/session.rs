@@ -1,0 +1,506 @@
+//! The STOMP session state machine: frames in, actions out. No I/O: the connection task
+//! carries the actions out, in order.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
+
+use crate::bus::Record;
+
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub(crate) max_subscriptions: usize,
+    pub(crate) ack_window: usize,
+    pub(crate) client_send: bool,
+    /// What the server offers: send every `send_ms`, wants to hear every `recv_ms`.
+    pub(crate) heart_beat: HeartBeat,
+    pub(crate) session_id: String,
+}
+
+/// Transactions one session may have open, and frames one transaction may hold.
+const MAX_TRANSACTIONS: usize = 16;
+const MAX_TRANSACTION_FRAMES: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send this frame to the client.
+    Reply(Frame),
+    /// The session is established: the connection adopts version and heart-beats.
+    Connected {
+        version: Version,
+        send_ms: u32,
+        recv_ms: u32,
+    },
+    Subscribe {
+        slot: u32,
+        destination: String,
+    },
+    Unsubscribe {
+        slot: u32,
+        destination: String,
+    },
+    /// Publish; a failure ends the session with an ERROR.
+    Publish(Record),
+    /// Close the connection (after any replies queued before it).
+    Close,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    slot: u32,
+    destination: String,
+    ack: AckMode,
+    /// The `subscription:<id>\n` line, escaped for the session's version.
+    header_line: Bytes,
+    /// Delivered, not yet acknowledged: (ack sequence, message id).
+    unacked: VecDeque<(u64, String)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    AwaitConnect,
+    Connected,
+    Closed,
+}
+
+pub(crate) struct Session {
+    cfg: SessionConfig,
+    state: State,
+    version: Version,
+    subs: HashMap<String, Subscription>,
+    slots: HashMap<u32, String>,
+    next_slot: u32,
+    next_ack: u64,
+    transactions: HashMap<String, Vec<Frame>>,
+    nacks: u64,
+}
+
+/// The per-subscriber head of a MESSAGE, or why it cannot be sent.
+pub(crate) enum Head {
+    /// `subscription:…\n` and, in client ack modes, `ack:…\n`.
+    Lines {
+        subscription: Bytes,
+        ack: Option<u64>,
+    },
+    /// The subscription is gone (unsubscribed while the message was queued).
+    Gone,
+    /// The subscription's window of unacknowledged messages is full.
+    WindowFull,
+}
+
+type Outcome = Result<(), String>;
+
+impl Session {
+    pub(crate) fn new(cfg: SessionConfig) -> Session {
+        Session {
+            cfg,
+            state: State::AwaitConnect,
+            version: Version::V1_2,
+            subs: HashMap::new(),
+            slots: HashMap::new(),
+            next_slot: 0,
+            next_ack: 0,
+            transactions: HashMap::new(),
+            nacks: 0,
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// NACKs seen since the last call.
+    pub(crate) fn take_nacks(&mut self) -> u64 {
+        std::mem::take(&mut self.nacks)
+    }
+
+    /// Subscriptions still open, for cleanup when the connection ends.
+    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.subs.values().map(|s| (s.slot, s.destination.as_str()))
+    }
+
+    /// Handles one client frame.
+    pub(crate) fn on_frame(&mut self, frame: Frame, out: &mut Vec<Action>) {
+        if self.state == State::Closed {
+            return;
+        }
+        let receipt = frame.get("receipt").map(str::to_owned);
+        let start = out.len();
+        let result = match (&self.state, frame.command) {
+            (State::AwaitConnect, Command::Connect | Command::Stomp) => self.connect(&frame, out),
+            (State::AwaitConnect, c) => Err(format!("expected CONNECT or STOMP, got {c}")),
+            (_, Command::Connect | Command::Stomp) => Err("already connected".into()),
+            (_, c) if !c.is_client() => Err(format!("{c} is a server frame")),
+            (_, Command::Disconnect) => {
+                if let Some(r) = &receipt {
+                    out.push(Action::Reply(
+                        Frame::new(Command::Receipt).header("receipt-id", r),
+                    ));
+                }
+                self.state = State::Closed;
+                out.push(Action::Close);
+                return;
+            }
+            _ => self.command(frame, out),
+        };
+        match result {
+            Ok(()) => {
+                if let (Some(r), true) = (&receipt, self.state == State::Connected) {
+                    out.push(Action::Reply(
+                        Frame::new(Command::Receipt).header("receipt-id", r),
+                    ));
+                }
+            }
+            Err(message) => {
+                out.truncate(start);
+                self.fail(&message, receipt.as_deref(), out);
+            }
+        }
+    }
+
+    /// Ends the session with ERROR then close.
+    pub(crate) fn fail(&mut self, message: &str, receipt: Option<&str>, out: &mut Vec<Action>) {
+        out.push(Action::Reply(error_frame(message, receipt)));
+        out.push(Action::Close);
+        self.state = State::Closed;
+    }
+
+    fn connect(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Outcome {
+        let Some(version) = Version::negotiate(frame.get("accept-version"), &Version::ALL) else {
+            let mut e = error_frame("supported protocol versions are 1.0,1.1,1.2", None);
+            e.push_header("version", "1.0,1.1,1.2");
+            out.push(Action::Reply(e));
+            out.push(Action::Close);
+            self.state = State::Closed;
+            return Ok(());
+        };
+        let theirs = match frame.get("heart-beat") {
+            None => HeartBeat::default(),
+            Some(h) => HeartBeat::parse(h).ok_or("malformed heart-beat header")?,
+        };
+        let (send_ms, recv_ms) = HeartBeat::negotiate(self.cfg.heart_beat, theirs);
+        self.version = version;
+        self.state = State::Connected;
+        out.push(Action::Connected {
+            version,
+            send_ms,
+            recv_ms,
+        });
+        let mut reply = Frame::new(Command::Connected)
+            .header("version", version.as_str())
+            .header("heart-beat", self.cfg.heart_beat.to_string())
+            .header("server", concat!("pushcenter/", env!("CARGO_PKG_VERSION")));
+        reply.push_header("session", &self.cfg.session_id);
+        out.push(Action::Reply(reply));
+        Ok(())
+    }
+
+    fn command(&mut self, frame: Frame, out: &mut Vec<Action>) -> Outcome {
+        match frame.command {
+            Command::Send | Command::Ack | Command::Nack => {
+                if let Some(tx) = frame.get("transaction") {
+                    let held = self
+                        .transactions
+                        .get_mut(tx)
+                        .ok_or_else(|| format!("unknown transaction {tx}"))?;
+                    if held.len() >= MAX_TRANSACTION_FRAMES {
+                        return Err("too many frames in transaction".into());
+                    }
+                    held.push(frame);
+                    return Ok(());
+                }
+                self.apply(&frame, out)
+            }
+            Command::Subscribe => self.subscribe(&frame, out),
+            Command::Unsubscribe => self.unsubscribe(&frame, out),
+            Command::Begin => {
+                let tx = required(&frame, "transaction")?;
+                if self.transactions.contains_key(tx) {
+                    return Err(format!("transaction {tx} already started"));
+                }
+                if self.transactions.len() >= MAX_TRANSACTIONS {
+                    return Err("too many open transactions".into());
+                }
+                self.transactions.insert(tx.to_owned(), Vec::new());
+                Ok(())
+            }
+            Command::Commit => {
+                let tx = required(&frame, "transaction")?;
+                let held = self
+                    .transactions
+                    .remove(tx)
+                    .ok_or_else(|| format!("unknown transaction {tx}"))?;
+                held.iter().try_for_each(|f| self.apply(f, out))
+            }
+            Command::Abort => {
+                let tx = required(&frame, "transaction")?;
+                self.transactions
+                    .remove(tx)
+                    .map(drop)
+                    .ok_or_else(|| format!("unknown transaction {tx}"))
+            }
+            c => Err(format!("unexpected {c}")),
+        }
+    }
+
+    /// SEND, ACK or NACK, now or at COMMIT.
+    fn apply(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Outcome {
+        match frame.command {
+            Command::Send => {
+                let destination = required(frame, "destination")?;
+                if !destination.starts_with("/topic/") || destination.len() == "/topic/".len() {
+                    return Err(format!("cannot send to {destination}: use /topic/<name>"));
+                }
+                if !self.cfg.client_send {
+                    return Err("SEND from clients is disabled on this node".into());
+                }
+                if crate::router::is_pattern(destination) {
+                    return Err("cannot send to a wildcard destination".into());
+                }
+                out.push(Action::Publish(Record {
+                    destination: destination.to_owned(),
+                    headers: passed_headers(frame),
+                    body: frame.body.clone(),
+                    user: None,
+                    session: None,
+                }));
+                Ok(())
+            }
+            _ => self.ack(frame),
+        }
+    }
+
+    fn subscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Outcome {
+        let destination = required(frame, "destination")?;
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => destination,
+            (None, _) => return Err("missing header: id".into()),
+        };
+        if !destination.starts_with("/topic/") || destination.len() == "/topic/".len() {
+            return Err(format!(
+                "cannot subscribe to {destination}: use /topic/<name>"
+            ));
+        }
+        if self.subs.contains_key(id) {
+            return Err(format!("subscription id {id} already in use"));
+        }
+        if self.subs.len() >= self.cfg.max_subscriptions {
+            return Err(format!(
+                "too many subscriptions (limit {})",
+                self.cfg.max_subscriptions
+            ));
+        }
+        let ack = match frame.get("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::ClientIndividual,
+            other => return Err(format!("unknown ack mode {other}")),
+        };
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1);
+        let header_line = header_line(self.version, "subscription", id);
+        self.subs.insert(
+            id.to_owned(),
+            Subscription {
+                slot,
+                destination: destination.to_owned(),
+                ack,
+                header_line,
+                unacked: VecDeque::new(),
+            },
+        );
+        self.slots.insert(slot, id.to_owned());
+        out.push(Action::Subscribe {
+            slot,
+            destination: destination.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Outcome {
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => required(frame, "destination")?,
+            (None, _) => return Err("missing header: id".into()),
+        };
+        let sub = self
+            .subs
+            .remove(id)
+            .ok_or_else(|| format!("unknown subscription {id}"))?;
+        self.slots.remove(&sub.slot);
+        out.push(Action::Unsubscribe {
+            slot: sub.slot,
+            destination: sub.destination,
+        });
+        Ok(())
+    }
+
+    fn ack(&mut self, frame: &Frame) -> Outcome {
+        let nack = frame.command == Command::Nack;
+        let (sub, pos) = if self.version == Version::V1_2 {
+            let id = required(frame, "id")?;
+            let seq: u64 = id.parse().map_err(|_| format!("unknown ack id {id}"))?;
+            if seq >= self.next_ack {
+                return Err(format!("unknown ack id {id}"));
+            }
+            match self.find_unacked(|(s, _)| *s == seq, None) {
+                Some(found) => found,
+                None => return Ok(()), // already acknowledged
+            }
+        } else {
+            let message_id = required(frame, "message-id")?;
+            let only = match frame.get("subscription") {
+                Some(s) if !self.subs.contains_key(s) => {
+                    return Err(format!("unknown subscription {s}"));
+                }
+                Some(s) => Some(s.to_owned()),
+                None if self.version == Version::V1_1 => {
+                    return Err("missing header: subscription".into());
+                }
+                None => None,
+            };
+            match self.find_unacked(|(_, m)| m == message_id, only.as_deref()) {
+                Some(found) => found,
+                None => return Ok(()),
+            }
+        };
+        let Some(s) = self.subs.get_mut(&sub) else {
+            return Ok(());
+        };
+        let n = if s.ack == AckMode::Client {
+            let n = pos + 1;
+            s.unacked.drain(..n);
+            n
+        } else {
+            s.unacked.remove(pos);
+            1
+        };
+        if nack {
+            self.nacks += n as u64;
+        }
+        Ok(())
+    }
+
+    fn find_unacked(
+        &self,
+        pred: impl Fn(&(u64, String)) -> bool,
+        only: Option<&str>,
+    ) -> Option<(String, usize)> {
+        self.subs
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == id.as_str()))
+            .find_map(|(id, s)| s.unacked.iter().position(&pred).map(|p| (id.clone(), p)))
+    }
+
+    /// Prepares the per-subscriber head of a MESSAGE for subscription `slot`.
+    pub(crate) fn message_head(&mut self, slot: u32, message_id: impl FnOnce() -> String) -> Head {
+        let Some(id) = self.slots.get(&slot) else {
+            return Head::Gone;
+        };
+        let Some(s) = self.subs.get_mut(id) else {
+            return Head::Gone;
+        };
+        if s.ack == AckMode::Auto {
+            return Head::Lines {
+                subscription: s.header_line.clone(),
+                ack: None,
+            };
+        }
+        if s.unacked.len() >= self.cfg.ack_window {
+            return Head::WindowFull;
+        }
+        let seq = self.next_ack;
+        self.next_ack += 1;
+        let mid = if self.version == Version::V1_2 {
+            String::new()
+        } else {
+            message_id()
+        };
+        s.unacked.push_back((seq, mid));
+        Head::Lines {
+            subscription: s.header_line.clone(),
+            ack: Some(seq),
+        }
+    }
+}
+
+fn required<'f>(frame: &'f Frame, name: &str) -> Result<&'f str, String> {
+    frame
+        .get(name)
+        .ok_or_else(|| format!("missing header: {name}"))
+}
+
+/// Headers a client's SEND passes on to subscribers.
+fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
+    const RESERVED: [&str; 8] = [
+        "destination",
+        "content-length",
+        "receipt",
+        "transaction",
+        "message-id",
+        "subscription",
+        "ack",
+        "session",
+    ];
+    let mut seen: Vec<&[u8]> = Vec::new();
+    let mut out = Vec::new();
+    for (name, value) in frame.headers() {
+        if seen.contains(&name) {
+            continue; // the first of repeated headers wins
+        }
+        seen.push(name);
+        let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            continue;
+        };
+        if RESERVED.contains(&n) {
+            continue;
+        }
+        out.push((sanitize(n), sanitize(v)));
+    }
+    out
+}
+
+/// Record header text never holds CR or LF, so one encoding serves 1.1 and 1.2.
+pub(crate) fn sanitize(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+pub(crate) fn error_frame(message: &str, receipt: Option<&str>) -> Frame {
+    let message = sanitize(message);
+    let mut f = Frame::new(Command::Error).header("message", &message);
+    if let Some(r) = receipt {
+        f.push_header("receipt-id", r);
+    }
+    f.header("content-type", "text/plain")
+        .body(Bytes::from(message.into_bytes()))
+}
+
+/// One encoded `name:value\n` line for `version`.
+fn header_line(version: Version, name: &str, value: &str) -> Bytes {
+    let f = Frame::new(Command::Message).header(name, value);
+    let mut buf = BytesMut::new();
+    if pushcenter_stomp::encode(&f, version, &mut buf).is_err() {
+        // 1.0 cannot carry it escaped: send it with the awkward bytes replaced.
+        buf.clear();
+        buf.put_slice(b"MESSAGE\n");
+        buf.put_slice(name.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(sanitize(value).as_bytes());
+        buf.put_slice(b"\n\n\0");
+    }
+    // Strip "MESSAGE\n" before and the blank line and NUL after.
+    let b = buf.freeze();
+    b.slice(8..b.len().saturating_sub(2).max(8))
+}
+
+#[cfg(test)]
+mod tests;

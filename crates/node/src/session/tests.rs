@@ -1,0 +1,285 @@
+use super::*;
+
+fn session() -> Session {
+    Session::new(SessionConfig {
+        max_subscriptions: 2,
+        ack_window: 2,
+        client_send: true,
+        heart_beat: HeartBeat {
+            send_ms: 10_000,
+            recv_ms: 10_000,
+        },
+        session_id: "n1-1".into(),
+    })
+}
+
+fn run(s: &mut Session, frame: Frame) -> Vec<Action> {
+    let mut out = Vec::new();
+    s.on_frame(frame, &mut out);
+    out
+}
+
+fn connected() -> Session {
+    let mut s = session();
+    run(
+        &mut s,
+        Frame::new(Command::Connect).header("accept-version", "1.1,1.2"),
+    );
+    s
+}
+
+fn error_message(actions: &[Action]) -> Option<String> {
+    actions.iter().find_map(|a| match a {
+        Action::Reply(f) if f.command == Command::Error => f.get("message").map(str::to_owned),
+        _ => None,
+    })
+}
+
+fn closes(actions: &[Action]) -> bool {
+    matches!(actions.last(), Some(Action::Close))
+}
+
+#[test]
+fn connect_negotiates_version_and_heart_beats() {
+    let mut s = session();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Stomp)
+            .header("accept-version", "1.0,1.1")
+            .header("heart-beat", "5000,20000"),
+    );
+    assert!(matches!(
+        out[0],
+        Action::Connected {
+            version: Version::V1_1,
+            send_ms: 20_000,
+            recv_ms: 10_000
+        }
+    ));
+    let Action::Reply(f) = &out[1] else { panic!() };
+    assert_eq!(f.command, Command::Connected);
+    assert_eq!(f.get("version"), Some("1.1"));
+    assert_eq!(f.get("heart-beat"), Some("10000,10000"));
+}
+
+#[test]
+fn no_common_version_is_an_error_with_a_version_header() {
+    let mut s = session();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Connect).header("accept-version", "2.0"),
+    );
+    let Action::Reply(f) = &out[0] else { panic!() };
+    assert_eq!(f.command, Command::Error);
+    assert_eq!(f.get("version"), Some("1.0,1.1,1.2"));
+    assert!(closes(&out));
+}
+
+#[test]
+fn frames_before_connect_are_errors() {
+    let mut s = session();
+    let out = run(&mut s, Frame::new(Command::Send).header("receipt", "r1"));
+    assert!(error_message(&out).unwrap().contains("expected CONNECT"));
+    let Action::Reply(f) = &out[0] else { panic!() };
+    assert_eq!(f.get("receipt-id"), Some("r1"));
+    assert!(closes(&out));
+}
+
+#[test]
+fn subscribe_unsubscribe_and_receipts() {
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "0")
+            .header("destination", "/topic/a")
+            .header("receipt", "r"),
+    );
+    assert!(matches!(&out[0], Action::Subscribe { destination, .. } if destination == "/topic/a"));
+    let Action::Reply(r) = &out[1] else { panic!() };
+    assert_eq!(r.get("receipt-id"), Some("r"));
+    let dup = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "0")
+            .header("destination", "/topic/b"),
+    );
+    assert!(error_message(&dup).unwrap().contains("already in use"));
+}
+
+#[test]
+fn subscription_limit_and_bad_destinations() {
+    let mut s = connected();
+    for id in ["a", "b"] {
+        let out = run(
+            &mut s,
+            Frame::new(Command::Subscribe)
+                .header("id", id)
+                .header("destination", "/topic/x"),
+        );
+        assert!(error_message(&out).is_none());
+    }
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "c")
+            .header("destination", "/topic/x"),
+    );
+    assert!(
+        error_message(&out)
+            .unwrap()
+            .contains("too many subscriptions")
+    );
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "c")
+            .header("destination", "/queue/x"),
+    );
+    assert!(error_message(&out).is_some());
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe).header("destination", "/topic/x"),
+    );
+    assert_eq!(error_message(&out).unwrap(), "missing header: id");
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Unsubscribe).header("id", "nope"),
+    );
+    assert!(
+        error_message(&out)
+            .unwrap()
+            .contains("unknown subscription")
+    );
+}
+
+#[test]
+fn transactions_hold_sends_until_commit() {
+    let mut s = connected();
+    run(
+        &mut s,
+        Frame::new(Command::Begin).header("transaction", "t"),
+    );
+    let send = Frame::new(Command::Send)
+        .header("destination", "/topic/a")
+        .header("transaction", "t")
+        .body("x");
+    assert!(run(&mut s, send.clone()).is_empty());
+    let out = run(
+        &mut s,
+        Frame::new(Command::Commit).header("transaction", "t"),
+    );
+    assert!(matches!(&out[0], Action::Publish(r) if r.destination == "/topic/a"));
+    run(
+        &mut s,
+        Frame::new(Command::Begin).header("transaction", "t"),
+    );
+    run(&mut s, send);
+    let out = run(
+        &mut s,
+        Frame::new(Command::Abort).header("transaction", "t"),
+    );
+    assert!(out.is_empty());
+    let out = run(
+        &mut s,
+        Frame::new(Command::Commit).header("transaction", "t"),
+    );
+    assert!(error_message(&out).unwrap().contains("unknown transaction"));
+}
+
+#[test]
+fn client_individual_acks_and_window() {
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "s")
+            .header("destination", "/topic/a")
+            .header("ack", "client-individual"),
+    );
+    let Action::Subscribe { slot, .. } = out[0] else {
+        panic!()
+    };
+    let ack = |s: &mut Session| match s.message_head(slot, String::new) {
+        Head::Lines { ack, .. } => ack,
+        Head::WindowFull => None,
+        Head::Gone => panic!("gone"),
+    };
+    let a0 = ack(&mut s).unwrap();
+    let a1 = ack(&mut s).unwrap();
+    assert!(matches!(
+        s.message_head(slot, String::new),
+        Head::WindowFull
+    ));
+    let out = run(
+        &mut s,
+        Frame::new(Command::Ack).header("id", a1.to_string()),
+    );
+    assert!(out.is_empty());
+    assert!(ack(&mut s).is_some());
+    let out = run(
+        &mut s,
+        Frame::new(Command::Nack).header("id", a0.to_string()),
+    );
+    assert!(out.is_empty());
+    assert_eq!(s.take_nacks(), 1);
+    let out = run(&mut s, Frame::new(Command::Ack).header("id", "999"));
+    assert!(error_message(&out).unwrap().contains("unknown ack id"));
+}
+
+#[test]
+fn disconnect_sends_receipt_then_closes() {
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Disconnect).header("receipt", "bye"),
+    );
+    let Action::Reply(r) = &out[0] else { panic!() };
+    assert_eq!(
+        (r.command, r.get("receipt-id")),
+        (Command::Receipt, Some("bye"))
+    );
+    assert!(closes(&out));
+}
+
+#[test]
+fn send_passes_headers_but_not_transport_ones() {
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Send)
+            .header("destination", "/topic/a")
+            .header("receipt", "r")
+            .header("x-k", "1")
+            .header("x-k", "2")
+            .header("message-id", "forged"),
+    );
+    let Action::Publish(r) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(r.headers, vec![("x-k".to_string(), "1".to_string())]);
+    let out = run(
+        &mut s,
+        Frame::new(Command::Send).header("destination", "/topic/a.*"),
+    );
+    assert!(error_message(&out).is_some());
+}
+
+#[test]
+fn subscription_header_line_is_escaped_per_version() {
+    assert_eq!(
+        &header_line(Version::V1_2, "subscription", "a:b")[..],
+        b"subscription:a\\cb\n"
+    );
+    assert_eq!(
+        &header_line(Version::V1_0, "subscription", "a:b")[..],
+        b"subscription:a:b\n"
+    );
+    assert_eq!(
+        &header_line(Version::V1_0, "subscription", "a\nb")[..],
+        b"subscription:a b\n"
+    );
+}

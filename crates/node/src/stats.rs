@@ -1,0 +1,67 @@
+//! Counters and gauges of one node, shown by `/v1/stats` and `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $kind:ident $name:ident : $help:literal ),* $(,)?) => {
+        /// Every counter and gauge; all atomics, updated from any task.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: stats!(@ty $kind), )*
+        }
+
+        impl Stats {
+            /// Prometheus text exposition format.
+            pub fn render_prometheus(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let name = concat!("pushcenter_", stringify!($name));
+                    let _ = writeln!(out, "# HELP {name} {}", $help);
+                    let _ = writeln!(out, "# TYPE {name} {}", stats!(@prom $kind));
+                    let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
+                )*
+                out
+            }
+
+            /// Name → value, for `/v1/stats`.
+            pub fn snapshot(&self) -> serde_json::Map<String, serde_json::Value> {
+                let mut m = serde_json::Map::new();
+                $( m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into()); )*
+                m
+            }
+        }
+    };
+    (@ty counter) => { AtomicU64 };
+    (@ty gauge) => { AtomicI64 };
+    (@prom counter) => { "counter" };
+    (@prom gauge) => { "gauge" };
+}
+
+stats! {
+    gauge connections: "Open client connections (STOMP sessions and connections still in CONNECT).",
+    gauge subscriptions: "Active subscriptions.",
+    gauge queued_messages: "Messages waiting in outbound queues.",
+    counter connections_total: "Connections accepted.",
+    counter frames_in_total: "STOMP frames received from clients.",
+    counter frames_out_total: "STOMP frames sent to clients.",
+    counter messages_published_total: "Messages accepted for publishing (HTTP and client SEND).",
+    counter messages_received_total: "Messages received from the bus.",
+    counter messages_delivered_total: "MESSAGE frames queued to subscribers.",
+    counter messages_unrouted_total: "Messages from the bus that matched no local subscriber.",
+    counter messages_dropped_total: "Messages dropped by the drop-oldest policy or a closed connection.",
+    counter slow_consumer_disconnects_total: "Connections closed because their outbound queue or ack window was full.",
+    counter nacks_total: "NACKed messages (dropped: a push center has no queue to return them to).",
+    counter protocol_errors_total: "Connections closed with an ERROR for a protocol violation or limit.",
+    counter heartbeat_timeouts_total: "Connections closed because the peer fell silent.",
+}
+
+impl Stats {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(gauge: &AtomicI64, n: i64) {
+        gauge.fetch_add(n, Ordering::Relaxed);
+    }
+}
