@@ -3,6 +3,7 @@
 #   deploy/ensure-tools.sh build   C toolchain, protobuf compiler
 #   deploy/ensure-tools.sh test    build tools plus the test-only tools
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 apt_updated=0
 apt_install() {
@@ -33,6 +34,12 @@ ensure_test() {
   ensure_build
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  # Interop tests drive real STOMP clients: @stomp/stompjs under Node, stomp.py.
+  need_cmd node nodejs
+  need_cmd npm npm
+  need_cmd python3 python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  crates/cli/tests/clients/install.sh
 }
 
 case "${1:-}" in

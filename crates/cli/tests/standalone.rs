@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use pushcenter_stomp::{Command, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn websocket_subscriber_receives_http_publish() {
@@ -97,4 +98,41 @@ async fn sigterm_closes_clients_with_1012() {
     assert_eq!(c.closed().await, Some(1012));
     let status = node.signal("0");
     assert!(status.success(), "exit status {status}");
+}
+
+/// A peer that starts an HTTP request and never finishes its head (slowloris) is
+/// dropped after `connect_timeout`, and so is one that upgrades but never sends CONNECT.
+#[tokio::test]
+async fn handshake_and_connect_run_under_the_connect_timeout() {
+    let path = std::env::temp_dir().join(format!("pushcenter-ct-{}.toml", std::process::id()));
+    std::fs::write(&path, "connect_timeout = \"1s\"\n").expect("write config");
+    let node = Node::standalone(&["--config", path.to_str().expect("utf-8 path")]);
+
+    let mut slow = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(TIMEOUT, slow.read(&mut buf))
+        .await
+        .expect("closed within the timeout");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "got a response instead of a close"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+
+    let mut silent = WsClient::open(&node.ws_url(), Some("v12.stomp")).await;
+    let e = silent.frame().await.expect("ERROR");
+    assert_eq!(e.command, Command::Error);
+    assert_eq!(e.get("message"), Some("timed out waiting for CONNECT"));
+    assert_eq!(silent.frame().await, None, "closed after the ERROR");
+
+    // The node still serves.
+    let mut c = WsClient::connect(&node.ws_url()).await;
+    c.subscribe("s", "/topic/after").await;
+    let _ = std::fs::remove_file(&path);
 }

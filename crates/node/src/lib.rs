@@ -11,6 +11,7 @@ mod bus;
 mod config;
 mod connection;
 mod http;
+mod listener;
 mod outbox;
 mod registrar;
 mod router;
@@ -27,9 +28,9 @@ pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
 pub use stats::Stats;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::router::Router;
 
@@ -159,29 +160,14 @@ impl Server {
         } = self;
         let report = registrar::report_loop(node.clone());
         let report = tokio::spawn(report);
-        let tcp_task = tcp.map(|l| tokio::spawn(accept_tcp(l, node.clone())));
+        let tcp_task = tcp.map(|l| tokio::spawn(listener::tcp(l, node.clone())));
         let app = http::routes(node.clone());
-        let mut http_shutdown = node.shutdown.clone();
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(
-                http,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "http server failed");
-            }
-        });
+        let http_task = tokio::spawn(listener::http(http, app, node.clone()));
 
         shutdown.await;
         info!("shutting down: draining connections");
         node.registrar.set_draining(true);
         let _ = shutdown_tx.send(true);
-        if let Some(t) = tcp_task {
-            t.abort();
-        }
         let grace = node.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         while node
@@ -193,28 +179,11 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = tokio::time::timeout_at(deadline, http_task).await;
+        let _ = http_task.await;
+        if let Some(t) = tcp_task {
+            let _ = t.await;
+        }
         report.abort();
         Ok(())
     }
-}
-
-async fn accept_tcp(listener: TcpListener, node: Arc<Node>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_tcp(stream, peer, node.clone()));
-            }
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) {
-    connection::serve(connection::TcpLink::new(stream), node, Some(peer)).await;
 }

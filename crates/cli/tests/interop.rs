@@ -1,0 +1,70 @@
+//! Real third-party STOMP clients against the real binary: @stomp/stompjs under Node
+//! (with the `ws` package) and stomp.py's `WSConnection`. The scripts live in
+//! `tests/clients/`; `make test` installs their packages (deploy/ensure-tools.sh).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Runs one client script against the node; fails the test with its output unless it
+/// exited 0 having printed every expected check.
+fn run_client(program: &str, script: &str, node: &Node) -> String {
+    let out: Output = Command::new(program)
+        .arg(clients_dir().join(script))
+        .arg(format!("http://{}", node.http))
+        .current_dir(clients_dir())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (run deploy/ensure-tools.sh test first): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+const CHECKS: [&str; 8] = [
+    "ok - connect",
+    "ok - subscribe with receipt",
+    "ok - http publish reaches subscriber",
+    "ok - send reaches own subscription",
+    "ok - transaction abort drops sends",
+    "ok - transaction commit delivers",
+    "ok - client-individual ack",
+    "ok - disconnect with receipt",
+];
+
+fn assert_all_checks(stdout: &str) {
+    for check in CHECKS {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(check)),
+            "missing `{check}` in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("not ok"), "{stdout}");
+}
+
+#[test]
+fn stompjs_over_ws_package() {
+    let node = Node::standalone(&[]);
+    let stdout = run_client("node", "stompjs.mjs", &node);
+    assert_all_checks(&stdout);
+}
+
+#[test]
+fn stomp_py_ws_connection() {
+    let node = Node::standalone(&[]);
+    let stdout = run_client("python3", "stomp_py.py", &node);
+    assert_all_checks(&stdout);
+}

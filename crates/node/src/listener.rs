@@ -1,0 +1,87 @@
+//! Accept loops. Each accepted socket gets one task that owns it from the first byte:
+//! the HTTP request head (and so the WebSocket handshake) is read under
+//! `connect_timeout` there, and the STOMP session that follows keeps the same task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::Node;
+use crate::connection;
+
+/// Serves HTTP (and WebSocket upgrades) until the node shuts down.
+pub(crate) async fn http(listener: TcpListener, app: Router, node: Arc<Node>) {
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(http_conn(stream, peer, app.clone(), node.clone()));
+            }
+            Err(e) => backoff(e).await,
+        }
+    }
+}
+
+async fn http_conn(stream: TcpStream, peer: SocketAddr, app: Router, node: Arc<Node>) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        tower_service::Service::call(&mut app.clone(), req)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(node.config.connect_timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut shutdown = node.shutdown.clone();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "http connection ended");
+            }
+            return;
+        }
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+    // Finish the request in flight, then close; upgraded sockets drain on their own.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Serves STOMP over plain TCP until the node shuts down.
+pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let link = connection::TcpLink::new(stream);
+                tokio::spawn(connection::serve(link, node.clone(), Some(peer)));
+            }
+            Err(e) => backoff(e).await,
+        }
+    }
+}
+
+/// Out of descriptors and the like: back off instead of spinning.
+async fn backoff(e: std::io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
