@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// Time a new connection has to complete the WebSocket handshake and send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A socket write the peer does not take within this closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// How long shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -103,6 +106,7 @@ impl Default for NodeConfig {
             heartbeat_send: Duration::from_secs(10),
             heartbeat_receive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             client_send: true,
             demo_page: true,
@@ -139,8 +143,8 @@ impl NodeConfig {
                 "outbound_max_messages >= 1 and outbound_max_bytes >= limits.max_frame_bytes",
             );
         }
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout must be positive");
+        if self.connect_timeout.is_zero() || self.write_timeout.is_zero() {
+            return bad("connect_timeout and write_timeout must be positive");
         }
         Ok(())
     }

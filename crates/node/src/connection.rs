@@ -227,7 +227,7 @@ impl<L: Link> Connection<L> {
                             }
                         }
                         if self.apply(&mut actions).await {
-                            let _ = self.link.flush().await;
+                            let _ = self.flush().await;
                             self.link.close(false).await;
                             return End::Closed;
                         }
@@ -242,7 +242,7 @@ impl<L: Link> Connection<L> {
                             }
                         }
                     }
-                    if self.link.flush().await.is_err() {
+                    if self.flush().await.is_err() {
                         return End::Closed;
                     }
                 }
@@ -254,20 +254,33 @@ impl<L: Link> Connection<L> {
                         return End::Closed;
                     }
                     self.outbox.drain(&mut queued);
-                    let mut slow = false;
+                    let mut written = Ok(true);
                     for out in queued.drain(..) {
-                        if !slow && !self.write_out(out).await {
-                            slow = true;
+                        if matches!(written, Ok(true)) {
+                            written = self.write_out(out).await;
                         }
                     }
-                    if slow {
-                        Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
-                        self.send_error("slow consumer").await;
-                        self.link.close(false).await;
-                        return End::Closed;
-                    }
-                    if self.link.flush().await.is_err() {
-                        return End::Closed;
+                    let written = match written {
+                        Ok(true) => self.flush().await.map(|()| true),
+                        other => other,
+                    };
+                    match written {
+                        Ok(true) => {}
+                        // The socket took nothing for `write_timeout`: an ERROR
+                        // would not get through either.
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
+                            self.link.close(false).await;
+                            return End::Closed;
+                        }
+                        Err(_) => return End::Closed,
+                        // The ack window is full: the client stopped acknowledging.
+                        Ok(false) => {
+                            Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
+                            self.send_error("slow consumer").await;
+                            self.link.close(false).await;
+                            return End::Closed;
+                        }
                     }
                     if let Some(d) = self.send_every {
                         write_deadline = Instant::now() + d;
@@ -284,8 +297,8 @@ impl<L: Link> Connection<L> {
                     return End::Closed;
                 }
                 _ = sleep_until(write_deadline) => {
-                    if self.link.feed(Bytes::from_static(b"\n")).await.is_err()
-                        || self.link.flush().await.is_err()
+                    if self.feed(Bytes::from_static(b"\n")).await.is_err()
+                        || self.flush().await.is_err()
                     {
                         return End::Closed;
                     }
@@ -374,28 +387,44 @@ impl<L: Link> Connection<L> {
         }
         Stats::inc(&self.node.stats.frames_out_total);
         let bytes = self.scratch.split().freeze();
-        self.link.feed(bytes).await
+        self.feed(bytes).await
+    }
+
+    /// Socket writes are bounded: a peer that does not take a write within
+    /// `write_timeout` is a slow consumer, and the task must not hang on it.
+    async fn feed(&mut self, bytes: Bytes) -> io::Result<()> {
+        let t = self.node.config.write_timeout;
+        tokio::time::timeout(t, self.link.feed(bytes))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let t = self.node.config.write_timeout;
+        tokio::time::timeout(t, self.link.flush())
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
     }
 
     async fn send_error(&mut self, message: &str) {
         Stats::inc(&self.node.stats.protocol_errors_total);
         let _ = self.write_frame(&error_frame(message, None)).await;
-        let _ = self.link.flush().await;
+        let _ = self.flush().await;
     }
 
     /// Writes one queued item; false when the subscription's ack window is full.
-    async fn write_out(&mut self, out: Out) -> bool {
+    async fn write_out(&mut self, out: Out) -> io::Result<bool> {
         match out {
             Out::Message { sub, msg } => {
                 let Some(shared) = msg.for_version(self.version) else {
                     Stats::inc(&self.node.stats.messages_dropped_total);
-                    return true;
+                    return Ok(true);
                 };
                 match self.session.message_head(sub, || msg.id().to_string()) {
-                    Head::Gone => true,
+                    Head::Gone => Ok(true),
                     Head::WindowFull => {
                         Stats::inc(&self.node.stats.messages_dropped_total);
-                        false
+                        Ok(false)
                     }
                     Head::Lines { subscription, ack } => {
                         let b = &mut self.scratch;
@@ -411,8 +440,7 @@ impl<L: Link> Connection<L> {
                         b.put_slice(shared);
                         let bytes = b.split().freeze();
                         Stats::inc(&self.node.stats.frames_out_total);
-                        let _ = self.link.feed(bytes).await;
-                        true
+                        self.feed(bytes).await.map(|()| true)
                     }
                 }
             }

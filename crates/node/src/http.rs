@@ -65,7 +65,11 @@ async fn ws(
     let mut upgrade = upgrade
         .max_frame_size(limit)
         .max_message_size(limit)
-        .write_buffer_size(0);
+        // tungstenite allocates its read buffer up front (128 KiB by default): per
+        // connection that is most of the node's memory. Writes batch up to 8 KiB
+        // between flushes.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024);
     if let Some(p) = pick_subprotocol(&headers) {
         upgrade = upgrade.protocols([p]);
     }
