@@ -1,0 +1,54 @@
+//! Every TOML example in docs/ is a config `pushcenter check-config` accepts.
+
+use std::process::Command;
+
+#[test]
+fn every_toml_example_in_the_docs_is_valid() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&docs).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        for (i, block) in text.split("```toml\n").skip(1).enumerate() {
+            let toml = block.split("```").next().expect("closed block");
+            let file = std::env::temp_dir().join(format!(
+                "pushcenter-doc-{}-{i}-{}.toml",
+                path.file_stem().and_then(|s| s.to_str()).unwrap_or("doc"),
+                std::process::id()
+            ));
+            std::fs::write(&file, toml).expect("write");
+            let out = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+                .args(["check-config", "--config"])
+                .arg(&file)
+                .output()
+                .expect("run check-config");
+            let _ = std::fs::remove_file(&file);
+            assert!(
+                out.status.success(),
+                "{} block {i}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no TOML examples found in docs/");
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let file = std::env::temp_dir().join(format!("pushcenter-bad-{}.toml", std::process::id()));
+    std::fs::write(&file, "http_adr = \"127.0.0.1:1\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run check-config");
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http_adr"), "{err}");
+}
