@@ -8,8 +8,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use crate::stats::Stats;
+
 /// A message as backends and clients publish it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     pub destination: String,
     /// Extra headers passed to subscribers (already sanitised).
@@ -19,6 +21,48 @@ pub struct Record {
     pub user: Option<String>,
     /// Deliver only to this session.
     pub session: Option<String>,
+    /// Ordering key on a partitioned bus; the destination when absent.
+    pub key: Option<String>,
+}
+
+/// Headers only the node writes on a MESSAGE: a publisher cannot set them.
+pub const NODE_HEADERS: [&str; 6] = [
+    "destination",
+    "message-id",
+    "subscription",
+    "ack",
+    "content-length",
+    "session",
+];
+
+/// Why a destination cannot be published to, if it cannot.
+pub fn check_publish_destination(d: &str) -> Result<(), String> {
+    if !d.starts_with("/topic/") || d.len() == "/topic/".len() {
+        return Err("destination must be /topic/<name>".into());
+    }
+    if crate::router::is_pattern(d) {
+        return Err("destination must not hold wildcards".into());
+    }
+    if d.contains(['\r', '\n', '\0']) {
+        return Err("destination must not hold CR, LF or NUL".into());
+    }
+    Ok(())
+}
+
+/// Why a header cannot travel on a record, if it cannot.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains([':', '\r', '\n', '\0']) {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    if NODE_HEADERS.contains(&name) {
+        return Err(format!("header {name} is set by the node"));
+    }
+    Ok(())
+}
+
+/// Record header values never hold CR or LF, so one encoding serves 1.1 and 1.2.
+pub fn sanitize(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
 }
 
 /// A record as the cluster stream hands it to a node, with its cluster-wide id.
@@ -43,8 +87,9 @@ pub type DeliverFn = Arc<dyn Fn(Delivery) + Send + Sync>;
 
 /// Publish records; receive the cluster stream.
 pub trait Bus: Send + Sync + 'static {
-    /// Starts delivering the cluster stream to `deliver`. Called once.
-    fn start(&self, deliver: DeliverFn);
+    /// Starts delivering the cluster stream to `deliver`; skipped records are counted
+    /// in `stats`. Called once, inside the node's runtime.
+    fn start(&self, deliver: DeliverFn, stats: Arc<Stats>);
     /// Publishes; resolves with the record's id once the bus accepted it.
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>>;
     /// True when publishing and receiving work.
@@ -69,7 +114,7 @@ impl MemoryBus {
 }
 
 impl Bus for MemoryBus {
-    fn start(&self, deliver: DeliverFn) {
+    fn start(&self, deliver: DeliverFn, _stats: Arc<Stats>) {
         let _ = self.deliver.set(deliver);
     }
 

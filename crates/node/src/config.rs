@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// Time a new connection has to complete the WebSocket handshake and send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long a publish (HTTP or client SEND) waits for the bus before failing.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
     /// A socket write the peer does not take within this closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             heartbeat_send: Duration::from_secs(10),
             heartbeat_receive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             client_send: true,
@@ -143,8 +147,11 @@ impl NodeConfig {
                 "outbound_max_messages >= 1 and outbound_max_bytes >= limits.max_frame_bytes",
             );
         }
-        if self.connect_timeout.is_zero() || self.write_timeout.is_zero() {
-            return bad("connect_timeout and write_timeout must be positive");
+        if self.connect_timeout.is_zero()
+            || self.write_timeout.is_zero()
+            || self.publish_timeout.is_zero()
+        {
+            return bad("connect_timeout, write_timeout and publish_timeout must be positive");
         }
         Ok(())
     }

@@ -14,10 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Node;
-use crate::bus::{BusError, Record};
+use crate::bus::{BusError, Record, check_header_name, check_publish_destination, sanitize};
 use crate::connection::{WsLink, serve};
 use crate::registrar::NodeInfo;
-use crate::session::sanitize;
 use crate::stats::Stats;
 
 pub(crate) fn routes(node: Arc<Node>) -> Router {
@@ -88,26 +87,12 @@ struct PublishRequest {
     headers: serde_json::Map<String, Value>,
     user: Option<String>,
     session: Option<String>,
+    /// Ordering key on a partitioned bus (Kafka); the destination when absent.
+    key: Option<String>,
 }
 
-/// Headers a publisher may not set: the node writes them.
-const RESERVED: [&str; 6] = [
-    "destination",
-    "message-id",
-    "subscription",
-    "ack",
-    "content-length",
-    "session",
-];
-
 fn record_from(req: PublishRequest) -> Result<Record, String> {
-    let d = &req.destination;
-    if !d.starts_with("/topic/") || d.len() == "/topic/".len() {
-        return Err("destination must be /topic/<name>".into());
-    }
-    if crate::router::is_pattern(d) {
-        return Err("destination must not hold wildcards".into());
-    }
+    check_publish_destination(&req.destination)?;
     if req.user.is_some() || req.session.is_some() {
         return Err("user and session targeting are not supported yet".into());
     }
@@ -123,20 +108,15 @@ fn record_from(req: PublishRequest) -> Result<Record, String> {
                 ));
             }
         };
-        if k.is_empty() || k.contains([':', '\r', '\n']) {
-            return Err(format!("invalid header name {k:?}"));
-        }
-        if RESERVED.contains(&k.as_str()) {
-            return Err(format!("header {k} is set by the node"));
-        }
+        check_header_name(&k)?;
         headers.push((k, sanitize(&value)));
     }
     Ok(Record {
-        destination: sanitize(d),
+        destination: req.destination,
         headers,
         body: Bytes::from(req.body.into_bytes()),
-        user: None,
-        session: None,
+        key: req.key,
+        ..Record::default()
     })
 }
 

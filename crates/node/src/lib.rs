@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-pub use bus::{BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, Record};
+pub use bus::{
+    BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS, Record,
+    check_header_name, check_publish_destination, sanitize,
+};
 pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
 pub use stats::Stats;
@@ -61,12 +64,9 @@ pub(crate) struct Node {
     pub(crate) tcp_bound: Option<SocketAddr>,
 }
 
-/// How long an HTTP publish waits for the bus before answering 503.
-pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Node {
     pub(crate) async fn publish(&self, record: Record) -> Result<String, BusError> {
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.bus.publish(record)).await {
+        match tokio::time::timeout(self.config.publish_timeout, self.bus.publish(record)).await {
             Ok(r) => r,
             Err(_) => Err(BusError::Unavailable("timed out".into())),
         }
@@ -123,11 +123,14 @@ impl Server {
         });
         let weak = Arc::downgrade(&node);
         node.registrar.report(registrar::info(&node));
-        node.bus.start(Arc::new(move |d: Delivery| {
-            if let Some(node) = weak.upgrade() {
-                node.router.deliver(&d);
-            }
-        }));
+        node.bus.start(
+            Arc::new(move |d: Delivery| {
+                if let Some(node) = weak.upgrade() {
+                    node.router.deliver(&d);
+                }
+            }),
+            node.stats.clone(),
+        );
         Ok(Server {
             node,
             http,

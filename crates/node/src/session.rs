@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
 
-use crate::bus::Record;
+use crate::bus::{Record, check_publish_destination, sanitize};
 
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
@@ -256,21 +256,16 @@ impl Session {
         match frame.command {
             Command::Send => {
                 let destination = required(frame, "destination")?;
-                if !destination.starts_with("/topic/") || destination.len() == "/topic/".len() {
-                    return Err(format!("cannot send to {destination}: use /topic/<name>"));
-                }
                 if !self.cfg.client_send {
                     return Err("SEND from clients is disabled on this node".into());
                 }
-                if crate::router::is_pattern(destination) {
-                    return Err("cannot send to a wildcard destination".into());
-                }
+                check_publish_destination(destination)
+                    .map_err(|e| format!("cannot send to {destination}: {e}"))?;
                 out.push(Action::Publish(Record {
                     destination: destination.to_owned(),
                     headers: passed_headers(frame),
                     body: frame.body.clone(),
-                    user: None,
-                    session: None,
+                    ..Record::default()
                 }));
                 Ok(())
             }
@@ -467,11 +462,6 @@ fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
         out.push((sanitize(n), sanitize(v)));
     }
     out
-}
-
-/// Record header text never holds CR or LF, so one encoding serves 1.1 and 1.2.
-pub(crate) fn sanitize(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
 }
 
 pub(crate) fn error_frame(message: &str, receipt: Option<&str>) -> Frame {

@@ -48,6 +48,7 @@ stats! {
     counter messages_published_total: "Messages accepted for publishing (HTTP and client SEND).",
     counter messages_received_total: "Messages received from the bus.",
     counter messages_delivered_total: "MESSAGE frames queued to subscribers.",
+    counter bus_records_skipped_total: "Records from the bus skipped as malformed (no destination, bad header).",
     counter messages_unrouted_total: "Messages from the bus that matched no local subscriber.",
     counter messages_dropped_total: "Messages dropped by the drop-oldest policy or a closed connection.",
     counter slow_consumer_disconnects_total: "Connections closed because their outbound queue or ack window was full.",

@@ -1,0 +1,422 @@
+//! The node's [`Bus`] on Kafka. Publishing is one producer. Receiving is one consumer
+//! per node that reads every partition of the messages topic: it assigns them itself
+//! (no group rebalance to wait for; the group `pushcenter.<node_id>` only holds
+//! committed offsets), starts at the current end, and adds partitions created later.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod record;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pushcenter_node::{BoxFuture, Bus, BusError, DeliverFn, Record, Stats};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+pub use record::{delivery_from, message_id};
+
+/// The `[kafka]` section of a node's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Where backends and nodes write messages for clients.
+    pub messages_topic: String,
+    /// Where nodes write clients' replies for request/reply.
+    pub replies_topic: String,
+    /// Consumer group of a node: this prefix and the node id.
+    pub group_prefix: String,
+    /// Partitions and replication factor of topics the node creates when missing.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// How often the consumer checks the broker: reachability, topics, new partitions.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// librdkafka properties passed through to the producer and the consumer.
+    pub producer: BTreeMap<String, String>,
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            messages_topic: "pushcenter.messages".into(),
+            replies_topic: "pushcenter.replies".into(),
+            group_prefix: "pushcenter.".into(),
+            partitions: 6,
+            replication_factor: 1,
+            check_interval: Duration::from_secs(1),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// What the consumer thread and `ready()` share.
+struct State {
+    assigned: AtomicBool,
+    reachable: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// Marks the broker unreachable as soon as librdkafka says all brokers are down.
+struct Ctx {
+    state: Arc<State>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.state.reachable.store(false, Ordering::Relaxed);
+        }
+        debug!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Ctx {}
+
+pub struct KafkaBus {
+    cfg: KafkaConfig,
+    node_id: String,
+    publish_timeout: Duration,
+    producer: FutureProducer,
+    state: Arc<State>,
+}
+
+impl KafkaBus {
+    /// Builds the producer; nothing waits for the broker here (a node starts, and
+    /// serves its clients, while Kafka is down).
+    pub fn new(
+        cfg: KafkaConfig,
+        node_id: &str,
+        publish_timeout: Duration,
+    ) -> Result<KafkaBus, Error> {
+        KafkaBus::check(&cfg)?;
+        let mut pc = ClientConfig::new();
+        pc.set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("pushcenter-{node_id}"))
+            .set("message.timeout.ms", millis(publish_timeout))
+            .set("linger.ms", "1")
+            .set("reconnect.backoff.max.ms", "1000");
+        for (k, v) in &cfg.producer {
+            pc.set(k, v);
+        }
+        let producer: FutureProducer = pc.create()?;
+        Ok(KafkaBus {
+            cfg,
+            node_id: node_id.to_string(),
+            publish_timeout,
+            producer,
+            state: Arc::new(State::default()),
+        })
+    }
+
+    /// Checks values that cannot work (librdkafka checks its own properties).
+    pub fn check(cfg: &KafkaConfig) -> Result<(), Error> {
+        if cfg.brokers.trim().is_empty() {
+            return Err(Error::Config("brokers must not be empty".into()));
+        }
+        if cfg.partitions < 1 || cfg.replication_factor < 1 || cfg.check_interval.is_zero() {
+            return Err(Error::Config(
+                "partitions, replication_factor and check_interval must be positive".into(),
+            ));
+        }
+        if cfg.messages_topic.is_empty() || cfg.replies_topic.is_empty() {
+            return Err(Error::Config("topic names must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    fn consumer_config(&self) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.cfg.brokers)
+            .set("client.id", format!("pushcenter-{}", self.node_id))
+            .set(
+                "group.id",
+                format!("{}{}", self.cfg.group_prefix, self.node_id),
+            )
+            // A broker that lost its log (offsets went back): read the new log whole.
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "20")
+            .set("reconnect.backoff.max.ms", "1000");
+        for (k, v) in &self.cfg.consumer {
+            cc.set(k, v);
+        }
+        cc
+    }
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Bus for KafkaBus {
+    fn start(&self, deliver: DeliverFn, stats: Arc<Stats>) {
+        let consumer: Result<BaseConsumer<Ctx>, _> =
+            self.consumer_config().create_with_context(Ctx {
+                state: self.state.clone(),
+            });
+        let admin: Result<AdminClient<DefaultClientContext>, _> = self.consumer_config().create();
+        let (consumer, admin) = match (consumer, admin) {
+            (Ok(c), Ok(a)) => (c, a),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot create the kafka consumer: this node receives nothing");
+                return;
+            }
+        };
+        let reader = Reader {
+            cfg: self.cfg.clone(),
+            consumer,
+            admin,
+            runtime: tokio::runtime::Handle::current(),
+            state: self.state.clone(),
+            deliver,
+            stats,
+            next: Vec::new(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || reader.run());
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the kafka consumer thread");
+        }
+    }
+
+    fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>> {
+        let producer = self.producer.clone();
+        let topic = self.cfg.messages_topic.clone();
+        let timeout = self.publish_timeout;
+        Box::pin(async move {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 3);
+            let mut add = |key: &str, value: &str| {
+                headers = std::mem::take(&mut headers).insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            };
+            add("destination", &record.destination);
+            if let Some(u) = &record.user {
+                add("user", u);
+            }
+            if let Some(s) = &record.session {
+                add("session", s);
+            }
+            for (k, v) in &record.headers {
+                add(k, v);
+            }
+            let key = record.key.as_deref().unwrap_or(&record.destination);
+            let fr = FutureRecord::to(&topic)
+                .key(key)
+                .payload(&record.body[..])
+                .headers(headers);
+            match producer.send(fr, Timeout::After(timeout)).await {
+                Ok(d) => Ok(message_id(d.partition, d.offset)),
+                Err((e, _)) => Err(match e.rdkafka_error_code() {
+                    Some(
+                        RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidRecord
+                        | RDKafkaErrorCode::InvalidMessage,
+                    ) => BusError::Rejected(e.to_string()),
+                    _ => BusError::Unavailable(e.to_string()),
+                }),
+            }
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.state.assigned.load(Ordering::Relaxed) && self.state.reachable.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            assigned: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The consumer thread: owns the consumer, polls, hands records to the node.
+struct Reader {
+    cfg: KafkaConfig,
+    consumer: BaseConsumer<Ctx>,
+    admin: AdminClient<DefaultClientContext>,
+    runtime: tokio::runtime::Handle,
+    state: Arc<State>,
+    deliver: DeliverFn,
+    stats: Arc<Stats>,
+    /// Next offset to read, per partition (index = partition).
+    next: Vec<i64>,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+impl Reader {
+    fn run(mut self) {
+        let mut next_check = Instant::now();
+        while !self.state.stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_check {
+                self.check();
+                next_check = Instant::now() + self.cfg.check_interval;
+            }
+            if !self.state.assigned.load(Ordering::Relaxed) {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            match self.consumer.poll(POLL) {
+                None => {}
+                Some(Ok(m)) => {
+                    self.state.reachable.store(true, Ordering::Relaxed);
+                    if let Some(n) = usize::try_from(m.partition())
+                        .ok()
+                        .and_then(|p| self.next.get_mut(p))
+                    {
+                        *n = m.offset() + 1;
+                    }
+                    match delivery_from(&m) {
+                        Ok(d) => (self.deliver)(d),
+                        Err(why) => {
+                            Stats::inc(&self.stats.bus_records_skipped_total);
+                            debug!(
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                why,
+                                "record skipped"
+                            );
+                        }
+                    }
+                }
+                Some(Err(e)) => debug!(error = %e, "kafka consume error"),
+            }
+        }
+    }
+
+    /// Checks the broker: reachable? topic there? more partitions than assigned?
+    fn check(&mut self) {
+        let topic = self.cfg.messages_topic.clone();
+        let timeout = self.cfg.check_interval.min(Duration::from_secs(2));
+        let partitions = match self.consumer.fetch_metadata(Some(&topic), timeout) {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len()),
+            Err(e) => {
+                if self.state.reachable.swap(false, Ordering::Relaxed) {
+                    warn!(error = %e, "kafka unreachable");
+                }
+                return;
+            }
+        };
+        if !self.state.reachable.swap(true, Ordering::Relaxed) {
+            info!(brokers = %self.cfg.brokers, "kafka reachable");
+        }
+        let Some(count) = partitions.filter(|&n| n > 0) else {
+            // Missing (first start, or a broker that lost its topics): create, then
+            // read the new topic from its start.
+            self.create_topics();
+            if !self.next.is_empty() {
+                self.next.clear();
+                self.state.assigned.store(false, Ordering::Relaxed);
+            }
+            return;
+        };
+        if count == self.next.len() {
+            return;
+        }
+        let fresh = self.next.is_empty();
+        let mut next = Vec::with_capacity(count);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..count {
+            let Ok(pi) = i32::try_from(p) else { return };
+            let offset = match self.next.get(p) {
+                Some(&n) => n,
+                // At start: the current end, so the node delivers what is published
+                // from now on and nothing older.
+                None if fresh => match self.consumer.fetch_watermarks(&topic, pi, timeout) {
+                    Ok((_, high)) => high,
+                    Err(e) => {
+                        debug!(error = %e, partition = p, "watermarks unavailable");
+                        return;
+                    }
+                },
+                // A partition added later: everything in it is new.
+                None => 0,
+            };
+            next.push(offset);
+            if tpl
+                .add_partition_offset(&topic, pi, Offset::Offset(offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match self.consumer.assign(&tpl) {
+            Ok(()) => {
+                info!(topic, partitions = count, "reading every partition");
+                self.next = next;
+                self.state.assigned.store(true, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "cannot assign partitions"),
+        }
+    }
+
+    fn create_topics(&self) {
+        let repl = || TopicReplication::Fixed(self.cfg.replication_factor);
+        let topics = [
+            NewTopic::new(&self.cfg.messages_topic, self.cfg.partitions, repl()),
+            NewTopic::new(&self.cfg.replies_topic, self.cfg.partitions, repl()),
+        ];
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        match self
+            .runtime
+            .block_on(self.admin.create_topics(&topics, &opts))
+        {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(t) => info!(topic = t, "topic created"),
+                        Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            debug!(topic = t, "topic exists")
+                        }
+                        Err((t, code)) => warn!(topic = t, %code, "cannot create topic"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot create topics"),
+        }
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
