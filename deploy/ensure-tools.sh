@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+TANSU_VERSION=0.6.0
 apt_updated=0
 apt_install() {
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
@@ -40,6 +41,11 @@ ensure_test() {
   need_cmd python3 python3
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   crates/cli/tests/clients/install.sh
+  # A real Kafka-protocol broker for the Kafka tests (memory:// storage needs dynostore).
+  if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+    echo "installing the Tansu broker (cargo install; takes a while once)" >&2
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+  fi
 }
 
 case "${1:-}" in

@@ -196,7 +196,7 @@ async fn main() -> Result<()> {
         }
         Command::CheckConfig(args) => {
             let (cfg, kafka) = args.config()?;
-            KafkaBus::check(&kafka)?;
+            KafkaBus::new(kafka.clone(), &cfg.node_id, cfg.publish_timeout)?.check_consumer()?;
             let mut text = toml::to_string_pretty(&cfg)?;
             text.push_str("\n[kafka]\n");
             text.push_str(&toml::to_string_pretty(&kafka)?);

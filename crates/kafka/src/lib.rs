@@ -151,6 +151,13 @@ impl KafkaBus {
         Ok(())
     }
 
+    /// Lets librdkafka check the consumer properties (the producer's were checked by
+    /// [`KafkaBus::new`]) without connecting anywhere.
+    pub fn check_consumer(&self) -> Result<(), Error> {
+        let _: BaseConsumer = self.consumer_config().create()?;
+        Ok(())
+    }
+
     fn consumer_config(&self) -> ClientConfig {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.cfg.brokers)

@@ -2,6 +2,8 @@
 //! the project's own codec, post HTTP by hand.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod broker;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -24,15 +26,36 @@ pub struct Node {
 
 impl Node {
     pub fn standalone(extra: &[&str]) -> Node {
+        let mut args = vec![
+            "standalone",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Node::spawn(&args)
+    }
+
+    /// `pushcenter node` against a Kafka-protocol broker.
+    pub fn cluster(node_id: &str, brokers: &str, extra: &[&str]) -> Node {
+        let mut args = vec![
+            "node",
+            "--node-id",
+            node_id,
+            "--kafka-brokers",
+            brokers,
+            "--http-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Node::spawn(&args)
+    }
+
+    /// Starts the binary and reads the `listening ...` line.
+    pub fn spawn(args: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
-            .args([
-                "standalone",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--tcp-addr",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -49,7 +72,7 @@ impl Node {
                 .map(|a| a.parse().expect("address"))
         };
         Node {
-            http: field("http=").expect("http address"),
+            http: field("http=").unwrap_or_else(|| panic!("no http address in {line:?}")),
             tcp: field("tcp="),
             child,
         }
