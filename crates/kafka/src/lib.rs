@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use pushcenter_node::{BoxFuture, Bus, BusError, DeliverFn, Record, Stats};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -25,7 +26,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use record::{delivery_from, message_id};
 
@@ -89,9 +90,22 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    // librdkafka reports every failed reconnect at error level; the node logs the
+    // state changes (unreachable, reachable) once and keeps the rest at debug.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                error!(fac, message, "librdkafka");
+            }
+            _ => debug!(fac, message, "librdkafka"),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.state.reachable.store(false, Ordering::Relaxed);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && self.state.reachable.swap(false, Ordering::Relaxed)
+        {
+            warn!(%reason, "kafka unreachable");
         }
         debug!(%error, reason, "kafka client error");
     }
@@ -103,7 +117,7 @@ pub struct KafkaBus {
     cfg: KafkaConfig,
     node_id: String,
     publish_timeout: Duration,
-    producer: FutureProducer,
+    producer: FutureProducer<Ctx>,
     state: Arc<State>,
 }
 
@@ -125,13 +139,16 @@ impl KafkaBus {
         for (k, v) in &cfg.producer {
             pc.set(k, v);
         }
-        let producer: FutureProducer = pc.create()?;
+        let state = Arc::new(State::default());
+        let producer = pc.create_with_context(Ctx {
+            state: state.clone(),
+        })?;
         Ok(KafkaBus {
             cfg,
             node_id: node_id.to_string(),
             publish_timeout,
             producer,
-            state: Arc::new(State::default()),
+            state,
         })
     }
 
@@ -154,7 +171,9 @@ impl KafkaBus {
     /// Lets librdkafka check the consumer properties (the producer's were checked by
     /// [`KafkaBus::new`]) without connecting anywhere.
     pub fn check_consumer(&self) -> Result<(), Error> {
-        let _: BaseConsumer = self.consumer_config().create()?;
+        let _: BaseConsumer<Ctx> = self.consumer_config().create_with_context(Ctx {
+            state: self.state.clone(),
+        })?;
         Ok(())
     }
 
@@ -190,7 +209,9 @@ impl Bus for KafkaBus {
             self.consumer_config().create_with_context(Ctx {
                 state: self.state.clone(),
             });
-        let admin: Result<AdminClient<DefaultClientContext>, _> = self.consumer_config().create();
+        let admin: Result<AdminClient<Ctx>, _> = self.consumer_config().create_with_context(Ctx {
+            state: self.state.clone(),
+        });
         let (consumer, admin) = match (consumer, admin) {
             (Ok(c), Ok(a)) => (c, a),
             (Err(e), _) | (_, Err(e)) => {
@@ -276,7 +297,7 @@ impl Default for State {
 struct Reader {
     cfg: KafkaConfig,
     consumer: BaseConsumer<Ctx>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<Ctx>,
     runtime: tokio::runtime::Handle,
     state: Arc<State>,
     deliver: DeliverFn,

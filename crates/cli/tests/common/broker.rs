@@ -34,6 +34,7 @@ impl Broker {
     /// Starts the broker (again) on the same port, with empty storage.
     pub fn restart(&mut self) {
         self.stop();
+        wait_bindable(self.addr);
         let url = format!("tcp://{}", self.addr);
         let child = Command::new(tansu())
             .args([
@@ -73,6 +74,21 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Tansu binds without SO_REUSEADDR, so after a kill it cannot listen again on a port
+/// whose old connections sit in TIME_WAIT (up to a minute): wait for the port.
+fn wait_bindable(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // Unlike std's, tokio's TcpSocket does not set SO_REUSEADDR.
+        let bound = tokio::net::TcpSocket::new_v4().and_then(|s| s.bind(addr));
+        if bound.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "port {addr} stayed in use");
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
