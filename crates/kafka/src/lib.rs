@@ -188,7 +188,9 @@ impl KafkaBus {
             // A broker that lost its log (offsets went back): read the new log whole.
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "20")
+            // Brokers that answer a fetch only when its wait ends (Tansu) add this wait
+            // to every delivery; Apache Kafka answers as soon as data arrives.
+            .set("fetch.wait.max.ms", "5")
             .set("reconnect.backoff.max.ms", "1000");
         for (k, v) in &self.cfg.consumer {
             cc.set(k, v);
