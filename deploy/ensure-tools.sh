@@ -29,6 +29,8 @@ ensure_build() {
   command -v cargo >/dev/null || { echo "error: cargo not found (install Rust with rustup)" >&2; exit 1; }
   need_cmd cc build-essential
   need_cmd protoc protobuf-compiler
+  # etcd-client's protos import protobuf's well-known types.
+  [ -f /usr/include/google/protobuf/descriptor.proto ] || apt_install libprotobuf-dev
 }
 
 ensure_test() {
@@ -40,6 +42,7 @@ ensure_test() {
   need_cmd npm npm
   need_cmd python3 python3
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  need_cmd etcd etcd-server
   crates/cli/tests/clients/install.sh
   # A real Kafka-protocol broker for the Kafka tests (memory:// storage needs dynostore).
   if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then

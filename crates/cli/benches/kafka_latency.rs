@@ -30,7 +30,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let rate: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let total = rate * seconds;
@@ -68,8 +71,14 @@ async fn main() {
                 while sent < due {
                     let ts = now_micros().to_string();
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: "destination", value: Some("/topic/bench") })
-                        .insert(Header { key: "ts", value: Some(ts.as_str()) });
+                        .insert(Header {
+                            key: "destination",
+                            value: Some("/topic/bench"),
+                        })
+                        .insert(Header {
+                            key: "ts",
+                            value: Some(ts.as_str()),
+                        });
                     let key = (sent % 64).to_string();
                     let rec = BaseRecord::to("pushcenter.messages")
                         .key(&key)

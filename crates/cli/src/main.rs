@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pushcenter_kafka::{KafkaBus, KafkaConfig};
-use pushcenter_node::{Bus, MemoryBus, MemoryRegistrar, NodeConfig, Server};
+use pushcenter_node::{Bus, MemoryBus, MemoryRegistrar, NodeConfig, Registrar, Server};
+use pushcenter_registry::{EtcdConfig, EtcdRegistrar};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -23,8 +24,63 @@ enum Command {
     Standalone(NodeArgs),
     /// A cluster node: records travel through Kafka, so every node sees every publish.
     Node(ClusterArgs),
+    /// The discovery service: watches the nodes in etcd, hands clients a node.
+    Registry(RegistryArgs),
     /// Validate a config file and print the effective config.
     CheckConfig(ClusterArgs),
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// TOML config file: `http_addr` and an `[etcd]` section.
+    #[arg(long, env = "PUSHCENTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address; port 0 picks a free port.
+    #[arg(long, env = "PUSHCENTER_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// etcd endpoints, comma-separated: `http://host:2379,...`.
+    #[arg(long, env = "PUSHCENTER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
+    /// Log format: human or json.
+    #[arg(long, env = "PUSHCENTER_LOG_FORMAT", default_value = "human")]
+    log_format: String,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RegistryConfig {
+    http_addr: SocketAddr,
+    etcd: EtcdConfig,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> RegistryConfig {
+        RegistryConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            etcd: EtcdConfig::default(),
+        }
+    }
+}
+
+impl RegistryArgs {
+    fn config(&self) -> Result<RegistryConfig> {
+        let mut cfg: RegistryConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => RegistryConfig::default(),
+        };
+        if let Some(a) = self.http_addr {
+            cfg.http_addr = a;
+        }
+        if let Some(e) = &self.etcd_endpoints {
+            cfg.etcd.endpoints = e.clone();
+        }
+        cfg.etcd.check().map_err(anyhow::Error::msg)?;
+        Ok(cfg)
+    }
 }
 
 #[derive(clap::Args)]
@@ -37,12 +93,18 @@ struct ClusterArgs {
     /// The WebSocket URL clients use to reach this node (handed out by the registry).
     #[arg(long, env = "PUSHCENTER_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// etcd endpoints, comma-separated; without them (and without `[etcd]`) the node
+    /// registers nowhere.
+    #[arg(long, env = "PUSHCENTER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
 }
 
-/// A config file: the node's keys at the top level, the bus in `[kafka]`.
+/// A config file: the node's keys at the top level, the bus in `[kafka]`, the
+/// registry in `[etcd]`.
 struct FileConfig {
     node: NodeConfig,
     kafka: Option<KafkaConfig>,
+    etcd: Option<EtcdConfig>,
 }
 
 fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
@@ -50,6 +112,7 @@ fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
         return Ok(FileConfig {
             node: NodeConfig::default(),
             kafka: None,
+            etcd: None,
         });
     };
     let text =
@@ -62,14 +125,27 @@ fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
         ),
         None => None,
     };
+    let etcd = match table.remove("etcd") {
+        Some(v) => Some(
+            EtcdConfig::deserialize(v).with_context(|| format!("{}: [etcd]", path.display()))?,
+        ),
+        None => None,
+    };
     let node = NodeConfig::deserialize(toml::Value::Table(table))
         .with_context(|| format!("parsing {}", path.display()))?;
-    Ok(FileConfig { node, kafka })
+    Ok(FileConfig { node, kafka, etcd })
 }
 
 impl ClusterArgs {
-    fn config(&self) -> Result<(NodeConfig, KafkaConfig)> {
+    fn config(&self) -> Result<(NodeConfig, KafkaConfig, Option<EtcdConfig>)> {
         let file = read_config(self.node.config.as_ref())?;
+        let mut etcd = file.etcd;
+        if let Some(e) = &self.etcd_endpoints {
+            etcd.get_or_insert_with(EtcdConfig::default).endpoints = e.clone();
+        }
+        if let Some(e) = &etcd {
+            e.check().map_err(anyhow::Error::msg)?;
+        }
         let mut node = self.node.apply(file.node)?;
         let mut kafka = file.kafka.unwrap_or_default();
         if let Some(b) = &self.kafka_brokers {
@@ -78,7 +154,7 @@ impl ClusterArgs {
         if let Some(u) = &self.advertise_url {
             node.advertise_url = Some(u.clone());
         }
-        Ok((node, kafka))
+        Ok((node, kafka, etcd))
     }
 }
 
@@ -164,8 +240,8 @@ async fn shutdown_signal() {
 }
 
 /// Binds, prints the `listening` line scripts wait for, serves until a signal.
-async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>) -> Result<()> {
-    let server = Server::bind(cfg, bus, Arc::new(MemoryRegistrar::default())).await?;
+async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>) -> Result<()> {
+    let server = Server::bind(cfg, bus, registrar).await?;
     let mut line = String::from("listening");
     if let Some(a) = server.http_addr() {
         line.push_str(&format!(" http={a}"));
@@ -186,20 +262,40 @@ async fn main() -> Result<()> {
             init_tracing(&args.log_format);
             let cfg = args.node_config()?;
             let bus = Arc::new(MemoryBus::new(&cfg.node_id));
-            serve(cfg, bus).await?;
+            serve(cfg, bus, Arc::new(MemoryRegistrar::default())).await?;
         }
         Command::Node(args) => {
             init_tracing(&args.node.log_format);
-            let (cfg, kafka) = args.config()?;
+            let (cfg, kafka, etcd) = args.config()?;
             let bus = KafkaBus::new(kafka, &cfg.node_id, cfg.publish_timeout)?;
-            serve(cfg, Arc::new(bus)).await?;
+            let registrar: Arc<dyn Registrar> = match etcd {
+                Some(e) => Arc::new(EtcdRegistrar::start(e, &cfg.node_id)),
+                None => Arc::new(MemoryRegistrar::default()),
+            };
+            serve(cfg, Arc::new(bus), registrar).await?;
+        }
+        Command::Registry(args) => {
+            init_tracing(&args.log_format);
+            let cfg = args.config()?;
+            let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+                .await
+                .with_context(|| format!("binding {}", cfg.http_addr))?;
+            println!("listening http={}", listener.local_addr()?);
+            let app = pushcenter_registry::router(cfg.etcd);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
         Command::CheckConfig(args) => {
-            let (cfg, kafka) = args.config()?;
+            let (cfg, kafka, etcd) = args.config()?;
             KafkaBus::new(kafka.clone(), &cfg.node_id, cfg.publish_timeout)?.check_consumer()?;
             let mut text = toml::to_string_pretty(&cfg)?;
             text.push_str("\n[kafka]\n");
             text.push_str(&toml::to_string_pretty(&kafka)?);
+            if let Some(e) = etcd {
+                text.push_str("\n[etcd]\n");
+                text.push_str(&toml::to_string_pretty(&e)?);
+            }
             println!("{text}");
         }
     }

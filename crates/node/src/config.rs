@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// A socket write the peer does not take within this closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// How often the node reports its load to the registry.
+    #[serde(with = "humantime_serde")]
+    pub report_interval: Duration,
     /// How long shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -111,6 +114,7 @@ impl Default for NodeConfig {
             connect_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            report_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             client_send: true,
             demo_page: true,
@@ -150,8 +154,11 @@ impl NodeConfig {
         if self.connect_timeout.is_zero()
             || self.write_timeout.is_zero()
             || self.publish_timeout.is_zero()
+            || self.report_interval.is_zero()
         {
-            return bad("connect_timeout, write_timeout and publish_timeout must be positive");
+            return bad(
+                "connect_timeout, write_timeout, publish_timeout and report_interval must be positive",
+            );
         }
         Ok(())
     }

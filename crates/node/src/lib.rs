@@ -122,7 +122,6 @@ impl Server {
             started_at,
         });
         let weak = Arc::downgrade(&node);
-        node.registrar.report(registrar::info(&node));
         node.bus.start(
             Arc::new(move |d: Delivery| {
                 if let Some(node) = weak.upgrade() {
@@ -169,7 +168,8 @@ impl Server {
 
         shutdown.await;
         info!("shutting down: draining connections");
-        node.registrar.set_draining(true);
+        // Discovery stops handing this node out before its clients are told to leave.
+        let _ = tokio::time::timeout(Duration::from_secs(3), node.registrar.set_draining()).await;
         let _ = shutdown_tx.send(true);
         let grace = node.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
@@ -187,6 +187,7 @@ impl Server {
             let _ = t.await;
         }
         report.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(3), node.registrar.deregister()).await;
         Ok(())
     }
 }

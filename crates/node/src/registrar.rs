@@ -3,11 +3,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Node;
+use crate::bus::BoxFuture;
 
 /// One node as the registry shows it (etcd value in a cluster).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -26,8 +26,13 @@ pub struct NodeInfo {
 pub trait Registrar: Send + Sync + 'static {
     /// The node's current address and load; called every report interval.
     fn report(&self, info: NodeInfo);
-    /// Marks the node draining, so discovery stops handing it out.
-    fn set_draining(&self, draining: bool);
+    /// Marks the node draining, so discovery stops handing it out; resolves once the
+    /// registry has it (or it gave up trying).
+    fn set_draining(&self) -> BoxFuture<()>;
+    /// Removes the node from the registry on a clean exit.
+    fn deregister(&self) -> BoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
     /// Every live node known (standalone: this one).
     fn nodes(&self) -> Vec<NodeInfo>;
 }
@@ -45,12 +50,13 @@ impl Registrar for MemoryRegistrar {
         }
     }
 
-    fn set_draining(&self, draining: bool) {
+    fn set_draining(&self) -> BoxFuture<()> {
         if let Ok(mut me) = self.me.lock() {
             if let Some(m) = me.as_mut() {
-                m.draining = draining;
+                m.draining = true;
             }
         }
+        Box::pin(std::future::ready(()))
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {
@@ -62,9 +68,6 @@ impl Registrar for MemoryRegistrar {
             .collect()
     }
 }
-
-/// How often load is reported.
-const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 pub(crate) fn info(node: &Node) -> NodeInfo {
     let cfg = &node.config;
@@ -88,9 +91,14 @@ pub(crate) fn info(node: &Node) -> NodeInfo {
 }
 
 pub(crate) async fn report_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(REPORT_EVERY);
-    loop {
+    let mut tick = tokio::time::interval(node.config.report_interval);
+    // Discovery hands out a node only once it receives the cluster stream; after that a
+    // bus outage does not unregister it (its clients stay, and it recovers by itself).
+    while !node.bus.ready() {
         tick.tick().await;
+    }
+    loop {
         node.registrar.report(info(&node));
+        tick.tick().await;
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod broker;
+pub mod etcd;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -50,6 +51,17 @@ impl Node {
         ];
         args.extend_from_slice(extra);
         Node::spawn(&args)
+    }
+
+    /// `pushcenter registry` on etcd.
+    pub fn registry(etcd: &str) -> Node {
+        Node::spawn(&[
+            "registry",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--etcd-endpoints",
+            etcd,
+        ])
     }
 
     /// Starts the binary and reads the `listening ...` line.

@@ -1,0 +1,328 @@
+//! The registry service: a view of the live nodes kept by an etcd watch, and the
+//! discovery endpoints clients call before connecting.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use pushcenter_node::NodeInfo;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::EtcdConfig;
+
+/// The registry's picture of the cluster.
+#[derive(Default)]
+struct View {
+    nodes: HashMap<String, NodeInfo>,
+    /// Clients sent to a node since its last report: counts lag by a report interval,
+    /// so without this a burst of discoveries would all go to one node.
+    handed: HashMap<String, u64>,
+    /// False while the watch is down: answers come from the last view.
+    fresh: bool,
+    synced_at: Option<Instant>,
+}
+
+pub(crate) struct Registry {
+    view: Mutex<View>,
+    seed: AtomicU64,
+    connects: AtomicU64,
+    bad_values: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+impl Registry {
+    fn new() -> Registry {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 | 1);
+        Registry {
+            view: Mutex::new(View::default()),
+            seed: AtomicU64::new(seed),
+            connects: AtomicU64::new(0),
+            bad_values: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+        }
+    }
+
+    /// xorshift: ties between equally loaded nodes need a coin, not a CSPRNG.
+    fn random(&self) -> u64 {
+        let mut x = self.seed.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed.store(x, Ordering::Relaxed);
+        x
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A live, non-draining node: the one `user` had while it stays healthy, else the
+    /// least loaded (ties broken at random).
+    fn choose(&self, user: Option<&str>) -> Option<NodeInfo> {
+        let mut view = self.lock();
+        let live: Vec<&NodeInfo> = view.nodes.values().filter(|n| !n.draining).collect();
+        let chosen = match user {
+            // Rendezvous hashing: a user's node changes only when that node leaves.
+            Some(u) => live.iter().max_by_key(|n| {
+                let mut h = std::hash::DefaultHasher::new();
+                (u, &n.node_id).hash(&mut h);
+                h.finish()
+            }),
+            None => {
+                let load = |n: &NodeInfo| {
+                    n.connections + view.handed.get(&n.node_id).copied().unwrap_or(0)
+                };
+                let least = live.iter().map(|n| load(n)).min()?;
+                let ties: Vec<&&NodeInfo> = live.iter().filter(|n| load(n) == least).collect();
+                let i = (self.random() % ties.len() as u64) as usize;
+                ties.get(i).copied()
+            }
+        }
+        .map(|n| (*n).clone());
+        if let Some(n) = &chosen {
+            *view.handed.entry(n.node_id.clone()).or_default() += 1;
+        }
+        chosen
+    }
+}
+
+/// Keeps the view: list the prefix, then watch it from the next revision; on any error
+/// mark the view stale and start over.
+async fn watch_loop(cfg: EtcdConfig, registry: Arc<Registry>) {
+    let prefix = cfg.nodes_prefix();
+    loop {
+        if let Err(e) = sync(&cfg, &prefix, &registry).await {
+            let was_fresh = std::mem::replace(&mut registry.lock().fresh, false);
+            if was_fresh {
+                warn!(error = %e, "etcd watch lost: answering from the last view (stale)");
+            }
+            debug!(error = %e, "etcd sync error");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn sync(
+    cfg: &EtcdConfig,
+    prefix: &str,
+    registry: &Registry,
+) -> Result<(), etcd_client::Error> {
+    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options())).await?;
+    let listing = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = listing.header().map_or(0, |h| h.revision());
+    let mut nodes = HashMap::new();
+    for kv in listing.kvs() {
+        if let Some(n) = parse(registry, kv.value()) {
+            nodes.insert(n.node_id.clone(), n);
+        }
+    }
+    let mut stream = client
+        .watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    {
+        let mut view = registry.lock();
+        view.handed.clear();
+        view.nodes = nodes;
+        view.fresh = true;
+        view.synced_at = Some(Instant::now());
+    }
+    registry.resyncs.fetch_add(1, Ordering::Relaxed);
+    info!(
+        nodes = registry.lock().nodes.len(),
+        revision, "registry view synced from etcd"
+    );
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled() {
+            break;
+        }
+        let mut view = registry.lock();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let id = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix))
+                .unwrap_or_default()
+                .to_string();
+            match ev.event_type() {
+                EventType::Put => {
+                    if let Some(n) = parse(registry, kv.value()) {
+                        view.handed.remove(&n.node_id);
+                        view.nodes.insert(n.node_id.clone(), n);
+                    }
+                }
+                EventType::Delete => {
+                    view.handed.remove(&id);
+                    view.nodes.remove(&id);
+                }
+            }
+        }
+        view.synced_at = Some(Instant::now());
+    }
+    Err(etcd_client::Error::WatchError("watch stream ended".into()))
+}
+
+fn parse(registry: &Registry, value: &[u8]) -> Option<NodeInfo> {
+    match serde_json::from_slice(value) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            registry.bad_values.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "skipping a node entry that is not a node");
+            None
+        }
+    }
+}
+
+/// Starts the watch and returns the HTTP routes.
+pub fn router(cfg: EtcdConfig) -> Router {
+    let registry = Arc::new(Registry::new());
+    tokio::spawn(watch_loop(cfg, registry.clone()));
+    Router::new()
+        .route("/v1/connect", get(connect))
+        .route("/v1/nodes", get(nodes))
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { cors(error(StatusCode::NOT_FOUND, "no such endpoint")) })
+        .with_state(registry)
+}
+
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+fn cors(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[derive(Deserialize)]
+struct ConnectQuery {
+    user: Option<String>,
+}
+
+async fn connect(State(r): State<Arc<Registry>>, Query(q): Query<ConnectQuery>) -> Response {
+    r.connects.fetch_add(1, Ordering::Relaxed);
+    let stale = !r.lock().fresh;
+    match r.choose(q.user.as_deref().filter(|u| !u.is_empty())) {
+        Some(n) => cors(
+            Json(json!({
+                "node_id": n.node_id,
+                "ws_url": n.ws_url,
+                "tcp_url": n.tcp_url,
+                "http_url": n.http_url,
+                "stale": stale,
+            }))
+            .into_response(),
+        ),
+        None => cors(error(StatusCode::SERVICE_UNAVAILABLE, "no live node")),
+    }
+}
+
+async fn nodes(State(r): State<Arc<Registry>>) -> Response {
+    let view = r.lock();
+    let mut nodes: Vec<&NodeInfo> = view.nodes.values().collect();
+    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let connections: u64 = nodes.iter().map(|n| n.connections).sum();
+    let subscriptions: u64 = nodes.iter().map(|n| n.subscriptions).sum();
+    let age_ms = view.synced_at.map(|t| t.elapsed().as_millis() as u64);
+    cors(
+        Json(json!({
+            "nodes": nodes,
+            "totals": {"nodes": nodes.len(), "connections": connections, "subscriptions": subscriptions},
+            "stale": !view.fresh,
+            "view_age_ms": age_ms,
+        }))
+        .into_response(),
+    )
+}
+
+async fn metrics(State(r): State<Arc<Registry>>) -> Response {
+    let view = r.lock();
+    let live = view.nodes.values().filter(|n| !n.draining).count();
+    let age = view.synced_at.map_or(-1.0, |t| t.elapsed().as_secs_f64());
+    let lines = [
+        (
+            "pushcenter_registry_nodes",
+            "gauge",
+            "Nodes in the view.",
+            view.nodes.len() as f64,
+        ),
+        (
+            "pushcenter_registry_live_nodes",
+            "gauge",
+            "Nodes in the view that are not draining.",
+            live as f64,
+        ),
+        (
+            "pushcenter_registry_stale",
+            "gauge",
+            "1 while the etcd watch is down.",
+            if view.fresh { 0.0 } else { 1.0 },
+        ),
+        (
+            "pushcenter_registry_view_age_seconds",
+            "gauge",
+            "Time since the view last changed or was synced.",
+            age,
+        ),
+        (
+            "pushcenter_registry_connect_requests_total",
+            "counter",
+            "Discovery calls answered.",
+            r.connects.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pushcenter_registry_bad_values_total",
+            "counter",
+            "Node entries in etcd that could not be read.",
+            r.bad_values.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pushcenter_registry_resyncs_total",
+            "counter",
+            "Full reads of the node prefix (start and after watch errors).",
+            r.resyncs.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in lines {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
