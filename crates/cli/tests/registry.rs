@@ -251,3 +251,79 @@ async fn etcd_outage_serves_a_stale_view_and_recovers() {
     )
     .await;
 }
+
+/// Runs Debian's headless Chromium on `url` and returns the DOM once the page's
+/// scripts have run (virtual time lets its fetches finish).
+fn chromium(args: &[&str], url: &str) -> String {
+    let profile = std::env::temp_dir().join(format!("pushcenter-chromium-{}", std::process::id()));
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium (make test installs it): {e}"));
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text of the first `<td class="...{class}...">` after the row of `node`.
+fn cell<'a>(dom: &'a str, node: &str, class: &str) -> Option<&'a str> {
+    let row = &dom[dom.find(&format!("data-node=\"{node}\""))?..];
+    let row = &row[..row.find("</tr>")?];
+    let at = row.find(&format!("{class}\">"))? + class.len() + 2;
+    row[at..].split('<').next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium_shows_every_node() {
+    let c = cluster(3);
+    let mut clients = Vec::new();
+    for n in [0, 0, 2] {
+        clients.push(WsClient::connect(&c.nodes[n].ws_url()).await);
+    }
+    until(&c.registry, Duration::from_secs(20), "counts 2/0/1", |v| {
+        connections(v)
+            == [("n1", 2), ("n2", 0), ("n3", 1)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect()
+    })
+    .await;
+
+    let url = format!("http://{}/", c.registry.http);
+    let dom = chromium(&["--dump-dom"], &url);
+    for (node, count) in [("n1", "2"), ("n2", "0"), ("n3", "1")] {
+        assert_eq!(
+            cell(&dom, node, "connections"),
+            Some(count),
+            "{node} in:\n{dom}"
+        );
+        assert_eq!(cell(&dom, node, "state"), Some("live"), "{node} in:\n{dom}");
+    }
+    assert!(dom.contains("3 nodes"), "{dom}");
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    let shot = dir.join("registry-dashboard.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1000,420",
+        ],
+        &url,
+    );
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 1000, "no screenshot at {}", shot.display());
+    eprintln!("dashboard screenshot: {}", shot.display());
+}
