@@ -1,0 +1,87 @@
+//! Fast checks of the adapter on librdkafka's in-process mock cluster. The behaviour
+//! users see is tested on a real broker process in crates/cli/tests/kafka.rs.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pushcenter_kafka::{KafkaBus, KafkaConfig};
+use pushcenter_node::{Bus, Delivery, Record, Stats};
+use rdkafka::mocking::MockCluster;
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_comes_back_through_the_consumer_with_its_id() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic("pushcenter.messages", 3, 1)
+        .expect("topic");
+    let cfg = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        partitions: 3,
+        ..KafkaConfig::default()
+    };
+    let bus = KafkaBus::new(cfg, "t1", Duration::from_secs(5)).expect("bus");
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let sink = got.clone();
+    bus.start(
+        Arc::new(move |d| sink.lock().expect("lock").push(d)),
+        Arc::new(Stats::default()),
+    );
+    until("bus ready", || bus.ready()).await;
+
+    let id = bus
+        .publish(Record {
+            destination: "/topic/mock".into(),
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: "hello".into(),
+            ..Record::default()
+        })
+        .await
+        .expect("published");
+    until("delivery", || !got.lock().expect("lock").is_empty()).await;
+    let d = got.lock().expect("lock")[0].clone();
+    assert_eq!(d.id, id);
+    assert_eq!(d.record.destination, "/topic/mock");
+    assert_eq!(&d.record.body[..], b"hello");
+    assert_eq!(
+        d.record.headers,
+        vec![("content-type".to_string(), "text/plain".to_string())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic("pushcenter.messages", 3, 1)
+        .expect("topic");
+    let cfg = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        ..KafkaConfig::default()
+    };
+    let bus = KafkaBus::new(cfg, "t2", Duration::from_secs(1)).expect("bus");
+    bus.start(Arc::new(|_| {}), Arc::new(Stats::default()));
+    until("bus ready", || bus.ready()).await;
+    cluster.broker_down(1).expect("broker down");
+    let start = Instant::now();
+    let r = bus
+        .publish(Record {
+            destination: "/topic/mock".into(),
+            ..Record::default()
+        })
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    until("not ready", || !bus.ready()).await;
+}
