@@ -35,6 +35,7 @@ unit:
 
 bench:
 	$(CARGO) bench -p pushcenter-stomp --bench codec
+	$(CARGO) bench -p pushcenter-node --bench fanout
 
 # Needs cargo-fuzz and a nightly toolchain; see docs/testing.md.
 FUZZ_SECONDS ?= 600

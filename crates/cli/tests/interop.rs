@@ -16,9 +16,14 @@ fn clients_dir() -> PathBuf {
 /// Runs one client script against the node; fails the test with its output unless it
 /// exited 0 having printed every expected check.
 fn run_client(program: &str, script: &str, node: &Node) -> String {
+    run_script(program, script, node, &[])
+}
+
+fn run_script(program: &str, script: &str, node: &Node, extra: &[&str]) -> String {
     let out: Output = Command::new(program)
         .arg(clients_dir().join(script))
         .arg(format!("http://{}", node.http))
+        .args(extra)
         .current_dir(clients_dir())
         .output()
         .unwrap_or_else(|e| {
@@ -67,4 +72,31 @@ fn stomp_py_ws_connection() {
     let node = Node::standalone(&[]);
     let stdout = run_client("python3", "stomp_py.py", &node);
     assert_all_checks(&stdout);
+}
+
+/// The demo page at `/` in real headless Chromium (Debian's, via playwright-core).
+#[test]
+fn demo_page_in_headless_chromium() {
+    let node = Node::standalone(&[]);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    let shot = dir.join("demo-page.png");
+    let stdout = run_script(
+        "node",
+        "demo_page.mjs",
+        &node,
+        &[shot.to_str().expect("utf-8 path")],
+    );
+    for check in [
+        "ok - page connects over STOMP",
+        "ok - page shows a message published over HTTP",
+        "ok - publish form delivers to the page",
+        "ok - no page errors",
+    ] {
+        assert!(stdout.contains(check), "missing `{check}` in:\n{stdout}");
+    }
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot"
+    );
 }

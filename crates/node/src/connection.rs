@@ -2,6 +2,7 @@
 //! the session; the session's actions are carried out in order; the outbox is written
 //! in batches; heart-beats and deadlines are kept here.
 
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +49,20 @@ impl Link for WsLink {
                 Some(Ok(Message::Text(t))) => buf.extend_from_slice(t.as_bytes()),
                 Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err(e)) => {
+                    let e = e.into_inner();
+                    // Over the size limit: the peer gets an ERROR, like any other frame
+                    // over the limit, instead of a bare close.
+                    let too_big = e
+                        .downcast_ref::<tungstenite::Error>()
+                        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)));
+                    let kind = if too_big {
+                        io::ErrorKind::InvalidData
+                    } else {
+                        io::ErrorKind::Other
+                    };
+                    return Err(io::Error::new(kind, e));
+                }
             }
             return Ok(true);
         }
@@ -206,6 +220,15 @@ impl<L: Link> Connection<L> {
                 got = self.link.recv(&mut inbuf) => {
                     match got {
                         Ok(true) => {}
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            let limit = self.limits.max_frame_bytes;
+                            self.send_error(&format!(
+                                "frame too large: the limit is {limit} bytes per WebSocket message"
+                            ))
+                            .await;
+                            self.link.close(false).await;
+                            return End::Closed;
+                        }
                         Ok(false) | Err(_) => return End::Closed,
                     }
                     if let Some(d) = self.recv_within {
@@ -414,35 +437,20 @@ impl<L: Link> Connection<L> {
 
     /// Writes one queued item; false when the subscription's ack window is full.
     async fn write_out(&mut self, out: Out) -> io::Result<bool> {
-        match out {
-            Out::Message { sub, msg } => {
-                let Some(shared) = msg.for_version(self.version) else {
-                    Stats::inc(&self.node.stats.messages_dropped_total);
-                    return Ok(true);
-                };
-                match self.session.message_head(sub, || msg.id().to_string()) {
-                    Head::Gone => Ok(true),
-                    Head::WindowFull => {
-                        Stats::inc(&self.node.stats.messages_dropped_total);
-                        Ok(false)
-                    }
-                    Head::Lines { subscription, ack } => {
-                        let b = &mut self.scratch;
-                        b.clear();
-                        b.reserve(shared.len() + subscription.len() + 32);
-                        b.put_slice(b"MESSAGE\n");
-                        b.put_slice(&subscription);
-                        if let Some(seq) = ack {
-                            b.put_slice(b"ack:");
-                            b.put_slice(seq.to_string().as_bytes());
-                            b.put_u8(b'\n');
-                        }
-                        b.put_slice(shared);
-                        let bytes = b.split().freeze();
-                        Stats::inc(&self.node.stats.frames_out_total);
-                        self.feed(bytes).await.map(|()| true)
-                    }
-                }
+        let stats = &self.node.stats;
+        match render(out, &mut self.session, self.version, &mut self.scratch) {
+            Rendered::Frame(bytes) => {
+                Stats::inc(&stats.frames_out_total);
+                self.feed(bytes).await.map(|()| true)
+            }
+            Rendered::Gone => Ok(true),
+            Rendered::Unsendable => {
+                Stats::inc(&stats.messages_dropped_total);
+                Ok(true)
+            }
+            Rendered::WindowFull => {
+                Stats::inc(&stats.messages_dropped_total);
+                Ok(false)
             }
         }
     }
@@ -463,4 +471,51 @@ fn duration_ms(d: Duration) -> u32 {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// What one queued item becomes for this connection.
+pub(crate) enum Rendered {
+    /// A whole MESSAGE frame, ready for the link.
+    Frame(Bytes),
+    /// The subscription is gone: nothing to send.
+    Gone,
+    /// The connection's STOMP version cannot carry the message's headers.
+    Unsendable,
+    /// The subscription's ack window is full.
+    WindowFull,
+}
+
+/// Turns a queued item into the frame this subscriber gets: `MESSAGE`, its own
+/// `subscription` (and `ack`) line, then the shared part encoded once for everyone.
+/// `scratch` is reused between calls; each frame is split off it.
+pub(crate) fn render(
+    out: Out,
+    session: &mut Session,
+    version: Version,
+    scratch: &mut BytesMut,
+) -> Rendered {
+    match out {
+        Out::Message { sub, msg } => {
+            let Some(shared) = msg.for_version(version) else {
+                return Rendered::Unsendable;
+            };
+            match session.message_head(sub, || msg.id().to_string()) {
+                Head::Gone => Rendered::Gone,
+                Head::WindowFull => Rendered::WindowFull,
+                Head::Lines { subscription, ack } => {
+                    let b = scratch;
+                    b.clear();
+                    b.reserve(shared.len() + subscription.len() + 32);
+                    b.put_slice(b"MESSAGE\n");
+                    b.put_slice(subscription);
+                    if let Some(seq) = ack {
+                        // Formatted in place: no String per message.
+                        let _ = writeln!(b, "ack:{seq}");
+                    }
+                    b.put_slice(shared);
+                    Rendered::Frame(b.split().freeze())
+                }
+            }
+        }
+    }
 }

@@ -30,13 +30,26 @@ pub(crate) fn routes(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if node.config.demo_page {
-        r = r.route("/", get(|| async { Html(DEMO_PAGE) }));
+        r = r.route("/", get(|| async { Html(DEMO_PAGE) })).route(
+            "/assets/stomp.umd.min.js",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, "public, max-age=3600"),
+                    ],
+                    STOMPJS,
+                )
+            }),
+        );
     }
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(node)
 }
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+/// @stomp/stompjs, vendored: see assets/README.md.
+const STOMPJS: &str = include_str!("../assets/stomp.umd.min.js");
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()

@@ -7,6 +7,8 @@
 )]
 #![allow(async_fn_in_trait)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod bus;
 mod config;
 mod connection;

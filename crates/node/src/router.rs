@@ -80,7 +80,18 @@ struct SubRef {
 #[derive(Default)]
 struct Topics {
     exact: HashMap<String, Vec<SubRef>>,
-    patterns: Vec<(String, SubRef)>,
+    /// Pattern → its subscribers: a message tests each distinct pattern once.
+    patterns: HashMap<String, Vec<SubRef>>,
+}
+
+impl Topics {
+    fn map(&mut self, destination: &str) -> &mut HashMap<String, Vec<SubRef>> {
+        if is_pattern(destination) {
+            &mut self.patterns
+        } else {
+            &mut self.exact
+        }
+    }
 }
 
 pub(crate) struct Router {
@@ -119,10 +130,12 @@ impl Router {
     pub(crate) fn subscribe(&self, destination: &str, conn: ConnId, sub: u32, outbox: Arc<Outbox>) {
         let r = SubRef { conn, sub, outbox };
         if let Ok(mut t) = self.topics.write() {
-            if is_pattern(destination) {
-                t.patterns.push((destination.to_string(), r));
-            } else {
-                t.exact.entry(destination.to_string()).or_default().push(r);
+            let map = t.map(destination);
+            match map.get_mut(destination) {
+                Some(list) => list.push(r),
+                None => {
+                    map.insert(destination.to_string(), vec![r]);
+                }
             }
         }
         Stats::add(&self.stats.subscriptions, 1);
@@ -131,12 +144,11 @@ impl Router {
     pub(crate) fn unsubscribe(&self, destination: &str, conn: ConnId, sub: u32) {
         let same = |r: &SubRef| r.conn == conn && r.sub == sub;
         if let Ok(mut t) = self.topics.write() {
-            if is_pattern(destination) {
-                t.patterns.retain(|(_, r)| !same(r));
-            } else if let Some(list) = t.exact.get_mut(destination) {
+            let map = t.map(destination);
+            if let Some(list) = map.get_mut(destination) {
                 list.retain(|r| !same(r));
                 if list.is_empty() {
-                    t.exact.remove(destination);
+                    map.remove(destination);
                 }
             }
         }
@@ -146,27 +158,36 @@ impl Router {
     /// Pushes a record to every local subscriber of its destination.
     pub(crate) fn deliver(&self, d: &Delivery) {
         Stats::inc(&self.stats.messages_received_total);
-        let Some(shared) = Shared::new(d).map(Arc::new) else {
-            return;
-        };
         let Ok(t) = self.topics.read() else {
             return;
         };
         let dest = d.record.destination.as_str();
-        let exact = t.exact.get(dest).into_iter().flatten();
+        let exact = t.exact.get(dest);
         let wild = t
             .patterns
             .iter()
             .filter(|(p, _)| matches(p, dest))
-            .map(|(_, r)| r);
+            .map(|(_, list)| list);
+        let mut shared: Option<Arc<Shared>> = None;
         let mut n = 0u64;
-        for r in exact.chain(wild) {
-            let out = Out::Message {
-                sub: r.sub,
-                msg: shared.clone(),
+        for list in exact.into_iter().chain(wild) {
+            let msg = match &shared {
+                Some(m) => m.clone(),
+                // Encoded once, and only when someone is there to receive it: every
+                // node sees every record, most have no subscriber for most of them.
+                None => match Shared::new(d) {
+                    Some(m) => shared.insert(Arc::new(m)).clone(),
+                    None => return,
+                },
             };
-            if r.outbox.push(out) {
-                n += 1;
+            for r in list {
+                let out = Out::Message {
+                    sub: r.sub,
+                    msg: msg.clone(),
+                };
+                if r.outbox.push(out) {
+                    n += 1;
+                }
             }
         }
         drop(t);
@@ -193,5 +214,55 @@ mod tests {
         assert!(matches("/topic/*.x", "/topic/q.x"));
         assert!(!matches("/topic/a.b", "/topic/a.c"));
         assert!(is_pattern("/topic/a.*") && is_pattern("/topic/#") && !is_pattern("/topic/a"));
+    }
+
+    #[test]
+    fn each_subscriber_once_whatever_the_pattern() {
+        use std::sync::atomic::Ordering::Relaxed;
+
+        use crate::bus::Record;
+        use crate::config::SlowConsumerPolicy;
+
+        let stats = Arc::new(Stats::default());
+        let router = Router::new(stats.clone());
+        let outbox = || {
+            let policy = SlowConsumerPolicy::Disconnect;
+            Arc::new(Outbox::new(16, 1 << 20, policy, stats.clone()))
+        };
+        let (exact, wild, wild2, other) = (outbox(), outbox(), outbox(), outbox());
+        router.subscribe("/topic/a.b", 1, 0, exact.clone());
+        router.subscribe("/topic/a.*", 2, 0, wild.clone());
+        router.subscribe("/topic/a.*", 3, 7, wild2.clone());
+        router.subscribe("/topic/x.*", 4, 0, other.clone());
+        let to = |destination: &str| Delivery {
+            id: "n-1".into(),
+            record: Record {
+                destination: destination.into(),
+                ..Record::default()
+            },
+        };
+        let drained = |o: &Outbox| {
+            let mut v = Vec::new();
+            o.drain(&mut v);
+            v.iter()
+                .map(|Out::Message { sub, .. }| *sub)
+                .collect::<Vec<_>>()
+        };
+
+        router.deliver(&to("/topic/a.b"));
+        assert_eq!(drained(&exact), [0]);
+        assert_eq!(drained(&wild), [0]);
+        assert_eq!(drained(&wild2), [7]);
+        assert!(drained(&other).is_empty());
+        assert_eq!(stats.messages_delivered_total.load(Relaxed), 3);
+
+        router.unsubscribe("/topic/a.*", 3, 7);
+        router.deliver(&to("/topic/a.c"));
+        assert_eq!(drained(&wild), [0]);
+        assert!(drained(&wild2).is_empty() && drained(&exact).is_empty());
+
+        router.deliver(&to("/topic/none"));
+        assert_eq!(stats.messages_unrouted_total.load(Relaxed), 1);
+        assert_eq!(stats.subscriptions.load(Relaxed), 3);
     }
 }

@@ -56,6 +56,8 @@ pub(crate) enum Action {
 #[derive(Debug)]
 struct Subscription {
     slot: u32,
+    /// The client's `id`.
+    id: String,
     destination: String,
     ack: AckMode,
     /// The `subscription:<id>\n` line, escaped for the session's version.
@@ -75,8 +77,10 @@ pub(crate) struct Session {
     cfg: SessionConfig,
     state: State,
     version: Version,
-    subs: HashMap<String, Subscription>,
-    slots: HashMap<u32, String>,
+    /// By slot: a MESSAGE names its subscription by slot, once per subscriber.
+    subs: HashMap<u32, Subscription>,
+    /// Client `id` → slot.
+    ids: HashMap<String, u32>,
     next_slot: u32,
     next_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
@@ -84,10 +88,10 @@ pub(crate) struct Session {
 }
 
 /// The per-subscriber head of a MESSAGE, or why it cannot be sent.
-pub(crate) enum Head {
+pub(crate) enum Head<'s> {
     /// `subscription:…\n` and, in client ack modes, `ack:…\n`.
     Lines {
-        subscription: Bytes,
+        subscription: &'s [u8],
         ack: Option<u64>,
     },
     /// The subscription is gone (unsubscribed while the message was queued).
@@ -105,7 +109,7 @@ impl Session {
             state: State::AwaitConnect,
             version: Version::V1_2,
             subs: HashMap::new(),
-            slots: HashMap::new(),
+            ids: HashMap::new(),
             next_slot: 0,
             next_ack: 0,
             transactions: HashMap::new(),
@@ -285,7 +289,7 @@ impl Session {
                 "cannot subscribe to {destination}: use /topic/<name>"
             ));
         }
-        if self.subs.contains_key(id) {
+        if self.ids.contains_key(id) {
             return Err(format!("subscription id {id} already in use"));
         }
         if self.subs.len() >= self.cfg.max_subscriptions {
@@ -304,16 +308,17 @@ impl Session {
         self.next_slot = self.next_slot.wrapping_add(1);
         let header_line = header_line(self.version, "subscription", id);
         self.subs.insert(
-            id.to_owned(),
+            slot,
             Subscription {
                 slot,
+                id: id.to_owned(),
                 destination: destination.to_owned(),
                 ack,
                 header_line,
                 unacked: VecDeque::new(),
             },
         );
-        self.slots.insert(slot, id.to_owned());
+        self.ids.insert(id.to_owned(), slot);
         out.push(Action::Subscribe {
             slot,
             destination: destination.to_owned(),
@@ -328,10 +333,10 @@ impl Session {
             (None, _) => return Err("missing header: id".into()),
         };
         let sub = self
-            .subs
+            .ids
             .remove(id)
+            .and_then(|slot| self.subs.remove(&slot))
             .ok_or_else(|| format!("unknown subscription {id}"))?;
-        self.slots.remove(&sub.slot);
         out.push(Action::Unsubscribe {
             slot: sub.slot,
             destination: sub.destination,
@@ -354,7 +359,7 @@ impl Session {
         } else {
             let message_id = required(frame, "message-id")?;
             let only = match frame.get("subscription") {
-                Some(s) if !self.subs.contains_key(s) => {
+                Some(s) if !self.ids.contains_key(s) => {
                     return Err(format!("unknown subscription {s}"));
                 }
                 Some(s) => Some(s.to_owned()),
@@ -389,24 +394,25 @@ impl Session {
         &self,
         pred: impl Fn(&(u64, String)) -> bool,
         only: Option<&str>,
-    ) -> Option<(String, usize)> {
+    ) -> Option<(u32, usize)> {
         self.subs
-            .iter()
-            .filter(|(id, _)| only.is_none_or(|o| o == id.as_str()))
-            .find_map(|(id, s)| s.unacked.iter().position(&pred).map(|p| (id.clone(), p)))
+            .values()
+            .filter(|s| only.is_none_or(|o| o == s.id))
+            .find_map(|s| s.unacked.iter().position(&pred).map(|p| (s.slot, p)))
     }
 
     /// Prepares the per-subscriber head of a MESSAGE for subscription `slot`.
-    pub(crate) fn message_head(&mut self, slot: u32, message_id: impl FnOnce() -> String) -> Head {
-        let Some(id) = self.slots.get(&slot) else {
-            return Head::Gone;
-        };
-        let Some(s) = self.subs.get_mut(id) else {
+    pub(crate) fn message_head(
+        &mut self,
+        slot: u32,
+        message_id: impl FnOnce() -> String,
+    ) -> Head<'_> {
+        let Some(s) = self.subs.get_mut(&slot) else {
             return Head::Gone;
         };
         if s.ack == AckMode::Auto {
             return Head::Lines {
-                subscription: s.header_line.clone(),
+                subscription: &s.header_line,
                 ack: None,
             };
         }
@@ -422,7 +428,7 @@ impl Session {
         };
         s.unacked.push_back((seq, mid));
         Head::Lines {
-            subscription: s.header_line.clone(),
+            subscription: &s.header_line,
             ack: Some(seq),
         }
     }

@@ -19,6 +19,7 @@ node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' ||
   die "Node.js >= 18 needed (have $(node --version))"
 if [ ! -f node_modules/@stomp/stompjs/package.json ] ||
   [ ! -f node_modules/ws/package.json ] ||
+  [ ! -f node_modules/playwright-core/package.json ] ||
   [ package-lock.json -nt node_modules/.package-lock.json ]; then
   command -v "$NPM" >/dev/null || die "npm not found"
   echo "install.sh: npm ci in $(pwd)" >&2

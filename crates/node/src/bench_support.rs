@@ -1,0 +1,151 @@
+//! The fan-out path as the node runs it, minus the sockets, for `benches/fanout.rs`.
+//! Not a stable API.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
+
+use crate::bus::Delivery;
+use crate::config::NodeConfig;
+use crate::connection::{Rendered, render};
+use crate::outbox::{Out, Outbox};
+use crate::router::Router;
+use crate::session::{Action, Session, SessionConfig};
+use crate::stats::Stats;
+
+/// One router and `n` connections, each with one subscription, as
+/// `connection.rs` sets them up: a STOMP 1.2 session, a bounded outbox.
+pub struct Fanout {
+    router: Router,
+    conns: Vec<Conn>,
+    stats: Arc<Stats>,
+    client_ack: bool,
+}
+
+struct Conn {
+    session: Session,
+    outbox: Arc<Outbox>,
+    queued: Vec<Out>,
+    scratch: BytesMut,
+    /// MESSAGE frames rendered so far.
+    rendered: u64,
+    /// Of those, acknowledged (client ack modes only).
+    acked: u64,
+}
+
+impl Fanout {
+    /// `subscribers` connections subscribed to `destination` (a topic or a wildcard
+    /// pattern) with ack mode `ack` (`auto`, `client`, `client-individual`), with the
+    /// default node configuration. Fails when a session refuses the subscription.
+    pub fn new(subscribers: usize, destination: &str, ack: &str) -> Result<Fanout, String> {
+        let cfg = NodeConfig::default();
+        let stats = Arc::new(Stats::default());
+        let router = Router::new(stats.clone());
+        let mut conns = Vec::with_capacity(subscribers);
+        let mut actions = Vec::new();
+        for conn_id in 1..=subscribers as u64 {
+            let mut session = Session::new(SessionConfig {
+                max_subscriptions: cfg.max_subscriptions,
+                ack_window: cfg.ack_window,
+                client_send: cfg.client_send,
+                heart_beat: HeartBeat::default(),
+                session_id: format!("bench-{conn_id}"),
+            });
+            let outbox = Arc::new(Outbox::new(
+                cfg.outbound_max_messages,
+                cfg.outbound_max_bytes,
+                cfg.slow_consumer,
+                stats.clone(),
+            ));
+            let connect = Frame::new(Command::Connect).header("accept-version", "1.2");
+            session.on_frame(connect, &mut actions);
+            let subscribe = Frame::new(Command::Subscribe)
+                .header("id", "sub-0")
+                .header("destination", destination)
+                .header("ack", ack);
+            session.on_frame(subscribe, &mut actions);
+            for action in actions.drain(..) {
+                match action {
+                    Action::Subscribe { slot, destination } => {
+                        router.subscribe(&destination, conn_id, slot, outbox.clone());
+                    }
+                    Action::Reply(f) if f.command == Command::Error => {
+                        return Err(format!("subscription refused: {:?}", f.get("message")));
+                    }
+                    _ => {}
+                }
+            }
+            conns.push(Conn {
+                session,
+                outbox,
+                queued: Vec::new(),
+                scratch: BytesMut::new(),
+                rendered: 0,
+                acked: 0,
+            });
+        }
+        Ok(Fanout {
+            router,
+            conns,
+            stats,
+            client_ack: ack != "auto",
+        })
+    }
+
+    /// What the bus consumer does with each record: route it, encode its shared
+    /// part once and push it into every matching outbox.
+    pub fn deliver(&self, d: &Delivery) {
+        self.router.deliver(d);
+    }
+
+    /// What every connection task does when woken: drain its outbox and render each
+    /// MESSAGE frame. Returns the number of bytes rendered.
+    pub fn write_all(&mut self) -> usize {
+        let mut bytes = 0;
+        for c in &mut self.conns {
+            c.outbox.drain(&mut c.queued);
+            for out in c.queued.drain(..) {
+                if let Rendered::Frame(frame) =
+                    render(out, &mut c.session, Version::V1_2, &mut c.scratch)
+                {
+                    bytes += frame.len();
+                    c.rendered += 1;
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Empties every outbox without rendering.
+    pub fn clear(&self) {
+        for c in &self.conns {
+            c.outbox.clear();
+        }
+    }
+
+    /// Acknowledges everything rendered so far in client ack modes, as a client
+    /// would, so that no ack window fills up.
+    pub fn ack_all(&mut self) {
+        if !self.client_ack {
+            return;
+        }
+        let mut actions = Vec::new();
+        for c in &mut self.conns {
+            // One subscription per session: its ack ids are 0, 1, 2, …
+            while c.acked < c.rendered {
+                let ack = Frame::new(Command::Ack).header("id", c.acked.to_string());
+                c.session.on_frame(ack, &mut actions);
+                c.acked += 1;
+            }
+            actions.clear();
+        }
+    }
+
+    /// MESSAGE frames queued to subscribers so far.
+    pub fn delivered(&self) -> u64 {
+        self.stats
+            .messages_delivered_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
