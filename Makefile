@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test tools-build tools-test fmt-check lint unit bench fuzz
+.PHONY: run test tools-build tools-test fmt-check lint unit bench bench-kafka fuzz
 
 run: tools-build
 	@if [ -f crates/cli/Cargo.toml ]; then \
@@ -36,6 +36,12 @@ unit:
 bench:
 	$(CARGO) bench -p pushcenter-stomp --bench codec
 	$(CARGO) bench -p pushcenter-node --bench fanout
+
+# Kafka publish -> client latency on real processes (Tansu, a node, a subscriber).
+bench-kafka: tools-test
+	$(CARGO) bench -p pushcenter --bench kafka_latency -- $(RATE) $(DURATION)
+RATE ?= 10000
+DURATION ?= 10
 
 # Needs cargo-fuzz and a nightly toolchain; see docs/testing.md.
 FUZZ_SECONDS ?= 600
