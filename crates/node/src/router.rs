@@ -168,26 +168,25 @@ impl Router {
             .iter()
             .filter(|(p, _)| matches(p, dest))
             .map(|(_, list)| list);
-        let mut shared: Option<Arc<Shared>> = None;
+        let mut lists = exact.into_iter().chain(wild).peekable();
+        if lists.peek().is_none() {
+            drop(t);
+            Stats::inc(&self.stats.messages_unrouted_total);
+            return;
+        }
+        // Encoded once, and only when someone is there to receive it: every node
+        // sees every record, and most have no subscriber for most of them.
+        let Some(shared) = Shared::new(d).map(Arc::new) else {
+            return;
+        };
         let mut n = 0u64;
-        for list in exact.into_iter().chain(wild) {
-            let msg = match &shared {
-                Some(m) => m.clone(),
-                // Encoded once, and only when someone is there to receive it: every
-                // node sees every record, most have no subscriber for most of them.
-                None => match Shared::new(d) {
-                    Some(m) => shared.insert(Arc::new(m)).clone(),
-                    None => return,
-                },
+        for r in lists.flatten() {
+            let out = Out::Message {
+                sub: r.sub,
+                msg: shared.clone(),
             };
-            for r in list {
-                let out = Out::Message {
-                    sub: r.sub,
-                    msg: msg.clone(),
-                };
-                if r.outbox.push(out) {
-                    n += 1;
-                }
+            if r.outbox.push(out) {
+                n += 1;
             }
         }
         drop(t);

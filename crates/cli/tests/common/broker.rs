@@ -1,19 +1,15 @@
 //! A real Kafka-protocol broker for tests: the Tansu binary (`make test` installs it)
 //! on a free loopback port, in-memory storage, stopped when dropped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+
+use super::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 impl Broker {

@@ -1,6 +1,8 @@
 //! A real etcd (Debian's etcd-server) on free loopback ports, data in a temp dir.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,12 +12,6 @@ pub struct Etcd {
     pub client: SocketAddr,
     peer: SocketAddr,
     dir: PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 impl Etcd {

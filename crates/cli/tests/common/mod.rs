@@ -19,6 +19,27 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+/// A free port below the ephemeral range (32768+ on Linux): while the server is down
+/// its clients keep reconnecting, and one of them could otherwise be handed this very
+/// port as its source port and connect to itself, or another test could bind it.
+pub fn free_port() -> SocketAddr {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for i in 0..1000u64 {
+        let port = 20_000
+            + ((seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(i * 7_919))
+                % 12_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free port in 20000..32000");
+}
+
 pub struct Node {
     child: Child,
     pub http: SocketAddr,
