@@ -162,14 +162,14 @@ impl Router {
             return;
         };
         let dest = d.record.destination.as_str();
-        let exact = t.exact.get(dest);
-        let wild = t
+        let exact = t.exact.get(dest).map_or(&[][..], Vec::as_slice);
+        let mut wild = t
             .patterns
             .iter()
             .filter(|(p, _)| matches(p, dest))
-            .map(|(_, list)| list);
-        let mut lists = exact.into_iter().chain(wild).peekable();
-        if lists.peek().is_none() {
+            .map(|(_, list)| list.as_slice())
+            .peekable();
+        if exact.is_empty() && wild.peek().is_none() {
             drop(t);
             Stats::inc(&self.stats.messages_unrouted_total);
             return;
@@ -180,13 +180,15 @@ impl Router {
             return;
         };
         let mut n = 0u64;
-        for r in lists.flatten() {
-            let out = Out::Message {
-                sub: r.sub,
-                msg: shared.clone(),
-            };
-            if r.outbox.push(out) {
-                n += 1;
+        for list in std::iter::once(exact).chain(wild) {
+            for r in list {
+                let out = Out::Message {
+                    sub: r.sub,
+                    msg: shared.clone(),
+                };
+                if r.outbox.push(out) {
+                    n += 1;
+                }
             }
         }
         drop(t);
