@@ -3,6 +3,7 @@
 //! producer stamps each record with its send time.
 //!
 //! cargo bench -p pushcenter --bench kafka_latency [-- RATE SECONDS [NODE_CONFIG.toml]]
+//! `LINGER_MS` sets the producer's `linger.ms` (default 5).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,7 +55,7 @@ async fn main() {
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.brokers())
-        .set("linger.ms", "1")
+        .set("linger.ms", &std::env::var("LINGER_MS").unwrap_or_else(|_| "5".into()))
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
