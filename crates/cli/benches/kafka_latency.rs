@@ -55,7 +55,10 @@ async fn main() {
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.brokers())
-        .set("linger.ms", &std::env::var("LINGER_MS").unwrap_or_else(|_| "5".into()))
+        .set(
+            "linger.ms",
+            &std::env::var("LINGER_MS").unwrap_or_else(|_| "5".into()),
+        )
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");

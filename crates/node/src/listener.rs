@@ -19,6 +19,27 @@ use crate::connection;
 
 /// Serves HTTP (and WebSocket upgrades) until the node shuts down.
 pub(crate) async fn http(listener: TcpListener, app: Router, node: Arc<Node>) {
+    accept(listener, node, move |stream, peer, node| {
+        tokio::spawn(http_conn(stream, peer, app.clone(), node));
+    })
+    .await;
+}
+
+/// Serves STOMP over plain TCP until the node shuts down.
+pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
+    accept(listener, node, |stream, peer, node| {
+        let link = connection::TcpLink::new(stream);
+        tokio::spawn(connection::serve(link, node, Some(peer)));
+    })
+    .await;
+}
+
+/// Accepts until shutdown; each socket goes to `spawn`, which starts its task.
+async fn accept(
+    listener: TcpListener,
+    node: Arc<Node>,
+    spawn: impl Fn(TcpStream, SocketAddr, Arc<Node>),
+) {
     let mut shutdown = node.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -28,9 +49,13 @@ pub(crate) async fn http(listener: TcpListener, app: Router, node: Arc<Node>) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(http_conn(stream, peer, app.clone(), node.clone()));
+                spawn(stream, peer, node.clone());
             }
-            Err(e) => backoff(e).await,
+            // Out of descriptors and the like: back off instead of spinning.
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
@@ -59,29 +84,4 @@ async fn http_conn(stream: TcpStream, peer: SocketAddr, app: Router, node: Arc<N
     // Finish the request in flight, then close; upgraded sockets drain on their own.
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
-}
-
-/// Serves STOMP over plain TCP until the node shuts down.
-pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
-    let mut shutdown = node.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let link = connection::TcpLink::new(stream);
-                tokio::spawn(connection::serve(link, node.clone(), Some(peer)));
-            }
-            Err(e) => backoff(e).await,
-        }
-    }
-}
-
-/// Out of descriptors and the like: back off instead of spinning.
-async fn backoff(e: std::io::Error) {
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
