@@ -57,7 +57,7 @@ async fn main() {
         .set("bootstrap.servers", broker.brokers())
         .set(
             "linger.ms",
-            &std::env::var("LINGER_MS").unwrap_or_else(|_| "5".into()),
+            std::env::var("LINGER_MS").unwrap_or_else(|_| "5".into()),
         )
         .set("queue.buffering.max.messages", "1000000")
         .create()
