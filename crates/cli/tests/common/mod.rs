@@ -42,6 +42,8 @@ pub fn free_port() -> SocketAddr {
 
 pub struct Node {
     child: Child,
+    /// Set once a test has waited for the exit it caused.
+    reaped: bool,
     pub http: SocketAddr,
     pub tcp: Option<SocketAddr>,
 }
@@ -108,6 +110,7 @@ impl Node {
             http: field("http=").unwrap_or_else(|| panic!("no http address in {line:?}")),
             tcp: field("tcp="),
             child,
+            reaped: false,
         }
     }
 
@@ -125,6 +128,7 @@ impl Node {
             .args([format!("-{sig}"), self.child.id().to_string()])
             .status()
             .expect("kill");
+        self.reaped = true;
         self.child.wait().expect("wait")
     }
 
@@ -142,6 +146,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A node that died on its own is the first thing to know when a test fails.
+        if let (false, Ok(Some(status))) = (self.reaped, self.child.try_wait()) {
+            eprintln!("pushcenter (pid {}) had exited: {status}", self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
