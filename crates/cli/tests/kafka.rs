@@ -168,14 +168,14 @@ async fn bad_records_are_counted_and_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_503_keeps_clients_and_recovers() {
-    let mut broker = Broker::start();
+    let (broker, mut link) = Broker::behind_link().await;
     let cfg = config_file("outage", "publish_timeout = \"2s\"\n");
     let node = Node::cluster("n1", &broker.brokers(), &["--config", &cfg]);
     ready(&node, Duration::from_secs(30)).await;
     let mut c = WsClient::connect(&node.ws_url()).await;
     c.subscribe("s", "/topic/outage").await;
 
-    broker.stop();
+    link.cut().await;
     let start = Instant::now();
     let (status, body) = publish(node.http, "/topic/outage", "lost").await;
     let took = start.elapsed();
@@ -194,8 +194,9 @@ async fn broker_outage_gives_503_keeps_clients_and_recovers() {
     }
     c.subscribe("s2", "/topic/other").await;
 
-    broker.restart();
-    ready(&node, Duration::from_secs(30)).await;
+    link.restore().await;
+    let took = ready(&node, Duration::from_secs(30)).await;
+    eprintln!("ready again {took:?} after the broker came back");
     let (status, body) = publish(node.http, "/topic/outage", "back").await;
     assert_eq!(status, 202, "{body}");
     let m = c.frame().await.expect("MESSAGE after recovery");

@@ -1,7 +1,8 @@
 //! The node's [`Bus`] on Kafka. Publishing is one producer. Receiving is one consumer
-//! per node that reads every partition of the messages topic: it assigns them itself
-//! (no group rebalance to wait for; the group `pushcenter.<node_id>` only holds
-//! committed offsets), starts at the current end, and adds partitions created later.
+//! per node that reads every partition of the messages and replies topics: it assigns
+//! them itself (no group rebalance to wait for; the group `pushcenter.<node_id>` only
+//! holds committed offsets), starts at the current end, and adds partitions created
+//! later.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -14,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pushcenter_node::{BoxFuture, Bus, BusError, DeliverFn, Record, Stats};
+use pushcenter_node::{
+    BoxFuture, Bus, BusError, DeliverFn, Record, Reply, ReplyFn, ReplyKind, Stats,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -23,12 +26,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
-pub use record::{delivery_from, message_id};
+pub use record::{delivery_from, message_id, reply_from};
 
 /// The `[kafka]` section of a node's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +201,50 @@ impl KafkaBus {
     }
 }
 
+impl KafkaBus {
+    /// Produces one record; resolves with its (partition, offset).
+    fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> impl std::future::Future<Output = Result<(i32, i64), BusError>> + Send + 'static {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (key, value) in headers {
+            hs = hs.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let fr = FutureRecord::to(topic).key(key).payload(body).headers(hs);
+        // `send_result` enqueues now (so the record borrows end here).
+        let queued = self.producer.send_result(fr).map_err(|(e, _)| e);
+        let timeout = self.publish_timeout;
+        async move {
+            let result = match queued {
+                Ok(delivery) => match tokio::time::timeout(timeout, delivery).await {
+                    Ok(Ok(Ok(d))) => return Ok((d.partition, d.offset)),
+                    Ok(Ok(Err((e, _)))) => e,
+                    Ok(Err(_canceled)) => {
+                        return Err(BusError::Unavailable("producer closed".into()));
+                    }
+                    Err(_) => return Err(BusError::Unavailable("timed out".into())),
+                },
+                Err(e) => e,
+            };
+            Err(match result.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::InvalidMessage,
+                ) => BusError::Rejected(result.to_string()),
+                _ => BusError::Unavailable(result.to_string()),
+            })
+        }
+    }
+}
+
 impl Drop for KafkaBus {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::Relaxed);
@@ -206,7 +252,7 @@ impl Drop for KafkaBus {
 }
 
 impl Bus for KafkaBus {
-    fn start(&self, deliver: DeliverFn, stats: Arc<Stats>) {
+    fn start(&self, deliver: DeliverFn, reply: ReplyFn, stats: Arc<Stats>) {
         let consumer: Result<BaseConsumer<Ctx>, _> =
             self.consumer_config().create_with_context(Ctx {
                 state: self.state.clone(),
@@ -228,8 +274,9 @@ impl Bus for KafkaBus {
             runtime: tokio::runtime::Handle::current(),
             state: self.state.clone(),
             deliver,
+            reply,
             stats,
-            next: Vec::new(),
+            next: [Vec::new(), Vec::new()],
         };
         let spawned = std::thread::Builder::new()
             .name("kafka-consumer".into())
@@ -240,44 +287,42 @@ impl Bus for KafkaBus {
     }
 
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>> {
-        let producer = self.producer.clone();
-        let topic = self.cfg.messages_topic.clone();
-        let timeout = self.publish_timeout;
-        Box::pin(async move {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 3);
-            let mut add = |key: &str, value: &str| {
-                headers = std::mem::take(&mut headers).insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            };
-            add("destination", &record.destination);
-            if let Some(u) = &record.user {
-                add("user", u);
-            }
-            if let Some(s) = &record.session {
-                add("session", s);
-            }
-            for (k, v) in &record.headers {
-                add(k, v);
-            }
-            let key = record.key.as_deref().unwrap_or(&record.destination);
-            let fr = FutureRecord::to(&topic)
-                .key(key)
-                .payload(&record.body[..])
-                .headers(headers);
-            match producer.send(fr, Timeout::After(timeout)).await {
-                Ok(d) => Ok(message_id(d.partition, d.offset)),
-                Err((e, _)) => Err(match e.rdkafka_error_code() {
-                    Some(
-                        RDKafkaErrorCode::MessageSizeTooLarge
-                        | RDKafkaErrorCode::InvalidRecord
-                        | RDKafkaErrorCode::InvalidMessage,
-                    ) => BusError::Rejected(e.to_string()),
-                    _ => BusError::Unavailable(e.to_string()),
-                }),
-            }
-        })
+        let mut headers = Vec::with_capacity(record.headers.len() + 3);
+        headers.push(("destination", record.destination.as_str()));
+        if let Some(u) = &record.user {
+            headers.push(("user", u));
+        }
+        if let Some(s) = &record.session {
+            headers.push(("session", s));
+        }
+        for (k, v) in &record.headers {
+            headers.push((k, v));
+        }
+        let key = record.key.as_deref().unwrap_or(&record.destination);
+        let sent = self.produce(&self.cfg.messages_topic, key, &headers, &record.body);
+        Box::pin(async move { sent.await.map(|(p, o)| message_id(p, o)) })
+    }
+
+    fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>> {
+        let mut headers = Vec::with_capacity(reply.headers.len() + 3);
+        headers.push(("correlation-id", reply.correlation_id.as_str()));
+        if let Some(n) = &reply.node {
+            headers.push(("reply-node", n));
+        }
+        if reply.kind == ReplyKind::Delivered {
+            headers.push(("reply-kind", "delivered"));
+        }
+        for (k, v) in &reply.headers {
+            headers.push((k, v));
+        }
+        // Keyed by correlation id: a request's delivery note and answer keep their order.
+        let sent = self.produce(
+            &self.cfg.replies_topic,
+            &reply.correlation_id,
+            &headers,
+            &reply.body,
+        );
+        Box::pin(async move { sent.await.map(drop) })
     }
 
     fn ready(&self) -> bool {
@@ -303,9 +348,10 @@ struct Reader {
     runtime: tokio::runtime::Handle,
     state: Arc<State>,
     deliver: DeliverFn,
+    reply: ReplyFn,
     stats: Arc<Stats>,
-    /// Next offset to read, per partition (index = partition).
-    next: Vec<i64>,
+    /// Next offset to read, per topic (messages, replies) and partition (index).
+    next: [Vec<i64>; 2],
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -326,17 +372,24 @@ impl Reader {
                 None => {}
                 Some(Ok(m)) => {
                     self.state.reachable.store(true, Ordering::Relaxed);
+                    let replies = m.topic() == self.cfg.replies_topic;
                     if let Some(n) = usize::try_from(m.partition())
                         .ok()
-                        .and_then(|p| self.next.get_mut(p))
+                        .and_then(|p| self.next[usize::from(replies)].get_mut(p))
                     {
                         *n = m.offset() + 1;
                     }
-                    match delivery_from(&m) {
-                        Ok(d) => (self.deliver)(d),
+                    let handled = if replies {
+                        reply_from(&m).map(|r| (self.reply)(r))
+                    } else {
+                        delivery_from(&m).map(|d| (self.deliver)(d))
+                    };
+                    match handled {
+                        Ok(()) => {}
                         Err(why) => {
                             Stats::inc(&self.stats.bus_records_skipped_total);
                             debug!(
+                                topic = m.topic(),
                                 partition = m.partition(),
                                 offset = m.offset(),
                                 why,
@@ -350,69 +403,85 @@ impl Reader {
         }
     }
 
-    /// Checks the broker: reachable? topic there? more partitions than assigned?
+    /// Checks the broker: reachable? topics there? more partitions than assigned?
     fn check(&mut self) {
-        let topic = self.cfg.messages_topic.clone();
         let timeout = self.cfg.check_interval.min(Duration::from_secs(2));
-        let partitions = match self.consumer.fetch_metadata(Some(&topic), timeout) {
-            Ok(md) => md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().len()),
-            Err(e) => {
-                if self.state.reachable.swap(false, Ordering::Relaxed) {
-                    warn!(error = %e, "kafka unreachable");
+        let topics = [
+            self.cfg.messages_topic.clone(),
+            self.cfg.replies_topic.clone(),
+        ];
+        let mut counts = [0usize; 2];
+        for (i, topic) in topics.iter().enumerate() {
+            match self.consumer.fetch_metadata(Some(topic), timeout) {
+                Ok(md) => {
+                    counts[i] = md
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len());
                 }
-                return;
+                Err(e) => {
+                    if self.state.reachable.swap(false, Ordering::Relaxed) {
+                        warn!(error = %e, "kafka unreachable");
+                    }
+                    return;
+                }
             }
-        };
+        }
         if !self.state.reachable.swap(true, Ordering::Relaxed) {
             info!(brokers = %self.cfg.brokers, "kafka reachable");
         }
-        let Some(count) = partitions.filter(|&n| n > 0) else {
+        if counts.contains(&0) {
             // Missing (first start, or a broker that lost its topics): create, then
             // read the new topic from its start.
             self.create_topics();
-            if !self.next.is_empty() {
-                self.next.clear();
-                self.state.assigned.store(false, Ordering::Relaxed);
+            for (i, &n) in counts.iter().enumerate() {
+                if n == 0 && !self.next[i].is_empty() {
+                    self.next[i].clear();
+                    self.state.assigned.store(false, Ordering::Relaxed);
+                }
             }
             return;
-        };
-        if count == self.next.len() {
+        }
+        if counts[0] == self.next[0].len() && counts[1] == self.next[1].len() {
             return;
         }
-        let fresh = self.next.is_empty();
-        let mut next = Vec::with_capacity(count);
+        let mut next: [Vec<i64>; 2] = Default::default();
         let mut tpl = TopicPartitionList::new();
-        for p in 0..count {
-            let Ok(pi) = i32::try_from(p) else { return };
-            let offset = match self.next.get(p) {
-                Some(&n) => n,
-                // At start: the current end, so the node delivers what is published
-                // from now on and nothing older.
-                None if fresh => match self.consumer.fetch_watermarks(&topic, pi, timeout) {
-                    Ok((_, high)) => high,
-                    Err(e) => {
-                        debug!(error = %e, partition = p, "watermarks unavailable");
-                        return;
-                    }
-                },
-                // A partition added later: everything in it is new.
-                None => 0,
-            };
-            next.push(offset);
-            if tpl
-                .add_partition_offset(&topic, pi, Offset::Offset(offset))
-                .is_err()
-            {
-                return;
+        for (i, topic) in topics.iter().enumerate() {
+            let fresh = self.next[i].is_empty();
+            for p in 0..counts[i] {
+                let Ok(pi) = i32::try_from(p) else { return };
+                let offset = match self.next[i].get(p) {
+                    Some(&n) => n,
+                    // At start: the current end, so the node delivers what is
+                    // published from now on and nothing older.
+                    None if fresh => match self.consumer.fetch_watermarks(topic, pi, timeout) {
+                        Ok((_, high)) => high,
+                        Err(e) => {
+                            debug!(error = %e, topic, partition = p, "watermarks unavailable");
+                            return;
+                        }
+                    },
+                    // A partition added later: everything in it is new.
+                    None => 0,
+                };
+                next[i].push(offset);
+                if tpl
+                    .add_partition_offset(topic, pi, Offset::Offset(offset))
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
         match self.consumer.assign(&tpl) {
             Ok(()) => {
-                info!(topic, partitions = count, "reading every partition");
+                info!(
+                    messages = counts[0],
+                    replies = counts[1],
+                    "reading every partition"
+                );
                 self.next = next;
                 self.state.assigned.store(true, Ordering::Relaxed);
             }

@@ -3,7 +3,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
-use pushcenter_node::{Delivery, NODE_HEADERS, Record, check_publish_destination, sanitize};
+use pushcenter_node::{
+    Delivery, NODE_HEADERS, Record, Reply, ReplyKind, check_correlation_id,
+    check_publish_destination, sanitize,
+};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 
@@ -12,45 +15,78 @@ pub fn message_id(partition: i32, offset: i64) -> String {
     format!("{partition}-{offset}")
 }
 
+/// Calls `each(name, value)` for every header, first occurrence of a name only; fails
+/// on a header that cannot become a STOMP header.
+fn headers<M: Message>(m: &M, mut each: impl FnMut(&str, &str)) -> Result<(), &'static str> {
+    let Some(hs) = m.headers() else {
+        return Ok(());
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for i in 0..hs.count() {
+        // rdkafka unwraps header names as UTF-8 and panics on anything else.
+        let h =
+            catch_unwind(AssertUnwindSafe(|| hs.get(i))).map_err(|_| "header name is not UTF-8")?;
+        let value = std::str::from_utf8(h.value.unwrap_or_default())
+            .map_err(|_| "header value is not UTF-8")?;
+        if h.key.is_empty() || h.key.contains([':', '\r', '\n', '\0']) {
+            return Err("bad header name");
+        }
+        if seen.contains(&h.key) {
+            continue;
+        }
+        seen.push(h.key);
+        each(h.key, value);
+    }
+    Ok(())
+}
+
 /// The delivery a record stands for, or why it cannot be delivered.
 pub fn delivery_from<M: Message>(m: &M) -> Result<Delivery, &'static str> {
     let mut record = Record::default();
     let mut destination = None;
-    if let Some(hs) = m.headers() {
-        for i in 0..hs.count() {
-            // rdkafka unwraps header names as UTF-8 and panics on anything else.
-            let h = catch_unwind(AssertUnwindSafe(|| hs.get(i)))
-                .map_err(|_| "header name is not UTF-8")?;
-            let value = std::str::from_utf8(h.value.unwrap_or_default())
-                .map_err(|_| "header value is not UTF-8")?;
-            if h.key.is_empty() || h.key.contains([':', '\r', '\n', '\0']) {
-                return Err("bad header name");
-            }
-            match h.key {
-                "destination" => {
-                    destination.get_or_insert(value);
-                }
-                "user" => {
-                    record.user.get_or_insert_with(|| value.to_owned());
-                }
-                "session" => {
-                    record.session.get_or_insert_with(|| value.to_owned());
-                }
-                // The node writes these itself.
-                k if NODE_HEADERS.contains(&k) => {}
-                k if record.headers.iter().any(|(n, _)| n == k) => {}
-                k => record.headers.push((k.to_owned(), sanitize(value))),
-            }
-        }
-    }
+    headers(m, |k, value| match k {
+        "destination" => destination = Some(value.to_owned()),
+        "user" => record.user = Some(value.to_owned()),
+        "session" => record.session = Some(value.to_owned()),
+        // The node writes these itself.
+        k if NODE_HEADERS.contains(&k) => {}
+        k => record.headers.push((k.to_owned(), sanitize(value))),
+    })?;
     let destination = destination.ok_or("no destination header")?;
-    check_publish_destination(destination).map_err(|_| "bad destination")?;
-    record.destination = destination.to_owned();
+    let targeted = record.user.is_some() || record.session.is_some();
+    check_publish_destination(&destination, targeted).map_err(|_| "bad destination")?;
+    record.destination = destination;
     record.body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
     Ok(Delivery {
         id: message_id(m.partition(), m.offset()),
         record,
     })
+}
+
+/// The reply a record of the replies topic stands for, or why it is none.
+pub fn reply_from<M: Message>(m: &M) -> Result<Reply, &'static str> {
+    let mut reply = Reply::default();
+    let mut id = None;
+    let mut kind = Ok(ReplyKind::Answer);
+    headers(m, |k, value| match k {
+        "correlation-id" => id = Some(value.to_owned()),
+        "reply-node" => reply.node = Some(value.to_owned()),
+        "reply-kind" => {
+            kind = match value {
+                "answer" => Ok(ReplyKind::Answer),
+                "delivered" => Ok(ReplyKind::Delivered),
+                _ => Err("unknown reply-kind"),
+            }
+        }
+        k if NODE_HEADERS.contains(&k) => {}
+        k => reply.headers.push((k.to_owned(), sanitize(value))),
+    })?;
+    reply.kind = kind?;
+    let id = id.ok_or("no correlation-id header")?;
+    check_correlation_id(&id).map_err(|_| "bad correlation-id")?;
+    reply.correlation_id = id;
+    reply.body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+    Ok(reply)
 }
 
 #[cfg(test)]
@@ -105,6 +141,53 @@ mod tests {
                 ("priority".to_string(), "high level".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn reply_records() {
+        let m = message(
+            &[
+                ("correlation-id", b"n2-abc"),
+                ("reply-node", b"n2"),
+                ("status", b"ok"),
+            ],
+            b"yes",
+        );
+        let r = reply_from(&m).expect("reply");
+        assert_eq!(
+            (r.correlation_id.as_str(), r.node.as_deref(), r.kind),
+            ("n2-abc", Some("n2"), ReplyKind::Answer)
+        );
+        assert_eq!(r.headers, vec![("status".to_string(), "ok".to_string())]);
+        assert_eq!(&r.body[..], b"yes");
+        let m = message(
+            &[("correlation-id", b"order-7"), ("reply-kind", b"delivered")],
+            b"",
+        );
+        let r = reply_from(&m).expect("delivery note");
+        assert_eq!((r.node, r.kind), (None, ReplyKind::Delivered));
+        for (headers, why) in [
+            (&[][..], "no correlation-id header"),
+            (&[("correlation-id", &b"a b"[..])][..], "bad correlation-id"),
+            (
+                &[("correlation-id", &b"a"[..]), ("reply-kind", b"x")][..],
+                "unknown reply-kind",
+            ),
+        ] {
+            assert_eq!(reply_from(&message(headers, b"")).map(|_| ()), Err(why));
+        }
+    }
+
+    #[test]
+    fn targeted_records() {
+        let m = message(
+            &[("destination", b"/user/queue/orders"), ("session", b"n1-4")],
+            b"",
+        );
+        let d = delivery_from(&m).expect("session-targeted");
+        assert_eq!(d.record.session.as_deref(), Some("n1-4"));
+        let m = message(&[("destination", b"/user/queue/orders")], b"");
+        assert_eq!(delivery_from(&m).map(|_| ()), Err("bad destination"));
     }
 
     #[test]

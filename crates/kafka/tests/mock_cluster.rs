@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pushcenter_kafka::{KafkaBus, KafkaConfig};
-use pushcenter_node::{Bus, Delivery, Record, Stats};
+use pushcenter_node::{Bus, Delivery, Record, Reply, ReplyKind, Stats};
 use rdkafka::mocking::MockCluster;
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -17,11 +17,11 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_comes_back_through_the_consumer_with_its_id() {
+async fn publish_and_reply_come_back_through_the_consumer() {
     let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic("pushcenter.messages", 3, 1)
-        .expect("topic");
+    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+        cluster.create_topic(topic, 3, 1).expect("topic");
+    }
     let cfg = KafkaConfig {
         brokers: cluster.bootstrap_servers(),
         partitions: 3,
@@ -29,9 +29,11 @@ async fn publish_comes_back_through_the_consumer_with_its_id() {
     };
     let bus = KafkaBus::new(cfg, "t1", Duration::from_secs(5)).expect("bus");
     let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let sink = got.clone();
+    let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
+    let (sink, reply_sink) = (got.clone(), replies.clone());
     bus.start(
         Arc::new(move |d| sink.lock().expect("lock").push(d)),
+        Arc::new(move |r| reply_sink.lock().expect("lock").push(r)),
         Arc::new(Stats::default()),
     );
     until("bus ready", || bus.ready()).await;
@@ -54,20 +56,35 @@ async fn publish_comes_back_through_the_consumer_with_its_id() {
         d.record.headers,
         vec![("content-type".to_string(), "text/plain".to_string())]
     );
+
+    let sent = Reply {
+        correlation_id: "t1-42".into(),
+        node: Some("t1".into()),
+        kind: ReplyKind::Delivered,
+        headers: vec![("status".into(), "ok".into())],
+        body: "done".into(),
+    };
+    bus.reply(sent.clone()).await.expect("reply sent");
+    until("reply", || !replies.lock().expect("lock").is_empty()).await;
+    assert_eq!(replies.lock().expect("lock")[0], sent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
     let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic("pushcenter.messages", 3, 1)
-        .expect("topic");
+    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+        cluster.create_topic(topic, 3, 1).expect("topic");
+    }
     let cfg = KafkaConfig {
         brokers: cluster.bootstrap_servers(),
         ..KafkaConfig::default()
     };
     let bus = KafkaBus::new(cfg, "t2", Duration::from_secs(1)).expect("bus");
-    bus.start(Arc::new(|_| {}), Arc::new(Stats::default()));
+    bus.start(
+        Arc::new(|_| {}),
+        Arc::new(|_| {}),
+        Arc::new(Stats::default()),
+    );
     until("bus ready", || bus.ready()).await;
     cluster.broker_down(1).expect("broker down");
     let start = Instant::now();

@@ -51,6 +51,7 @@ impl Fanout {
                 client_send: cfg.client_send,
                 heart_beat: HeartBeat::default(),
                 session_id: format!("bench-{conn_id}"),
+                insecure_login_as_user: false,
             });
             let outbox = Arc::new(Outbox::new(
                 cfg.outbound_max_messages,

@@ -35,10 +35,27 @@ pub const NODE_HEADERS: [&str; 6] = [
     "session",
 ];
 
-/// Why a destination cannot be published to, if it cannot.
-pub fn check_publish_destination(d: &str) -> Result<(), String> {
-    if !d.starts_with("/topic/") || d.len() == "/topic/".len() {
-        return Err("destination must be /topic/<name>".into());
+/// Headers that make a message a request (`POST /v1/requests` sets them): plain
+/// publishes and client SENDs cannot carry them.
+pub const REQUEST_HEADERS: [&str; 2] = ["correlation-id", "reply-to"];
+
+/// Where a client's answer to a request goes: `/reply/<node that waits>`.
+pub const REPLY_PREFIX: &str = "/reply/";
+
+/// Why a destination cannot be published to, if it cannot. `/user/queue/<name>` needs
+/// a target (`targeted`: the record names a user or a session).
+pub fn check_publish_destination(d: &str, targeted: bool) -> Result<(), String> {
+    let name = d
+        .strip_prefix("/topic/")
+        .or_else(|| d.strip_prefix("/user/queue/").filter(|_| targeted));
+    if name.is_none_or(str::is_empty) {
+        return Err(if targeted {
+            "destination must be /topic/<name> or /user/queue/<name>".into()
+        } else if d.starts_with("/user/") {
+            "a /user/queue/<name> destination needs a user or a session".into()
+        } else {
+            "destination must be /topic/<name>".into()
+        });
     }
     if crate::router::is_pattern(d) {
         return Err("destination must not hold wildcards".into());
@@ -54,7 +71,7 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains([':', '\r', '\n', '\0']) {
         return Err(format!("invalid header name {name:?}"));
     }
-    if NODE_HEADERS.contains(&name) {
+    if NODE_HEADERS.contains(&name) || REQUEST_HEADERS.contains(&name) {
         return Err(format!("header {name} is set by the node"));
     }
     Ok(())
@@ -63,6 +80,37 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
 /// Record header values never hold CR or LF, so one encoding serves 1.1 and 1.2.
 pub fn sanitize(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
+}
+
+/// What the node holding a request's target sends back to the node whose caller waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyKind {
+    /// The answer (a client's SEND to `reply-to`, or a third party's callback).
+    #[default]
+    Answer,
+    /// Not an answer: a client received the request (so a timeout can say so).
+    Delivered,
+}
+
+/// A reply on its way to the waiting caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub correlation_id: String,
+    /// The node whose caller waits; `None` when unknown (a callback): every node looks.
+    pub node: Option<String>,
+    pub kind: ReplyKind,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// Why a correlation id cannot be used, if it cannot. It travels in STOMP headers,
+/// Kafka headers and URL paths, so it keeps to a plain alphabet.
+pub fn check_correlation_id(id: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
+    if id.is_empty() || id.len() > 200 || !id.chars().all(ok) {
+        return Err("correlation id must be 1-200 characters of A-Z a-z 0-9 - _ . : @".into());
+    }
+    Ok(())
 }
 
 /// A record as the cluster stream hands it to a node, with its cluster-wide id.
@@ -84,14 +132,18 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Where the bus hands every record of the cluster stream.
 pub type DeliverFn = Arc<dyn Fn(Delivery) + Send + Sync>;
+/// Where the bus hands every reply of the cluster.
+pub type ReplyFn = Arc<dyn Fn(Reply) + Send + Sync>;
 
-/// Publish records; receive the cluster stream.
+/// Publish records and replies; receive the cluster's streams of both.
 pub trait Bus: Send + Sync + 'static {
-    /// Starts delivering the cluster stream to `deliver`; skipped records are counted
-    /// in `stats`. Called once, inside the node's runtime.
-    fn start(&self, deliver: DeliverFn, stats: Arc<Stats>);
+    /// Starts delivering the cluster stream to `deliver` and replies to `reply`;
+    /// skipped records are counted in `stats`. Called once, inside the node's runtime.
+    fn start(&self, deliver: DeliverFn, reply: ReplyFn, stats: Arc<Stats>);
     /// Publishes; resolves with the record's id once the bus accepted it.
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>>;
+    /// Sends a reply towards the node whose caller waits.
+    fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>>;
     /// True when publishing and receiving work.
     fn ready(&self) -> bool;
 }
@@ -100,7 +152,7 @@ pub trait Bus: Send + Sync + 'static {
 pub struct MemoryBus {
     node_id: String,
     seq: AtomicU64,
-    deliver: OnceLock<DeliverFn>,
+    deliver: OnceLock<(DeliverFn, ReplyFn)>,
 }
 
 impl MemoryBus {
@@ -114,13 +166,13 @@ impl MemoryBus {
 }
 
 impl Bus for MemoryBus {
-    fn start(&self, deliver: DeliverFn, _stats: Arc<Stats>) {
-        let _ = self.deliver.set(deliver);
+    fn start(&self, deliver: DeliverFn, reply: ReplyFn, _stats: Arc<Stats>) {
+        let _ = self.deliver.set((deliver, reply));
     }
 
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>> {
         let result = match self.deliver.get() {
-            Some(deliver) => {
+            Some((deliver, _)) => {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let id = format!("{}-{}", self.node_id, seq);
                 deliver(Delivery {
@@ -128,6 +180,17 @@ impl Bus for MemoryBus {
                     record,
                 });
                 Ok(id)
+            }
+            None => Err(BusError::Unavailable("bus not started".into())),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>> {
+        let result = match self.deliver.get() {
+            Some((_, on_reply)) => {
+                on_reply(reply);
+                Ok(())
             }
             None => Err(BusError::Unavailable("bus not started".into())),
         };

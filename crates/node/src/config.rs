@@ -61,6 +61,18 @@ pub struct NodeConfig {
     pub client_send: bool,
     /// Serve the demo page at `/`.
     pub demo_page: bool,
+    /// INSECURE: take a connection's user from CONNECT's `login` header, unchecked.
+    /// Anyone can then claim any user; for trusted networks and tests until token
+    /// authentication is configured.
+    pub insecure_login_as_user: bool,
+    /// `POST /v1/requests`: the wait when the request names none, and the longest
+    /// wait a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout_default: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout_max: Duration,
+    /// Requests one node may have waiting at once; more get 503.
+    pub max_waiters: usize,
 }
 
 /// The codec limits, as configured.
@@ -118,6 +130,10 @@ impl Default for NodeConfig {
             shutdown_grace: Duration::from_secs(10),
             client_send: true,
             demo_page: true,
+            insecure_login_as_user: false,
+            request_timeout_default: Duration::from_secs(10),
+            request_timeout_max: Duration::from_secs(60),
+            max_waiters: 100_000,
         }
     }
 }
@@ -158,6 +174,14 @@ impl NodeConfig {
         {
             return bad(
                 "connect_timeout, write_timeout, publish_timeout and report_interval must be positive",
+            );
+        }
+        if self.request_timeout_default.is_zero()
+            || self.request_timeout_default > self.request_timeout_max
+            || self.max_waiters == 0
+        {
+            return bad(
+                "request_timeout_default must be positive and at most request_timeout_max; max_waiters >= 1",
             );
         }
         Ok(())

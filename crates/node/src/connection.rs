@@ -166,6 +166,8 @@ struct Connection<L> {
     send_every: Option<Duration>,
     recv_within: Option<Duration>,
     scratch: BytesMut,
+    /// Reachable by session id and user (after CONNECT).
+    attached: bool,
 }
 
 impl<L: Link> Connection<L> {
@@ -181,6 +183,7 @@ impl<L: Link> Connection<L> {
             client_send: cfg.client_send,
             heart_beat: hb,
             session_id: format!("{}-{}", cfg.node_id, conn_id),
+            insecure_login_as_user: cfg.insecure_login_as_user,
         });
         let outbox = Arc::new(Outbox::new(
             cfg.outbound_max_messages,
@@ -199,6 +202,7 @@ impl<L: Link> Connection<L> {
             send_every: None,
             recv_within: None,
             scratch: BytesMut::new(),
+            attached: false,
         }
     }
 
@@ -355,7 +359,15 @@ impl<L: Link> Connection<L> {
                     version,
                     send_ms,
                     recv_ms,
+                    user,
                 } => {
+                    self.node.router.attach(
+                        self.conn_id,
+                        self.session.id(),
+                        user.as_deref(),
+                        self.outbox.clone(),
+                    );
+                    self.attached = true;
                     self.version = version;
                     self.send_every = (send_ms > 0).then(|| Duration::from_millis(send_ms.into()));
                     // A peer silent for twice its interval is gone.
@@ -377,13 +389,14 @@ impl<L: Link> Connection<L> {
                 }
                 Action::Publish(record) => {
                     if let Err(e) = self.node.publish(record).await {
-                        let mut rest = Vec::new();
-                        self.session
-                            .fail(&format!("publish failed: {e}"), None, &mut rest);
-                        actions.truncate(i);
-                        actions.extend(rest);
+                        self.fail_at(&format!("publish failed: {e}"), actions, i);
                     } else {
                         Stats::inc(&self.node.stats.messages_published_total);
+                    }
+                }
+                Action::Answer(reply) => {
+                    if let Err(e) = self.node.reply(reply).await {
+                        self.fail_at(&format!("reply failed: {e}"), actions, i);
                     }
                 }
                 Action::Close => close = true,
@@ -401,6 +414,14 @@ impl<L: Link> Connection<L> {
                 .fetch_add(nacks, Ordering::Relaxed);
         }
         close
+    }
+
+    /// Replaces the actions after `i` with ERROR then close.
+    fn fail_at(&mut self, message: &str, actions: &mut Vec<Action>, i: usize) {
+        let mut rest = Vec::new();
+        self.session.fail(message, None, &mut rest);
+        actions.truncate(i);
+        actions.extend(rest);
     }
 
     async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
@@ -460,6 +481,9 @@ impl<L: Link> Connection<L> {
             self.node
                 .router
                 .unsubscribe(destination, self.conn_id, slot);
+        }
+        if self.attached {
+            self.node.router.detach(self.conn_id, self.session.id());
         }
         self.outbox.clear();
     }

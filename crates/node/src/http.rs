@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,15 +15,21 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Node;
-use crate::bus::{BusError, Record, check_header_name, check_publish_destination, sanitize};
+use crate::bus::{
+    BusError, REPLY_PREFIX, Record, Reply, check_correlation_id, check_header_name,
+    check_publish_destination, sanitize,
+};
 use crate::connection::{WsLink, serve};
 use crate::registrar::NodeInfo;
 use crate::stats::Stats;
+use crate::waiters::RegisterError;
 
 pub(crate) fn routes(node: Arc<Node>) -> Router {
     let mut r = Router::new()
         .route("/ws", get(ws))
         .route("/v1/publish", post(publish))
+        .route("/v1/requests", post(request))
+        .route("/v1/requests/{correlation_id}/reply", post(callback))
         .route("/v1/stats", get(stats))
         .route("/v1/connect", get(connect))
         .route("/v1/nodes", get(nodes))
@@ -104,13 +111,10 @@ struct PublishRequest {
     key: Option<String>,
 }
 
-fn record_from(req: PublishRequest) -> Result<Record, String> {
-    check_publish_destination(&req.destination)?;
-    if req.user.is_some() || req.session.is_some() {
-        return Err("user and session targeting are not supported yet".into());
-    }
+/// JSON header values: strings, numbers and booleans, sanitised.
+fn headers_from(map: serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, String> {
     let mut headers = Vec::new();
-    for (k, v) in req.headers {
+    for (k, v) in map {
         let value = match v {
             Value::String(s) => s,
             Value::Number(n) => n.to_string(),
@@ -124,12 +128,30 @@ fn record_from(req: PublishRequest) -> Result<Record, String> {
         check_header_name(&k)?;
         headers.push((k, sanitize(&value)));
     }
+    Ok(headers)
+}
+
+/// A user or session a record may be targeted at.
+fn check_target(user: Option<&str>, session: Option<&str>) -> Result<(), String> {
+    for (what, v) in [("user", user), ("session", session)] {
+        if v.is_some_and(|v| v.is_empty() || v.contains(['\r', '\n', '\0'])) {
+            return Err(format!("{what} must be non-empty, without CR, LF or NUL"));
+        }
+    }
+    Ok(())
+}
+
+fn record_from(req: PublishRequest) -> Result<Record, String> {
+    check_target(req.user.as_deref(), req.session.as_deref())?;
+    let targeted = req.user.is_some() || req.session.is_some();
+    check_publish_destination(&req.destination, targeted)?;
     Ok(Record {
         destination: req.destination,
-        headers,
+        headers: headers_from(req.headers)?,
         body: Bytes::from(req.body.into_bytes()),
         key: req.key,
-        ..Record::default()
+        user: req.user,
+        session: req.session,
     })
 }
 
@@ -143,19 +165,228 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     if record.body.len() > node.config.limits.max_body_bytes {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than limits.max_body_bytes",
-        );
+        return too_large();
     }
     match node.publish(record).await {
         Ok(id) => {
             Stats::inc(&node.stats.messages_published_total);
             (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()
         }
-        Err(e @ BusError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        Err(e @ BusError::Rejected(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => bus_error(&e),
     }
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body larger than limits.max_body_bytes",
+    )
+}
+
+fn bus_error(e: &BusError) -> Response {
+    match e {
+        BusError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        BusError::Rejected(_) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestRequest {
+    user: Option<String>,
+    session: Option<String>,
+    destination: Option<String>,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    headers: serde_json::Map<String, Value>,
+    timeout_ms: Option<u64>,
+    /// The caller's own key (an order number a third party will call back with).
+    correlation_id: Option<String>,
+    key: Option<String>,
+}
+
+/// `POST /v1/requests`: hands the body to a client (or to nobody: a rendezvous with a
+/// callback) and waits for the answer.
+async fn request(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let req: RequestRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+    };
+    let timeout = match req.timeout_ms {
+        None => node.config.request_timeout_default,
+        Some(0) => return error(StatusCode::BAD_REQUEST, "timeout_ms must be positive"),
+        Some(ms) if Duration::from_millis(ms) > node.config.request_timeout_max => {
+            let max = node.config.request_timeout_max.as_millis();
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("timeout_ms must be at most {max} (request_timeout_max)"),
+            );
+        }
+        Some(ms) => Duration::from_millis(ms),
+    };
+    let targeted = req.user.is_some() || req.session.is_some();
+    let id = match (&req.correlation_id, targeted) {
+        (Some(id), _) => id.clone(),
+        (None, true) => node.next_correlation_id(),
+        (None, false) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a request needs a user or a session to send to, or a correlation_id to wait for",
+            );
+        }
+    };
+    let record = if targeted {
+        let Some(destination) = req.destination else {
+            return error(StatusCode::BAD_REQUEST, "missing field `destination`");
+        };
+        let record = check_target(req.user.as_deref(), req.session.as_deref())
+            .and_then(|()| check_publish_destination(&destination, true))
+            .and_then(|()| check_correlation_id(&id))
+            .and_then(|()| headers_from(req.headers));
+        let mut headers = match record {
+            Ok(h) => h,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        headers.push(("correlation-id".into(), id.clone()));
+        headers.push((
+            "reply-to".into(),
+            format!("{REPLY_PREFIX}{}", node.config.node_id),
+        ));
+        Some(Record {
+            destination,
+            headers,
+            body: Bytes::from(req.body.into_bytes()),
+            user: req.user,
+            session: req.session,
+            key: req.key,
+        })
+    } else {
+        if req.destination.is_some() || !req.body.is_empty() || !req.headers.is_empty() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "destination, body and headers need a user or a session to send to",
+            );
+        }
+        if let Err(e) = check_correlation_id(&id) {
+            return error(StatusCode::BAD_REQUEST, &e);
+        }
+        None
+    };
+    if record
+        .as_ref()
+        .is_some_and(|r| r.body.len() > node.config.limits.max_body_bytes)
+    {
+        return too_large();
+    }
+    // Registered before the request goes out: the answer cannot overtake it.
+    let pending = match node.waiters.register(&id) {
+        Ok(p) => p,
+        Err(RegisterError::Pending) => {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("a request with correlation id {id} is already waiting"),
+            );
+        }
+        Err(RegisterError::Full) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests waiting on this node (max_waiters)",
+            );
+        }
+    };
+    Stats::inc(&node.stats.requests_total);
+    if let Some(record) = record {
+        if let Err(e) = node.publish(record).await {
+            return bus_error(&e);
+        }
+    }
+    let id = pending.id().to_owned();
+    match pending.wait(timeout).await {
+        Ok(reply) => {
+            Stats::inc(&node.stats.requests_answered_total);
+            let headers: serde_json::Map<String, Value> = reply
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let mut r = json!({"headers": headers});
+            match std::str::from_utf8(&reply.body) {
+                Ok(text) => r["body"] = text.into(),
+                Err(_) => r["body_base64"] = base64(&reply.body).into(),
+            }
+            Json(json!({"correlation_id": id, "reply": r})).into_response()
+        }
+        Err(t) => {
+            Stats::inc(&node.stats.requests_timed_out_total);
+            let ms = timeout.as_millis();
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                Json(json!({
+                    "error": format!("no reply within {ms} ms"),
+                    "correlation_id": id,
+                    "delivered": t.delivered,
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `POST /v1/requests/{correlation_id}/reply`: a third party's callback. The body and
+/// its content type become the answer of the call waiting for this id, on any node.
+async fn callback(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = check_correlation_id(&id) {
+        return error(StatusCode::BAD_REQUEST, &e);
+    }
+    if body.len() > node.config.limits.max_body_bytes {
+        return too_large();
+    }
+    let mut reply_headers = Vec::new();
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        reply_headers.push(("content-type".to_string(), sanitize(ct)));
+    }
+    let reply = Reply {
+        correlation_id: id.clone(),
+        node: None,
+        headers: reply_headers,
+        body,
+        ..Reply::default()
+    };
+    match node.reply(reply).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"correlation_id": id}))).into_response(),
+        Err(e) => bus_error(&e),
+    }
+}
+
+/// Standard base64 with padding, for reply bodies that are not UTF-8.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn stats(State(node): State<Arc<Node>>) -> Response {
@@ -222,4 +453,22 @@ async fn nodes(State(node): State<Arc<Node>>) -> Response {
         }))
         .into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_pads_like_rfc_4648() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(super::base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(super::base64(&[0xff, 0xfe]), "//4=");
+    }
 }

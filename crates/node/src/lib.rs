@@ -19,6 +19,7 @@ mod registrar;
 mod router;
 mod session;
 mod stats;
+mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +27,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 pub use bus::{
-    BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS, Record,
-    check_header_name, check_publish_destination, sanitize,
+    BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS, REPLY_PREFIX,
+    REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, check_correlation_id, check_header_name,
+    check_publish_destination, sanitize,
 };
 pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
@@ -38,6 +40,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::router::Router;
+use crate::waiters::Waiters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +67,9 @@ pub(crate) struct Node {
     pub(crate) started_at: u64,
     pub(crate) http_bound: SocketAddr,
     pub(crate) tcp_bound: Option<SocketAddr>,
+    pub(crate) waiters: Arc<Waiters>,
+    /// Delivery reports are sent from the bus's thread, outside the runtime.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Node {
@@ -71,6 +77,78 @@ impl Node {
         match tokio::time::timeout(self.config.publish_timeout, self.bus.publish(record)).await {
             Ok(r) => r,
             Err(_) => Err(BusError::Unavailable("timed out".into())),
+        }
+    }
+
+    /// `<node>-<random>`: unique in the cluster (node ids are), and not guessable by
+    /// another client that would like to answer in its place.
+    pub(crate) fn next_correlation_id(&self) -> String {
+        use std::hash::{BuildHasher, RandomState};
+        // Each RandomState has fresh keys (random per thread, then incremented).
+        let a = RandomState::new().hash_one(std::time::Instant::now());
+        let b = RandomState::new().hash_one(a);
+        format!("{}-{a:016x}{b:016x}", self.config.node_id)
+    }
+
+    /// Sends a reply to the node whose caller waits; straight to the waiter when that
+    /// is this node.
+    pub(crate) async fn reply(&self, reply: Reply) -> Result<(), BusError> {
+        let here = match reply.node.as_deref() {
+            Some(n) => n == self.config.node_id,
+            None => self.waiters.contains(&reply.correlation_id),
+        };
+        if here {
+            self.waiters.complete(reply);
+            return Ok(());
+        }
+        match tokio::time::timeout(self.config.publish_timeout, self.bus.reply(reply)).await {
+            Ok(r) => r,
+            Err(_) => Err(BusError::Unavailable("timed out".into())),
+        }
+    }
+
+    /// A record from the bus: to the local subscribers; when it is a request that
+    /// reached one of them, the waiting node hears of it.
+    fn on_delivery(self: &Arc<Self>, d: &Delivery) {
+        let n = self.router.deliver(d);
+        let r = &d.record;
+        if n == 0 || (r.user.is_none() && r.session.is_none()) {
+            return;
+        }
+        let header = |name: &str| r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let (Some(id), Some(to)) = (header("correlation-id"), header("reply-to")) else {
+            return;
+        };
+        let Some(waiting) = to.strip_prefix(REPLY_PREFIX) else {
+            return;
+        };
+        Stats::inc(&self.stats.requests_delivered_total);
+        let report = Reply {
+            correlation_id: id.clone(),
+            node: Some(waiting.to_owned()),
+            kind: ReplyKind::Delivered,
+            ..Reply::default()
+        };
+        let node = self.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = node.reply(report).await {
+                tracing::debug!(error = %e, "cannot report a delivered request");
+            }
+        });
+    }
+
+    /// A reply from the bus: for a waiter here, or for another node.
+    fn on_reply(&self, reply: Reply) {
+        if reply
+            .node
+            .as_deref()
+            .is_none_or(|n| n == self.config.node_id)
+        {
+            // A callback goes to every node: only the one that waits takes it (the
+            // others do not count it late).
+            if reply.node.is_some() || self.waiters.contains(&reply.correlation_id) {
+                self.waiters.complete(reply);
+            }
         }
     }
 }
@@ -114,6 +192,8 @@ impl Server {
         let node = Arc::new(Node {
             http_bound,
             tcp_bound,
+            waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),
+            runtime: tokio::runtime::Handle::current(),
             router: Router::new(stats.clone()),
             config,
             bus,
@@ -124,10 +204,16 @@ impl Server {
             started_at,
         });
         let weak = Arc::downgrade(&node);
+        let weak2 = weak.clone();
         node.bus.start(
             Arc::new(move |d: Delivery| {
                 if let Some(node) = weak.upgrade() {
-                    node.router.deliver(&d);
+                    node.on_delivery(&d);
+                }
+            }),
+            Arc::new(move |r: Reply| {
+                if let Some(node) = weak2.upgrade() {
+                    node.on_reply(r);
                 }
             }),
             node.stats.clone(),

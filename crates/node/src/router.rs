@@ -77,11 +77,24 @@ struct SubRef {
     outbox: Arc<Outbox>,
 }
 
+/// A connection that completed CONNECT, for targeted pushes.
+struct Conn {
+    outbox: Arc<Outbox>,
+    user: Option<String>,
+    /// Every subscription of the connection: (slot, destination).
+    subs: Vec<(u32, String)>,
+}
+
 #[derive(Default)]
 struct Topics {
     exact: HashMap<String, Vec<SubRef>>,
     /// Pattern → its subscribers: a message tests each distinct pattern once.
     patterns: HashMap<String, Vec<SubRef>>,
+    conns: HashMap<ConnId, Conn>,
+    /// Session id → connection, user → connections: a targeted record costs one
+    /// lookup on every node, and nothing more on the nodes that do not hold it.
+    sessions: HashMap<String, ConnId>,
+    users: HashMap<String, Vec<ConnId>>,
 }
 
 impl Topics {
@@ -127,9 +140,61 @@ impl Router {
         }
     }
 
+    /// Makes a connection reachable by its session id and user.
+    pub(crate) fn attach(
+        &self,
+        conn: ConnId,
+        session: &str,
+        user: Option<&str>,
+        outbox: Arc<Outbox>,
+    ) {
+        let Ok(mut t) = self.topics.write() else {
+            return;
+        };
+        t.sessions.insert(session.to_owned(), conn);
+        if let Some(u) = user {
+            t.users.entry(u.to_owned()).or_default().push(conn);
+        }
+        t.conns.insert(
+            conn,
+            Conn {
+                outbox,
+                user: user.map(str::to_owned),
+                subs: Vec::new(),
+            },
+        );
+    }
+
+    /// Forgets a connection (its subscriptions go with [`Router::unsubscribe`]).
+    pub(crate) fn detach(&self, conn: ConnId, session: &str) {
+        let Ok(mut t) = self.topics.write() else {
+            return;
+        };
+        t.sessions.remove(session);
+        let Some(c) = t.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(u) = c.user {
+            if let Some(list) = t.users.get_mut(&u) {
+                list.retain(|&c| c != conn);
+                if list.is_empty() {
+                    t.users.remove(&u);
+                }
+            }
+        }
+    }
+
     pub(crate) fn subscribe(&self, destination: &str, conn: ConnId, sub: u32, outbox: Arc<Outbox>) {
         let r = SubRef { conn, sub, outbox };
         if let Ok(mut t) = self.topics.write() {
+            if let Some(c) = t.conns.get_mut(&conn) {
+                c.subs.push((sub, destination.to_owned()));
+            }
+            // `/user/queue/...` only ever receives targeted records.
+            if destination.starts_with("/user/") {
+                Stats::add(&self.stats.subscriptions, 1);
+                return;
+            }
             let map = t.map(destination);
             match map.get_mut(destination) {
                 Some(list) => list.push(r),
@@ -144,6 +209,9 @@ impl Router {
     pub(crate) fn unsubscribe(&self, destination: &str, conn: ConnId, sub: u32) {
         let same = |r: &SubRef| r.conn == conn && r.sub == sub;
         if let Ok(mut t) = self.topics.write() {
+            if let Some(c) = t.conns.get_mut(&conn) {
+                c.subs.retain(|(s, _)| *s != sub);
+            }
             let map = t.map(destination);
             if let Some(list) = map.get_mut(destination) {
                 list.retain(|r| !same(r));
@@ -155,12 +223,16 @@ impl Router {
         Stats::add(&self.stats.subscriptions, -1);
     }
 
-    /// Pushes a record to every local subscriber of its destination.
-    pub(crate) fn deliver(&self, d: &Delivery) {
+    /// Pushes a record to every local subscriber of its destination (of its user's or
+    /// session's connections only, when it names one); returns how many got it.
+    pub(crate) fn deliver(&self, d: &Delivery) -> u64 {
         Stats::inc(&self.stats.messages_received_total);
         let Ok(t) = self.topics.read() else {
-            return;
+            return 0;
         };
+        if d.record.user.is_some() || d.record.session.is_some() {
+            return self.deliver_targeted(&t, d);
+        }
         let dest = d.record.destination.as_str();
         let exact = t.exact.get(dest).map_or(&[][..], Vec::as_slice);
         let mut wild = t
@@ -172,12 +244,12 @@ impl Router {
         if exact.is_empty() && wild.peek().is_none() {
             drop(t);
             Stats::inc(&self.stats.messages_unrouted_total);
-            return;
+            return 0;
         }
         // Encoded once, and only when someone is there to receive it: every node
         // sees every record, and most have no subscriber for most of them.
         let Some(shared) = Shared::new(d).map(Arc::new) else {
-            return;
+            return 0;
         };
         let mut n = 0u64;
         for list in std::iter::once(exact).chain(wild) {
@@ -198,6 +270,48 @@ impl Router {
         self.stats
             .messages_delivered_total
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        n
+    }
+
+    fn deliver_targeted(&self, t: &Topics, d: &Delivery) -> u64 {
+        let r = &d.record;
+        let by_session = r.session.as_ref().map(|s| t.sessions.get(s).copied());
+        let conns: &[ConnId] = match (&by_session, &r.user) {
+            (Some(Some(c)), _) => std::slice::from_ref(c),
+            (Some(None), _) => &[],
+            (None, Some(u)) => t.users.get(u).map_or(&[][..], Vec::as_slice),
+            (None, None) => &[],
+        };
+        let dest = r.destination.as_str();
+        let mut shared = None;
+        let mut n = 0u64;
+        for c in conns.iter().filter_map(|id| t.conns.get(id)) {
+            // Both named: the session must belong to the user.
+            if r.user.is_some() && c.user != r.user {
+                continue;
+            }
+            for (slot, sub) in &c.subs {
+                if sub != dest && !(is_pattern(sub) && matches(sub, dest)) {
+                    continue;
+                }
+                if shared.is_none() {
+                    shared = Shared::new(d).map(Arc::new);
+                }
+                let Some(msg) = shared.clone() else {
+                    return 0;
+                };
+                if c.outbox.push(Out::Message { sub: *slot, msg }) {
+                    n += 1;
+                }
+            }
+        }
+        if n == 0 {
+            Stats::inc(&self.stats.messages_unrouted_total);
+        }
+        self.stats
+            .messages_delivered_total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        n
     }
 }
 
@@ -265,5 +379,69 @@ mod tests {
         router.deliver(&to("/topic/none"));
         assert_eq!(stats.messages_unrouted_total.load(Relaxed), 1);
         assert_eq!(stats.subscriptions.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn targeted_records_reach_only_their_user_or_session() {
+        use crate::bus::Record;
+        use crate::config::SlowConsumerPolicy;
+
+        let stats = Arc::new(Stats::default());
+        let router = Router::new(stats.clone());
+        let outbox = || {
+            let policy = SlowConsumerPolicy::Disconnect;
+            Arc::new(Outbox::new(16, 1 << 20, policy, stats.clone()))
+        };
+        // alice twice (conns 1, 2), bob once (3), an anonymous session (4).
+        let boxes = [outbox(), outbox(), outbox(), outbox()];
+        let users = [Some("alice"), Some("alice"), Some("bob"), None];
+        for (i, (b, u)) in boxes.iter().zip(users).enumerate() {
+            let conn = i as u64 + 1;
+            router.attach(conn, &format!("n1-{conn}"), u, b.clone());
+            router.subscribe("/user/queue/q", conn, 0, b.clone());
+            router.subscribe("/topic/t", conn, 1, b.clone());
+        }
+        let count = |o: &Outbox| {
+            let mut v = Vec::new();
+            o.drain(&mut v);
+            v.len()
+        };
+        let counts = || boxes.iter().map(|b| count(b)).collect::<Vec<_>>();
+        let to = |dest: &str, user: Option<&str>, session: Option<&str>| Delivery {
+            id: "n-1".into(),
+            record: Record {
+                destination: dest.into(),
+                user: user.map(Into::into),
+                session: session.map(Into::into),
+                ..Record::default()
+            },
+        };
+
+        assert_eq!(router.deliver(&to("/user/queue/q", Some("alice"), None)), 2);
+        assert_eq!(counts(), [1, 1, 0, 0]);
+        assert_eq!(router.deliver(&to("/user/queue/q", None, Some("n1-4"))), 1);
+        assert_eq!(counts(), [0, 0, 0, 1]);
+        // A session that is not the named user's gets nothing.
+        assert_eq!(
+            router.deliver(&to("/user/queue/q", Some("bob"), Some("n1-1"))),
+            0
+        );
+        assert_eq!(router.deliver(&to("/topic/t", Some("bob"), None)), 1);
+        assert_eq!(counts(), [0, 0, 1, 0]);
+        // Nobody here: one lookup, nothing queued.
+        assert_eq!(router.deliver(&to("/user/queue/q", Some("carol"), None)), 0);
+        // A broadcast never reaches /user/queue subscriptions.
+        assert_eq!(router.deliver(&to("/user/queue/q", None, None)), 0);
+        assert_eq!(counts(), [0, 0, 0, 0]);
+
+        router.unsubscribe("/user/queue/q", 1, 0);
+        router.detach(2, "n1-2");
+        assert_eq!(router.deliver(&to("/user/queue/q", Some("alice"), None)), 0);
+        assert_eq!(
+            stats
+                .subscriptions
+                .load(std::sync::atomic::Ordering::Relaxed),
+            7
+        );
     }
 }

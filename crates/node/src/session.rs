@@ -6,7 +6,10 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
 
-use crate::bus::{Record, check_publish_destination, sanitize};
+use crate::bus::{
+    REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, check_correlation_id, check_publish_destination,
+    sanitize,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
@@ -16,6 +19,8 @@ pub(crate) struct SessionConfig {
     /// What the server offers: send every `send_ms`, wants to hear every `recv_ms`.
     pub(crate) heart_beat: HeartBeat,
     pub(crate) session_id: String,
+    /// Take the user from CONNECT's `login` header, unchecked (until token auth).
+    pub(crate) insecure_login_as_user: bool,
 }
 
 /// Transactions one session may have open, and frames one transaction may hold.
@@ -38,6 +43,7 @@ pub(crate) enum Action {
         version: Version,
         send_ms: u32,
         recv_ms: u32,
+        user: Option<String>,
     },
     Subscribe {
         slot: u32,
@@ -49,6 +55,8 @@ pub(crate) enum Action {
     },
     /// Publish; a failure ends the session with an ERROR.
     Publish(Record),
+    /// Answer a request (SEND to its `reply-to`); a failure ends the session too.
+    Answer(Reply),
     /// Close the connection (after any replies queued before it).
     Close,
 }
@@ -115,6 +123,11 @@ impl Session {
             transactions: HashMap::new(),
             nacks: 0,
         }
+    }
+
+    /// The session id (`<node>-<connection>`), as CONNECTED tells the client.
+    pub(crate) fn id(&self) -> &str {
+        &self.cfg.session_id
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -191,18 +204,26 @@ impl Session {
             Some(h) => HeartBeat::parse(h).ok_or("malformed heart-beat header")?,
         };
         let (send_ms, recv_ms) = HeartBeat::negotiate(self.cfg.heart_beat, theirs);
+        let user = frame
+            .get("login")
+            .filter(|l| self.cfg.insecure_login_as_user && !l.is_empty())
+            .map(str::to_owned);
         self.version = version;
         self.state = State::Connected;
         out.push(Action::Connected {
             version,
             send_ms,
             recv_ms,
+            user: user.clone(),
         });
         let mut reply = Frame::new(Command::Connected)
             .header("version", version.as_str())
             .header("heart-beat", self.cfg.heart_beat.to_string())
             .header("server", concat!("pushcenter/", env!("CARGO_PKG_VERSION")));
         reply.push_header("session", &self.cfg.session_id);
+        if let Some(u) = &user {
+            reply.push_header("user-name", u);
+        }
         out.push(Action::Reply(reply));
         Ok(())
     }
@@ -260,10 +281,25 @@ impl Session {
         match frame.command {
             Command::Send => {
                 let destination = required(frame, "destination")?;
+                if let Some(node) = destination.strip_prefix(REPLY_PREFIX) {
+                    let id = required(frame, "correlation-id")?;
+                    check_correlation_id(id)?;
+                    if node.is_empty() {
+                        return Err(format!("cannot send to {destination}: no node"));
+                    }
+                    out.push(Action::Answer(Reply {
+                        correlation_id: id.to_owned(),
+                        node: Some(node.to_owned()),
+                        headers: passed_headers(frame),
+                        body: frame.body.clone(),
+                        ..Reply::default()
+                    }));
+                    return Ok(());
+                }
                 if !self.cfg.client_send {
                     return Err("SEND from clients is disabled on this node".into());
                 }
-                check_publish_destination(destination)
+                check_publish_destination(destination, false)
                     .map_err(|e| format!("cannot send to {destination}: {e}"))?;
                 out.push(Action::Publish(Record {
                     destination: destination.to_owned(),
@@ -284,9 +320,12 @@ impl Session {
             (None, Version::V1_0) => destination,
             (None, _) => return Err("missing header: id".into()),
         };
-        if !destination.starts_with("/topic/") || destination.len() == "/topic/".len() {
+        let name = destination
+            .strip_prefix("/topic/")
+            .or_else(|| destination.strip_prefix("/user/queue/"));
+        if name.is_none_or(str::is_empty) {
             return Err(format!(
-                "cannot subscribe to {destination}: use /topic/<name>"
+                "cannot subscribe to {destination}: use /topic/<name> or /user/queue/<name>"
             ));
         }
         if self.ids.contains_key(id) {
@@ -462,7 +501,7 @@ fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
         let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
             continue;
         };
-        if RESERVED.contains(&n) {
+        if RESERVED.contains(&n) || REQUEST_HEADERS.contains(&n) {
             continue;
         }
         out.push((sanitize(n), sanitize(v)));

@@ -55,6 +55,12 @@ stats! {
     counter nacks_total: "NACKed messages (dropped: a push center has no queue to return them to).",
     counter protocol_errors_total: "Connections closed with an ERROR for a protocol violation or limit.",
     counter heartbeat_timeouts_total: "Connections closed because the peer fell silent.",
+    gauge waiters: "Requests (POST /v1/requests) waiting for their reply on this node.",
+    counter requests_total: "Requests accepted by POST /v1/requests on this node.",
+    counter requests_answered_total: "Requests completed with a reply.",
+    counter requests_timed_out_total: "Requests that reached their deadline without a reply (504).",
+    counter requests_delivered_total: "Requests this node handed to at least one local client.",
+    counter replies_late_total: "Replies for no waiting request (late, duplicate or unknown): counted and dropped.",
 }
 
 impl Stats {

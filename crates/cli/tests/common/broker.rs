@@ -10,21 +10,40 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// What clients connect to when it differs from `addr` (see [`Broker::behind_link`]).
+    advertised: SocketAddr,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        let addr = free_port();
+        Broker::start_advertising(addr, addr)
+    }
+
+    fn start_advertising(addr: SocketAddr, advertised: SocketAddr) -> Broker {
         let mut b = Broker {
             child: None,
-            addr: free_port(),
+            addr,
+            advertised,
         };
         b.restart();
         b
     }
 
+    /// A broker reachable only through a [`Link`] the test can cut and restore: an
+    /// outage as clients see it, while the broker keeps its log. (Restarting the
+    /// in-memory broker instead would lose the topics; re-created under the same
+    /// names they get new topic ids, which is a different scenario.)
+    pub async fn behind_link() -> (Broker, Link) {
+        let link_addr = free_port();
+        let broker = Broker::start_advertising(free_port(), link_addr);
+        let link = Link::open(link_addr, broker.addr).await;
+        (broker, link)
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn brokers(&self) -> String {
-        self.addr.to_string()
+        self.advertised.to_string()
     }
 
     /// Starts the broker (again) on the same port, with empty storage.
@@ -32,13 +51,14 @@ impl Broker {
         self.stop();
         wait_bindable(self.addr);
         let url = format!("tcp://{}", self.addr);
+        let advertised = format!("tcp://{}", self.advertised);
         let child = Command::new(tansu())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -105,4 +125,48 @@ fn tansu() -> String {
     let home = std::env::var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
     format!("{home}/bin/tansu")
+}
+
+/// A TCP forwarder between clients and the broker that can be cut (every connection
+/// dropped, new ones refused) and restored on the same port.
+pub struct Link {
+    addr: SocketAddr,
+    to: SocketAddr,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Link {
+    async fn open(addr: SocketAddr, to: SocketAddr) -> Link {
+        let mut link = Link {
+            addr,
+            to,
+            tasks: tokio::task::JoinSet::new(),
+        };
+        link.restore().await;
+        link
+    }
+
+    /// Drops every connection and stops listening: clients get "connection refused".
+    pub async fn cut(&mut self) {
+        self.tasks.shutdown().await;
+    }
+
+    /// Listens again (tokio sets SO_REUSEADDR: no wait for TIME_WAIT).
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("link listens");
+        let to = self.to;
+        self.tasks.spawn(async move {
+            // Connections live in a set owned by this task: aborting it drops them all.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut broker) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    }
+                });
+            }
+        });
+    }
 }

@@ -10,6 +10,7 @@ fn session() -> Session {
             recv_ms: 10_000,
         },
         session_id: "n1-1".into(),
+        insecure_login_as_user: true,
     })
 }
 
@@ -53,7 +54,8 @@ fn connect_negotiates_version_and_heart_beats() {
         Action::Connected {
             version: Version::V1_1,
             send_ms: 20_000,
-            recv_ms: 10_000
+            recv_ms: 10_000,
+            user: None,
         }
     ));
     let Action::Reply(f) = &out[1] else { panic!() };
@@ -282,4 +284,85 @@ fn subscription_header_line_is_escaped_per_version() {
         &header_line(Version::V1_0, "subscription", "a\nb")[..],
         b"subscription:a b\n"
     );
+}
+
+#[test]
+fn login_names_the_user_only_when_configured() {
+    let connect = || {
+        Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("login", "alice")
+    };
+    let mut s = session();
+    let out = run(&mut s, connect());
+    assert!(matches!(&out[0], Action::Connected { user: Some(u), .. } if u == "alice"));
+    let Action::Reply(f) = &out[1] else { panic!() };
+    assert_eq!(f.get("user-name"), Some("alice"));
+
+    let mut cfg = session().cfg;
+    cfg.insecure_login_as_user = false;
+    let mut s = Session::new(cfg);
+    let out = run(&mut s, connect());
+    assert!(matches!(&out[0], Action::Connected { user: None, .. }));
+    let Action::Reply(f) = &out[1] else { panic!() };
+    assert_eq!(f.get("user-name"), None);
+}
+
+#[test]
+fn user_queues_can_be_subscribed_but_not_sent_to() {
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "q")
+            .header("destination", "/user/queue/orders"),
+    );
+    assert!(
+        matches!(&out[0], Action::Subscribe { destination, .. } if destination == "/user/queue/orders")
+    );
+    let out = run(
+        &mut s,
+        Frame::new(Command::Send).header("destination", "/user/queue/orders"),
+    );
+    assert!(error_message(&out).unwrap().contains("cannot send"));
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Subscribe)
+            .header("id", "q")
+            .header("destination", "/user/queue/"),
+    );
+    assert!(error_message(&out).unwrap().contains("cannot subscribe"));
+}
+
+#[test]
+fn a_send_to_reply_to_answers_a_request() {
+    let mut s = connected();
+    let out = run(
+        &mut s,
+        Frame::new(Command::Send)
+            .header("destination", "/reply/n2")
+            .header("correlation-id", "n2-abc")
+            .header("status", "ok")
+            .body(Bytes::from_static(b"yes")),
+    );
+    let Action::Answer(r) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.correlation_id, "n2-abc");
+    assert_eq!(r.node.as_deref(), Some("n2"));
+    assert_eq!(r.headers, vec![("status".to_string(), "ok".to_string())]);
+    assert_eq!(&r.body[..], b"yes");
+    for bad in [
+        Frame::new(Command::Send).header("destination", "/reply/n2"),
+        Frame::new(Command::Send)
+            .header("destination", "/reply/n2")
+            .header("correlation-id", "a b"),
+    ] {
+        let out = run(&mut connected(), bad);
+        assert!(
+            error_message(&out).unwrap().contains("correlation"),
+            "{out:?}"
+        );
+    }
 }
