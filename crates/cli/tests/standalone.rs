@@ -136,3 +136,29 @@ async fn handshake_and_connect_run_under_the_connect_timeout() {
     c.subscribe("s", "/topic/after").await;
     let _ = std::fs::remove_file(&path);
 }
+
+/// Standalone: the request, the client's answer and the caller share one node, so the
+/// answer goes straight to the waiter.
+#[tokio::test]
+async fn a_standalone_request_is_answered_by_its_client() {
+    let path = std::env::temp_dir().join(format!("pushcenter-rr-{}.toml", std::process::id()));
+    std::fs::write(&path, "insecure_login_as_user = true\n").expect("write config");
+    let node = Node::standalone(&["--config", path.to_str().expect("utf-8 path")]);
+    let (mut erin, session) = WsClient::login(&node.ws_url(), Some("erin")).await;
+    erin.subscribe("r", "/user/queue/requests").await;
+    let responder = erin.answer_requests("erin".into());
+    for target in [
+        serde_json::json!({"user": "erin"}),
+        serde_json::json!({"session": session}),
+    ] {
+        let mut body = target.clone();
+        body["destination"] = "/user/queue/requests".into();
+        body["body"] = "hi".into();
+        let (status, text) = http(node.http, "POST", "/v1/requests", &body.to_string()).await;
+        assert_eq!(status, 200, "{target}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["reply"]["body"], "erin:hi", "{v}");
+    }
+    responder.abort();
+    let _ = std::fs::remove_file(path);
+}

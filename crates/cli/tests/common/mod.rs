@@ -216,16 +216,46 @@ impl WsClient {
     }
 
     pub async fn connect(url: &str) -> WsClient {
+        WsClient::login(url, None).await.0
+    }
+
+    /// CONNECT with `login` (the user, on nodes with `insecure_login_as_user`);
+    /// returns the client and its session id.
+    pub async fn login(url: &str, user: Option<&str>) -> (WsClient, String) {
         let mut c = WsClient::open(url, Some("v12.stomp")).await;
-        c.send(
-            &Frame::new(Cmd::Connect)
-                .header("accept-version", "1.2")
-                .header("host", "x"),
-        )
-        .await;
+        let mut connect = Frame::new(Cmd::Connect)
+            .header("accept-version", "1.2")
+            .header("host", "x");
+        if let Some(u) = user {
+            connect.push_header("login", u);
+        }
+        c.send(&connect).await;
         let f = c.frame().await.expect("CONNECTED");
         assert_eq!(f.command, Cmd::Connected, "{f:?}");
-        c
+        let session = f.get("session").expect("session header").to_string();
+        (c, session)
+    }
+
+    /// Answers every request it receives as a responder would: SEND to its
+    /// `reply-to` with its `correlation-id`, body `<tag>:<request body>`.
+    pub fn answer_requests(mut self, tag: String) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while let Some(m) = self.frame_within(Duration::from_secs(3600)).await {
+                let (Some(to), Some(id)) = (m.get("reply-to"), m.get("correlation-id")) else {
+                    continue;
+                };
+                let body = format!("{tag}:{}", String::from_utf8_lossy(&m.body));
+                let reply = Frame::new(Cmd::Send)
+                    .header("destination", to)
+                    .header("correlation-id", id)
+                    .header("answered-by", &tag)
+                    .body(body.into_bytes());
+                self.send(&reply).await;
+                answered += 1;
+            }
+            answered
+        })
     }
 
     pub async fn send(&mut self, f: &Frame) {
