@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test tools-build tools-test fmt-check lint unit bench bench-kafka fuzz
+.PHONY: run test tools-build tools-test fmt-check lint unit bench bench-kafka bench-requests fuzz
 
 run: tools-build
 	@if [ -f crates/cli/Cargo.toml ]; then \
@@ -42,6 +42,11 @@ bench-kafka: tools-test
 	$(CARGO) bench -p pushcenter --bench kafka_latency -- $(RATE) $(DURATION)
 RATE ?= 10000
 DURATION ?= 10
+
+# Cross-node request/reply round trips (Tansu, two nodes, 100 responding clients).
+bench-requests: tools-test
+	$(CARGO) bench -p pushcenter --bench request_reply -- $(RR_RATE) $(DURATION)
+RR_RATE ?= 1000
 
 # Needs cargo-fuzz and a nightly toolchain; see docs/testing.md.
 FUZZ_SECONDS ?= 600
