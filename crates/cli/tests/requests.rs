@@ -264,7 +264,7 @@ async fn a_flood_of_timed_out_requests_leaves_no_waiters_and_flat_memory() {
     let c = cluster("rr-flood").await;
     let node = &c.nodes[0];
     let addr = node.http;
-    let gate = Arc::new(tokio::sync::Semaphore::new(2000));
+    let gate = Arc::new(tokio::sync::Semaphore::new(1000));
     let wave = |n: usize, from: usize| {
         let gate = gate.clone();
         async move {

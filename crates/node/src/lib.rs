@@ -153,6 +153,22 @@ impl Node {
     }
 }
 
+/// Accept queue length (the kernel caps it at `net.core.somaxconn`): bursts of new
+/// connections (a reconnect wave after another node died) wait in it instead of being
+/// dropped or reset.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// A node whose listeners are bound; [`Server::run`] serves until shutdown.
 pub struct Server {
     node: Arc<Node>,
@@ -169,14 +185,10 @@ impl Server {
         registrar: Arc<dyn Registrar>,
     ) -> Result<Server> {
         config.validate()?;
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind { addr, source })
-        };
-        let http = bind(config.http_addr).await?;
+        let bind = |addr: SocketAddr| listen(addr).map_err(|source| Error::Bind { addr, source });
+        let http = bind(config.http_addr)?;
         let tcp = match config.tcp_addr {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(a)?),
             None => None,
         };
         let stats = Arc::new(Stats::default());
