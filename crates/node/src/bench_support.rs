@@ -52,6 +52,8 @@ impl Fanout {
                 heart_beat: HeartBeat::default(),
                 session_id: format!("bench-{conn_id}"),
                 insecure_login_as_user: false,
+                auth: None,
+                url_token: None,
             });
             let outbox = Arc::new(Outbox::new(
                 cfg.outbound_max_messages,

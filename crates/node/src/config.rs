@@ -6,6 +6,8 @@ use std::time::Duration;
 use pushcenter_stomp::Limits;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+
 /// What happens when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -73,6 +75,17 @@ pub struct NodeConfig {
     pub request_timeout_max: Duration,
     /// Requests one node may have waiting at once; more get 503.
     pub max_waiters: usize,
+    /// STOMP connections (WebSocket and TCP) one node accepts; more are refused.
+    pub max_connections: usize,
+    /// STOMP connections from one IP address; 0 turns the limit off (behind a proxy
+    /// that hides client addresses every client has the proxy's).
+    pub max_connections_per_ip: usize,
+    /// Frames a client may send per second (a burst of as many is allowed); 0 is off.
+    pub max_frames_per_second: u32,
+    /// WebSocket handshakes carrying an `Origin` must name one of these; empty allows
+    /// any. Requests without `Origin` (not from a browser) are not affected.
+    pub allowed_origins: Vec<String>,
+    pub auth: AuthConfig,
 }
 
 /// The codec limits, as configured.
@@ -134,6 +147,11 @@ impl Default for NodeConfig {
             request_timeout_default: Duration::from_secs(10),
             request_timeout_max: Duration::from_secs(60),
             max_waiters: 100_000,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 10_000,
+            max_frames_per_second: 100,
+            allowed_origins: Vec::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -175,6 +193,15 @@ impl NodeConfig {
             return bad(
                 "connect_timeout, write_timeout, publish_timeout and report_interval must be positive",
             );
+        }
+        let tokens = self.auth.hs256_secret.is_some()
+            || self.auth.hs256_secret_file.is_some()
+            || self.auth.rs256_public_key_file.is_some();
+        if self.insecure_login_as_user && tokens {
+            return bad("insecure_login_as_user cannot be combined with token authentication");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1");
         }
         if self.request_timeout_default.is_zero()
             || self.request_timeout_default > self.request_timeout_max

@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, trace};
 
-use crate::Node;
 use crate::outbox::{Out, Outbox};
 use crate::session::{Action, Head, Session, SessionConfig, error_frame};
 use crate::stats::Stats;
+use crate::{Admission, Node};
 
 /// WebSocket close code 1012: service restart (reconnect elsewhere).
 const CLOSE_RESTART: u16 = 1012;
@@ -143,16 +143,36 @@ enum End {
     Shutdown,
 }
 
-pub(crate) async fn serve<L: Link>(link: L, node: Arc<Node>, peer: Option<SocketAddr>) {
+/// Serves one STOMP connection; `_slot` (its place under the connection limits) is
+/// held until it ends.
+pub(crate) async fn serve<L: Link>(
+    link: L,
+    node: Arc<Node>,
+    peer: Option<SocketAddr>,
+    _slot: Admission,
+    url_token: Option<String>,
+) {
     let conn_id = node.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
     let span = info_span!("conn", conn_id, peer = ?peer);
     Stats::add(&node.stats.connections, 1);
     Stats::inc(&node.stats.connections_total);
-    let mut conn = Connection::new(link, node.clone(), conn_id);
+    let mut conn = Connection::new(link, node.clone(), conn_id, url_token);
     let end = conn.run().instrument(span.clone()).await;
     conn.cleanup();
     Stats::add(&node.stats.connections, -1);
     span.in_scope(|| debug!(?end, "connection closed"));
+}
+
+/// Refuses a STOMP-over-TCP connection over the limits: ERROR, then close.
+pub(crate) async fn refuse(mut stream: TcpStream, why: &str) {
+    let mut buf = BytesMut::new();
+    if encode(&error_frame(why, None), Version::V1_2, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = stream.write_all(&buf).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
 }
 
 struct Connection<L> {
@@ -168,10 +188,15 @@ struct Connection<L> {
     scratch: BytesMut,
     /// Reachable by session id and user (after CONNECT).
     attached: bool,
+    /// When the client's token runs out.
+    expires: Option<Instant>,
+    /// Frames the client may still send now (refilled at `max_frames_per_second`).
+    frame_budget: f64,
+    budget_at: Instant,
 }
 
 impl<L: Link> Connection<L> {
-    fn new(link: L, node: Arc<Node>, conn_id: u64) -> Connection<L> {
+    fn new(link: L, node: Arc<Node>, conn_id: u64, url_token: Option<String>) -> Connection<L> {
         let cfg = &node.config;
         let hb = HeartBeat {
             send_ms: duration_ms(cfg.heartbeat_send),
@@ -184,7 +209,10 @@ impl<L: Link> Connection<L> {
             heart_beat: hb,
             session_id: format!("{}-{}", cfg.node_id, conn_id),
             insecure_login_as_user: cfg.insecure_login_as_user,
+            auth: node.auth.clone(),
+            url_token,
         });
+        let budget = f64::from(cfg.max_frames_per_second);
         let outbox = Arc::new(Outbox::new(
             cfg.outbound_max_messages,
             cfg.outbound_max_bytes,
@@ -203,6 +231,9 @@ impl<L: Link> Connection<L> {
             recv_within: None,
             scratch: BytesMut::new(),
             attached: false,
+            expires: None,
+            frame_budget: budget,
+            budget_at: Instant::now(),
         }
     }
 
@@ -246,6 +277,21 @@ impl<L: Link> Connection<L> {
                             Ok(Some(Item::HeartBeat)) => continue,
                             Ok(Some(Item::Frame(frame))) => {
                                 Stats::inc(&self.node.stats.frames_in_total);
+                                if !self.frame_allowed() {
+                                    let limit = self.node.config.max_frames_per_second;
+                                    Stats::inc(&self.node.stats.protocol_errors_total);
+                                    self.session.fail(
+                                        &format!("too many frames: the limit is {limit} per second"),
+                                        None,
+                                        &mut actions,
+                                    );
+                                    if self.apply(&mut actions).await {
+                                        let _ = self.flush().await;
+                                        self.link.close(false).await;
+                                        return End::Closed;
+                                    }
+                                    continue;
+                                }
                                 trace!(command = %frame.command, "frame in");
                                 self.session.on_frame(frame, &mut actions);
                             }
@@ -313,6 +359,12 @@ impl<L: Link> Connection<L> {
                         write_deadline = Instant::now() + d;
                     }
                 }
+                _ = sleep_until(self.expires.unwrap_or_else(far_future)) => {
+                    Stats::inc(&self.node.stats.auth_failures_total);
+                    self.send_error("unauthorized: token expired").await;
+                    self.link.close(false).await;
+                    return End::Closed;
+                }
                 _ = sleep_until(read_deadline) => {
                     if self.session.is_connected() {
                         Stats::inc(&self.node.stats.heartbeat_timeouts_total);
@@ -334,6 +386,23 @@ impl<L: Link> Connection<L> {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// Takes one frame from the per-second budget; false when it is spent.
+    fn frame_allowed(&mut self) -> bool {
+        let rate = f64::from(self.node.config.max_frames_per_second);
+        if rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.budget_at).as_secs_f64() * rate;
+        self.frame_budget = (self.frame_budget + refill).min(rate);
+        self.budget_at = now;
+        if self.frame_budget < 1.0 {
+            return false;
+        }
+        self.frame_budget -= 1.0;
+        true
     }
 
     fn protocol_error(&mut self, e: &DecodeError, actions: &mut Vec<Action>) {
@@ -360,7 +429,9 @@ impl<L: Link> Connection<L> {
                     send_ms,
                     recv_ms,
                     user,
+                    expires_at,
                 } => {
+                    self.expires = expires_at.map(instant_of);
                     self.node.router.attach(
                         self.conn_id,
                         self.session.id(),
@@ -399,6 +470,7 @@ impl<L: Link> Connection<L> {
                         self.fail_at(&format!("reply failed: {e}"), actions, i);
                     }
                 }
+                Action::Expires(at) => self.expires = at.map(instant_of),
                 Action::Close => close = true,
             }
             if close {
@@ -491,6 +563,14 @@ impl<L: Link> Connection<L> {
 
 fn duration_ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The instant of a unix time in seconds (now when it has passed).
+fn instant_of(unix_secs: u64) -> Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
 }
 
 fn far_future() -> Instant {

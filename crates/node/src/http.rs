@@ -1,11 +1,12 @@
 //! The HTTP side of a node: WebSocket upgrade, the `/v1` API, health, metrics, demo.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +15,6 @@ use pushcenter_stomp::Version;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::Node;
 use crate::bus::{
     BusError, REPLY_PREFIX, Record, Reply, check_correlation_id, check_header_name,
     check_publish_destination, sanitize,
@@ -23,6 +23,7 @@ use crate::connection::{WsLink, serve};
 use crate::registrar::NodeInfo;
 use crate::stats::Stats;
 use crate::waiters::RegisterError;
+use crate::{Node, Refused};
 
 pub(crate) fn routes(node: Arc<Node>) -> Router {
     let mut r = Router::new()
@@ -77,9 +78,29 @@ fn pick_subprotocol(headers: &HeaderMap) -> Option<&'static str> {
 async fn ws(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Browsers always send Origin; a page on another site must not open sessions with
+    // its visitors' cookies or tokens.
+    let origins = &node.config.allowed_origins;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origins.is_empty() || origins.iter().any(|a| a == o));
+        if !ok {
+            return error(StatusCode::FORBIDDEN, "origin not allowed");
+        }
+    }
+    let slot = match node.admit(Some(peer.ip())) {
+        Ok(s) => s,
+        Err(why @ Refused::NodeFull) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, why.message());
+        }
+        Err(why @ Refused::IpFull) => return error(StatusCode::TOO_MANY_REQUESTS, why.message()),
+    };
+    let url_token = query.get("access_token").cloned();
     let limit = node.config.limits.max_frame_bytes;
     let mut upgrade = upgrade
         .max_frame_size(limit)
@@ -94,7 +115,7 @@ async fn ws(
     }
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| serve(WsLink(socket), node, Some(peer)))
+        .on_upgrade(move |socket| serve(WsLink(socket), node, Some(peer), slot, url_token))
 }
 
 #[derive(Deserialize)]
@@ -155,7 +176,40 @@ fn record_from(req: PublishRequest) -> Result<Record, String> {
     })
 }
 
-async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+/// The token or key of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn unauthorized(node: &Node, message: &str) -> Response {
+    Stats::inc(&node.stats.auth_failures_total);
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// The backend API (publish, requests) needs an API key or a backend token when
+/// authentication is configured: the refusal, if refused.
+fn check_backend(node: &Node, headers: &HeaderMap) -> Option<Response> {
+    match &node.auth {
+        Some(a) if !a.backend(bearer(headers)) => Some(unauthorized(
+            node,
+            "unauthorized: an API key or a backend token is required",
+        )),
+        _ => None,
+    }
+}
+
+async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = check_backend(&node, &headers) {
+        return r;
+    }
     let req: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -208,7 +262,10 @@ struct RequestRequest {
 
 /// `POST /v1/requests`: hands the body to a client (or to nobody: a rendezvous with a
 /// callback) and waits for the answer.
-async fn request(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn request(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = check_backend(&node, &headers) {
+        return r;
+    }
     let req: RequestRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -338,11 +395,24 @@ async fn request(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn callback(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Err(e) = check_correlation_id(&id) {
         return error(StatusCode::BAD_REQUEST, &e);
+    }
+    // A third party gets a callback URL carrying a token for this one request.
+    let credential = bearer(&headers).or(query.get("token").map(String::as_str));
+    if node
+        .auth
+        .as_ref()
+        .is_some_and(|a| !a.callback(credential, &id))
+    {
+        return unauthorized(
+            &node,
+            "unauthorized: a callback token for this request is required",
+        );
     }
     if body.len() > node.config.limits.max_body_bytes {
         return too_large();

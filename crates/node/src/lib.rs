@@ -7,6 +7,7 @@
 )]
 #![allow(async_fn_in_trait)]
 
+mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 mod bus;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+pub use auth::AuthConfig;
 pub use bus::{
     BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS, REPLY_PREFIX,
     REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, check_correlation_id, check_header_name,
@@ -70,9 +72,80 @@ pub(crate) struct Node {
     pub(crate) waiters: Arc<Waiters>,
     /// Delivery reports are sent from the bus's thread, outside the runtime.
     pub(crate) runtime: tokio::runtime::Handle,
+    /// `None`: authentication is off.
+    pub(crate) auth: Option<Arc<auth::Auth>>,
+    /// Open STOMP connections per client address.
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection slot; given back when dropped.
+pub(crate) struct Admission {
+    node: Arc<Node>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut m = self.node.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a new connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    NodeFull,
+    IpFull,
+}
+
+impl Refused {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Refused::NodeFull => "too many connections on this node",
+            Refused::IpFull => "too many connections from this address",
+        }
+    }
 }
 
 impl Node {
+    /// Takes a connection slot for a client at `ip`, within the node's limits.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Admission, Refused> {
+        let open = self
+            .stats
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if usize::try_from(open).unwrap_or(0) >= self.config.max_connections {
+            Stats::inc(&self.stats.connections_refused_total);
+            return Err(Refused::NodeFull);
+        }
+        let limit = self.config.max_connections_per_ip;
+        let ip = ip.filter(|_| limit > 0);
+        if let Some(ip) = ip {
+            let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= limit {
+                drop(m);
+                Stats::inc(&self.stats.connections_refused_total);
+                return Err(Refused::IpFull);
+            }
+            *n += 1;
+        }
+        Ok(Admission {
+            node: self.clone(),
+            ip,
+        })
+    }
+
     pub(crate) async fn publish(&self, record: Record) -> Result<String, BusError> {
         match tokio::time::timeout(self.config.publish_timeout, self.bus.publish(record)).await {
             Ok(r) => r,
@@ -185,6 +258,12 @@ impl Server {
         registrar: Arc<dyn Registrar>,
     ) -> Result<Server> {
         config.validate()?;
+        let auth = auth::Auth::load(&config.auth)?.map(Arc::new);
+        if auth.is_none() {
+            tracing::warn!(
+                "no [auth] keys configured: clients connect anonymously and the HTTP API is open"
+            );
+        }
         let bind = |addr: SocketAddr| listen(addr).map_err(|source| Error::Bind { addr, source });
         let http = bind(config.http_addr)?;
         let tcp = match config.tcp_addr {
@@ -205,6 +284,8 @@ impl Server {
             http_bound,
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),
+            auth,
+            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             router: Router::new(stats.clone()),
             config,

@@ -28,8 +28,15 @@ pub(crate) async fn http(listener: TcpListener, app: Router, node: Arc<Node>) {
 /// Serves STOMP over plain TCP until the node shuts down.
 pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
     accept(listener, node, |stream, peer, node| {
-        let link = connection::TcpLink::new(stream);
-        tokio::spawn(connection::serve(link, node, Some(peer)));
+        match node.admit(Some(peer.ip())) {
+            Ok(slot) => {
+                let link = connection::TcpLink::new(stream);
+                tokio::spawn(connection::serve(link, node, Some(peer), slot, None));
+            }
+            Err(why) => {
+                tokio::spawn(connection::refuse(stream, why.message()));
+            }
+        }
     })
     .await;
 }

@@ -6,6 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
 
+use std::sync::Arc;
+
+use crate::auth::{Auth, Identity};
 use crate::bus::{
     REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, check_correlation_id, check_publish_destination,
     sanitize,
@@ -19,9 +22,16 @@ pub(crate) struct SessionConfig {
     /// What the server offers: send every `send_ms`, wants to hear every `recv_ms`.
     pub(crate) heart_beat: HeartBeat,
     pub(crate) session_id: String,
-    /// Take the user from CONNECT's `login` header, unchecked (until token auth).
+    /// Take the user from CONNECT's `login` header, unchecked (no token auth).
     pub(crate) insecure_login_as_user: bool,
+    /// Token authentication, when configured.
+    pub(crate) auth: Option<Arc<Auth>>,
+    /// The token of the WebSocket URL (`?access_token=`), if any.
+    pub(crate) url_token: Option<String>,
 }
+
+/// Where a client sends a fresh token before its current one expires.
+pub(crate) const TOKEN_DESTINATION: &str = "/session/token";
 
 /// Transactions one session may have open, and frames one transaction may hold.
 const MAX_TRANSACTIONS: usize = 16;
@@ -44,7 +54,11 @@ pub(crate) enum Action {
         send_ms: u32,
         recv_ms: u32,
         user: Option<String>,
+        /// Unix seconds when the token runs out.
+        expires_at: Option<u64>,
     },
+    /// A refreshed token: the connection now ends at this time (unix seconds).
+    Expires(Option<u64>),
     Subscribe {
         slot: u32,
         destination: String,
@@ -93,6 +107,7 @@ pub(crate) struct Session {
     next_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
     nacks: u64,
+    identity: Identity,
 }
 
 /// The per-subscriber head of a MESSAGE, or why it cannot be sent.
@@ -122,6 +137,7 @@ impl Session {
             next_ack: 0,
             transactions: HashMap::new(),
             nacks: 0,
+            identity: Identity::default(),
         }
     }
 
@@ -204,10 +220,8 @@ impl Session {
             Some(h) => HeartBeat::parse(h).ok_or("malformed heart-beat header")?,
         };
         let (send_ms, recv_ms) = HeartBeat::negotiate(self.cfg.heart_beat, theirs);
-        let user = frame
-            .get("login")
-            .filter(|l| self.cfg.insecure_login_as_user && !l.is_empty())
-            .map(str::to_owned);
+        self.identity = self.identify(frame)?;
+        let user = self.identity.user.clone();
         self.version = version;
         self.state = State::Connected;
         out.push(Action::Connected {
@@ -215,6 +229,7 @@ impl Session {
             send_ms,
             recv_ms,
             user: user.clone(),
+            expires_at: self.identity.expires_at,
         });
         let mut reply = Frame::new(Command::Connected)
             .header("version", version.as_str())
@@ -225,6 +240,35 @@ impl Session {
             reply.push_header("user-name", u);
         }
         out.push(Action::Reply(reply));
+        Ok(())
+    }
+
+    /// Who the client is: from its token when tokens are required, else anonymous (or
+    /// the `login` header when `insecure_login_as_user` is on).
+    fn identify(&self, frame: &Frame) -> Result<Identity, String> {
+        match self.cfg.auth.as_ref().filter(|a| a.clients_need_tokens()) {
+            Some(auth) => auth.client(token_of(frame).or(self.cfg.url_token.as_deref())),
+            None => Ok(Identity::open(
+                frame
+                    .get("login")
+                    .filter(|l| self.cfg.insecure_login_as_user && !l.is_empty())
+                    .map(str::to_owned),
+            )),
+        }
+    }
+
+    /// A fresh token for the same user replaces the current one (and its rights).
+    fn refresh(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Outcome {
+        let Some(auth) = self.cfg.auth.as_ref().filter(|a| a.clients_need_tokens()) else {
+            return Err("this node does not use tokens".into());
+        };
+        let token = token_of(frame).ok_or("missing header: passcode")?;
+        let fresh = auth.client(Some(token))?;
+        if fresh.user != self.identity.user {
+            return Err("unauthorized: the new token is for another user".into());
+        }
+        out.push(Action::Expires(fresh.expires_at));
+        self.identity = fresh;
         Ok(())
     }
 
@@ -296,11 +340,17 @@ impl Session {
                     }));
                     return Ok(());
                 }
+                if destination == TOKEN_DESTINATION {
+                    return self.refresh(frame, out);
+                }
                 if !self.cfg.client_send {
                     return Err("SEND from clients is disabled on this node".into());
                 }
                 check_publish_destination(destination, false)
                     .map_err(|e| format!("cannot send to {destination}: {e}"))?;
+                if !self.identity.may_send(destination) {
+                    return Err(format!("forbidden: cannot send to {destination}"));
+                }
                 out.push(Action::Publish(Record {
                     destination: destination.to_owned(),
                     headers: passed_headers(frame),
@@ -327,6 +377,9 @@ impl Session {
             return Err(format!(
                 "cannot subscribe to {destination}: use /topic/<name> or /user/queue/<name>"
             ));
+        }
+        if !self.identity.may_subscribe(destination) {
+            return Err(format!("forbidden: cannot subscribe to {destination}"));
         }
         if self.ids.contains_key(id) {
             return Err(format!("subscription id {id} already in use"));
@@ -471,6 +524,16 @@ impl Session {
             ack: Some(seq),
         }
     }
+}
+
+/// A token on a frame: `passcode`, or `authorization: Bearer <token>`.
+fn token_of(frame: &Frame) -> Option<&str> {
+    frame.get("passcode").filter(|p| !p.is_empty()).or_else(|| {
+        frame
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::trim)
+    })
 }
 
 fn required<'f>(frame: &'f Frame, name: &str) -> Result<&'f str, String> {

@@ -11,6 +11,8 @@ fn session() -> Session {
         },
         session_id: "n1-1".into(),
         insecure_login_as_user: true,
+        auth: None,
+        url_token: None,
     })
 }
 
@@ -56,6 +58,7 @@ fn connect_negotiates_version_and_heart_beats() {
             send_ms: 20_000,
             recv_ms: 10_000,
             user: None,
+            expires_at: None,
         }
     ));
     let Action::Reply(f) = &out[1] else { panic!() };
