@@ -286,6 +286,11 @@ async fn every_bad_credential_and_forbidden_act_gets_its_answer() {
         start.elapsed()
     );
     check!();
+
+    let (_, text) = http(node.http, "GET", "/v1/stats", "").await;
+    let stats: Value = serde_json::from_str(&text).expect("stats");
+    assert_eq!(stats["auth_failures_total"], 5, "{stats}");
+    assert_eq!(stats["forbidden_total"], 2, "{stats}");
 }
 
 #[tokio::test]

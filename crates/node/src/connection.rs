@@ -420,7 +420,17 @@ impl<L: Link> Connection<L> {
             match action {
                 Action::Reply(frame) => {
                     if frame.command == pushcenter_stomp::Command::Error {
-                        Stats::inc(&self.node.stats.protocol_errors_total);
+                        let stats = &self.node.stats;
+                        Stats::inc(&stats.protocol_errors_total);
+                        match frame.get("message") {
+                            Some(m) if m.starts_with("unauthorized") => {
+                                Stats::inc(&stats.auth_failures_total);
+                            }
+                            Some(m) if m.starts_with("forbidden") => {
+                                Stats::inc(&stats.forbidden_total);
+                            }
+                            _ => {}
+                        }
                     }
                     let _ = self.write_frame(&frame).await;
                 }
