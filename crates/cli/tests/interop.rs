@@ -100,3 +100,67 @@ fn demo_page_in_headless_chromium() {
         "no screenshot"
     );
 }
+
+/// The test certificate (tests/fixtures/README.md) on both listeners.
+fn tls_node() -> (Node, PathBuf) {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let config = std::env::temp_dir().join(format!("pushcenter-tls-{}.toml", std::process::id()));
+    let text = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        fixtures.join("tls-test-cert.pem"),
+        fixtures.join("tls-test-key.pem")
+    );
+    std::fs::write(&config, text).expect("write config");
+    let node = Node::standalone(&["--config", config.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&config);
+    (node, fixtures.join("tls-test-cert.pem"))
+}
+
+/// stompjs over wss://, the HTTP publish over https://, trusting the test CA.
+#[test]
+fn stompjs_over_wss() {
+    let (node, ca) = tls_node();
+    let out = Command::new("node")
+        .arg(clients_dir().join("stompjs.mjs"))
+        .arg(format!("https://{}", node.http))
+        .env("NODE_EXTRA_CA_CERTS", &ca)
+        .current_dir(clients_dir())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_all_checks(&stdout);
+}
+
+/// stomp.py's plain Connection over stomp+ssl (the TCP port with TLS).
+#[test]
+fn stomp_py_over_stomp_ssl() {
+    let (node, ca) = tls_node();
+    let tcp = node.tcp.expect("tcp listener");
+    let out = Command::new("python3")
+        .arg(clients_dir().join("stomp_py_ssl.py"))
+        .arg(format!("https://{}", node.http))
+        .arg(tcp.to_string())
+        .arg(&ca)
+        .current_dir(clients_dir())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "ok - connect over tls",
+        "ok - subscribe with receipt",
+        "ok - https publish reaches subscriber",
+        "ok - disconnect",
+    ] {
+        assert!(stdout.contains(check), "missing `{check}` in:\n{stdout}");
+    }
+}

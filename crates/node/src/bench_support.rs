@@ -152,3 +152,73 @@ impl Fanout {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// Feeds the STOMP stream in `data` to one session the way a connection does, with a
+/// delivery to every subscription after each frame, and checks the session's promises:
+/// every ERROR has a `message`, nothing follows a close, a MESSAGE head only ever names
+/// a live subscription. For the `session` fuzz target: frames in any order.
+pub fn fuzz_session(data: &[u8]) {
+    use pushcenter_stomp::{Item, Limits, decode_version};
+
+    use crate::session::Head;
+
+    let Some((&knobs, stream)) = data.split_first() else {
+        return;
+    };
+    let mut session = Session::new(SessionConfig {
+        max_subscriptions: 4,
+        ack_window: usize::from(knobs % 4) + 1,
+        client_send: knobs & 0x10 != 0,
+        heart_beat: HeartBeat {
+            send_ms: 1000,
+            recv_ms: 1000,
+        },
+        session_id: "fuzz-1".into(),
+        insecure_login_as_user: knobs & 0x20 != 0,
+        auth: None,
+        url_token: None,
+    });
+    let limits = Limits {
+        max_frame_bytes: 4096,
+        max_headers: 16,
+        max_header_line: 512,
+        max_body_bytes: 1024,
+    };
+    let mut buf = BytesMut::from(stream);
+    let mut version = Version::V1_2;
+    let mut slots: Vec<u32> = Vec::new();
+    let mut actions = Vec::new();
+    let mut closed = false;
+    loop {
+        match decode_version(&mut buf, version, &limits) {
+            Ok(Some(Item::Frame(f))) => session.on_frame(f, &mut actions),
+            Ok(Some(Item::HeartBeat)) => continue,
+            Ok(None) => break,
+            Err(e) => session.fail(&e.to_string(), None, &mut actions),
+        }
+        if closed {
+            assert!(actions.is_empty(), "actions after close: {actions:?}");
+        }
+        for a in actions.drain(..) {
+            assert!(!closed, "an action after Close");
+            match a {
+                Action::Reply(f) if f.command == Command::Error => {
+                    assert!(f.get("message").is_some(), "ERROR without message");
+                }
+                Action::Connected { version: v, .. } => version = v,
+                Action::Subscribe { slot, .. } => slots.push(slot),
+                Action::Unsubscribe { slot, .. } => slots.retain(|s| *s != slot),
+                Action::Close => closed = true,
+                _ => {}
+            }
+        }
+        if closed {
+            continue;
+        }
+        for &slot in &slots {
+            if let Head::Gone = session.message_head(slot, || "0-1".into()) {
+                panic!("subscription {slot} is live but its head is gone");
+            }
+        }
+    }
+}

@@ -86,6 +86,17 @@ pub struct NodeConfig {
     /// any. Requests without `Origin` (not from a browser) are not affected.
     pub allowed_origins: Vec<String>,
     pub auth: AuthConfig,
+    /// TLS on both listeners (https/wss and stomp+ssl) when set.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 /// The codec limits, as configured.
@@ -152,6 +163,7 @@ impl Default for NodeConfig {
             max_frames_per_second: 100,
             allowed_origins: Vec::new(),
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }

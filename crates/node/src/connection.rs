@@ -91,13 +91,14 @@ impl Link for WsLink {
     }
 }
 
-pub(crate) struct TcpLink {
-    stream: TcpStream,
+/// STOMP over a byte stream: plain TCP or TLS.
+pub(crate) struct TcpLink<S> {
+    stream: S,
     out: BytesMut,
 }
 
-impl TcpLink {
-    pub(crate) fn new(stream: TcpStream) -> TcpLink {
+impl<S> TcpLink<S> {
+    pub(crate) fn new(stream: S) -> TcpLink<S> {
         TcpLink {
             stream,
             out: BytesMut::new(),
@@ -105,7 +106,7 @@ impl TcpLink {
     }
 }
 
-impl Link for TcpLink {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Link for TcpLink<S> {
     async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
         buf.reserve(4096);
         Ok(self.stream.read_buf(buf).await? > 0)

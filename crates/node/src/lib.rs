@@ -20,6 +20,7 @@ mod registrar;
 mod router;
 mod session;
 mod stats;
+mod tls;
 mod waiters;
 
 use std::net::SocketAddr;
@@ -33,7 +34,7 @@ pub use bus::{
     REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, check_correlation_id, check_header_name,
     check_publish_destination, sanitize,
 };
-pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy};
+pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy, TlsConfig};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
 pub use stats::Stats;
 
@@ -74,6 +75,8 @@ pub(crate) struct Node {
     pub(crate) runtime: tokio::runtime::Handle,
     /// `None`: authentication is off.
     pub(crate) auth: Option<Arc<auth::Auth>>,
+    /// `None`: plain TCP.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Open STOMP connections per client address.
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
@@ -259,6 +262,7 @@ impl Server {
     ) -> Result<Server> {
         config.validate()?;
         let auth = auth::Auth::load(&config.auth)?.map(Arc::new);
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         if auth.is_none() {
             tracing::warn!(
                 "no [auth] keys configured: clients connect anonymously and the HTTP API is open"
@@ -285,6 +289,7 @@ impl Server {
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),
             auth,
+            tls,
             per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             router: Router::new(stats.clone()),

@@ -20,19 +20,63 @@ use crate::connection;
 /// Serves HTTP (and WebSocket upgrades) until the node shuts down.
 pub(crate) async fn http(listener: TcpListener, app: Router, node: Arc<Node>) {
     accept(listener, node, move |stream, peer, node| {
-        tokio::spawn(http_conn(stream, peer, app.clone(), node));
+        let app = app.clone();
+        tokio::spawn(async move {
+            match node.tls.clone() {
+                None => http_conn(stream, peer, app, node).await,
+                Some(tls) => {
+                    if let Some(s) = handshake(&tls, stream, peer, &node).await {
+                        http_conn(s, peer, app, node).await;
+                    }
+                }
+            }
+        });
     })
     .await;
 }
 
-/// Serves STOMP over plain TCP until the node shuts down.
+/// The TLS handshake, under `connect_timeout` like the rest of the opening.
+async fn handshake(
+    tls: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: &Node,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(node.config.connect_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "tls handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves STOMP over TCP (or TLS) until the node shuts down.
 pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
     accept(listener, node, |stream, peer, node| {
         match node.admit(Some(peer.ip())) {
             Ok(slot) => {
-                let link = connection::TcpLink::new(stream);
-                tokio::spawn(connection::serve(link, node, Some(peer), slot, None));
+                tokio::spawn(async move {
+                    match node.tls.clone() {
+                        None => {
+                            let link = connection::TcpLink::new(stream);
+                            connection::serve(link, node, Some(peer), slot, None).await;
+                        }
+                        Some(tls) => {
+                            if let Some(s) = handshake(&tls, stream, peer, &node).await {
+                                let link = connection::TcpLink::new(s);
+                                connection::serve(link, node, Some(peer), slot, None).await;
+                            }
+                        }
+                    }
+                });
             }
+            // Over TLS the refusal would need a handshake first: just close.
+            Err(_) if node.tls.is_some() => drop(stream),
             Err(why) => {
                 tokio::spawn(connection::refuse(stream, why.message()));
             }
@@ -67,7 +111,10 @@ async fn accept(
     }
 }
 
-async fn http_conn(stream: TcpStream, peer: SocketAddr, app: Router, node: Arc<Node>) {
+async fn http_conn<S>(stream: S, peer: SocketAddr, app: Router, node: Arc<Node>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         tower_service::Service::call(&mut app.clone(), req)

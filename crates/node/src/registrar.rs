@@ -72,15 +72,20 @@ impl Registrar for MemoryRegistrar {
 pub(crate) fn info(node: &Node) -> NodeInfo {
     let cfg = &node.config;
     let http = node.http_bound;
-    let http_url = format!("http://{http}");
+    let (web, ws, tcp) = if node.tls.is_some() {
+        ("https", "wss", "ssl")
+    } else {
+        ("http", "ws", "tcp")
+    };
+    let http_url = format!("{web}://{http}");
     let ws_url = cfg
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("ws://{http}/ws"));
+        .unwrap_or_else(|| format!("{ws}://{http}/ws"));
     NodeInfo {
         node_id: cfg.node_id.clone(),
         ws_url,
-        tcp_url: node.tcp_bound.map(|a| format!("tcp://{a}")),
+        tcp_url: node.tcp_bound.map(|a| format!("{tcp}://{a}")),
         http_url,
         connections: node.stats.connections.load(Ordering::Relaxed).max(0) as u64,
         subscriptions: node.stats.subscriptions.load(Ordering::Relaxed).max(0) as u64,
