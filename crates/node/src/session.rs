@@ -199,8 +199,11 @@ impl Session {
         }
     }
 
-    /// Ends the session with ERROR then close.
+    /// Ends the session with ERROR then close (once: a closed session says nothing).
     pub(crate) fn fail(&mut self, message: &str, receipt: Option<&str>, out: &mut Vec<Action>) {
+        if self.state == State::Closed {
+            return;
+        }
         out.push(Action::Reply(error_frame(message, receipt)));
         out.push(Action::Close);
         self.state = State::Closed;

@@ -369,3 +369,14 @@ fn a_send_to_reply_to_answers_a_request() {
         );
     }
 }
+
+#[test]
+fn a_closed_session_says_nothing_more() {
+    let mut s = connected();
+    let out = run(&mut s, Frame::new(Command::Disconnect));
+    assert!(closes(&out));
+    let mut out = Vec::new();
+    s.fail("malformed frame", None, &mut out);
+    s.on_frame(Frame::new(Command::Send).header("destination", "/topic/a"), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
