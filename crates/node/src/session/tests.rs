@@ -377,6 +377,9 @@ fn a_closed_session_says_nothing_more() {
     assert!(closes(&out));
     let mut out = Vec::new();
     s.fail("malformed frame", None, &mut out);
-    s.on_frame(Frame::new(Command::Send).header("destination", "/topic/a"), &mut out);
+    s.on_frame(
+        Frame::new(Command::Send).header("destination", "/topic/a"),
+        &mut out,
+    );
     assert!(out.is_empty(), "{out:?}");
 }
