@@ -2,7 +2,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test tools-build tools-test fmt-check lint unit bench bench-kafka bench-requests fuzz
+.PHONY: cluster run test tools-build tools-test fmt-check lint unit bench bench-kafka bench-requests fuzz
+
+# etcd, Tansu, three nodes and a registry on loopback; Ctrl-C stops them.
+cluster: tools-test
+	$(CARGO) build --release -p pushcenter
+	deploy/local-cluster.sh
 
 run: tools-build
 	@if [ -f crates/cli/Cargo.toml ]; then \

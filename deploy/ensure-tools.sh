@@ -44,6 +44,7 @@ ensure_test() {
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   need_cmd etcd etcd-server
   need_cmd chromium chromium
+  need_cmd curl curl
   crates/cli/tests/clients/install.sh
   # A real Kafka-protocol broker for the Kafka tests (memory:// storage needs dynostore).
   if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
