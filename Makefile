@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cluster run test tools-build tools-test fmt-check lint unit bench bench-kafka bench-requests fuzz
+.PHONY: cluster run test tools-build tools-test fmt-check lint web-test web-client unit bench bench-kafka bench-requests fuzz
 
 # etcd, Tansu, three nodes and a registry on loopback; Ctrl-C stops them.
 cluster: tools-test
@@ -16,7 +16,17 @@ run: tools-build
 		echo "node not built yet: only the STOMP codec exists so far (see README.md)"; \
 	fi
 
-test: tools-test fmt-check lint unit
+test: tools-test fmt-check lint web-test unit
+
+# web-client/: type-check and build, unit tests, and the browser bundle compiled into the
+# node must be the one this source builds.
+NPM_CI = npm ci --no-audit --no-fund --loglevel=error
+web-test:
+	cd web-client && $(NPM_CI) && npm run build && npm test && npm run check-assets
+
+# Rebuilds web-client/ and refreshes crates/node/assets/pushcenter-client.js.
+web-client:
+	cd web-client && $(NPM_CI) && npm run build && npm run update-assets
 
 tools-build:
 	@deploy/ensure-tools.sh build

@@ -161,6 +161,23 @@ async fn nodes_register_counts_follow_and_discovery_spreads() {
         let (_, b) = get(&c.registry, "/v1/connect?user=alice").await;
         assert_eq!(a["node_id"], b["node_id"]);
     }
+
+    // A client that just lost a node asks for another one (a killed node stays listed
+    // until its lease runs out); with the user's own node avoided too.
+    let user_node = a["node_id"].as_str().expect("node_id").to_string();
+    for _ in 0..30 {
+        let (_, pick) = get(&c.registry, "/v1/connect?avoid=n1,n2").await;
+        assert_eq!(pick["node_id"], "n3", "{pick}");
+        let (_, pick) = get(
+            &c.registry,
+            &format!("/v1/connect?user=alice&avoid={user_node}"),
+        )
+        .await;
+        assert_ne!(pick["node_id"], user_node.as_str(), "{pick}");
+    }
+    // Avoiding every node still gets one: better than none.
+    let (status, pick) = get(&c.registry, "/v1/connect?avoid=n1,n2,n3").await;
+    assert_eq!(status, 200, "{pick}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

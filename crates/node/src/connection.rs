@@ -509,8 +509,14 @@ impl<L: Link> Connection<L> {
 
     async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
         self.scratch.clear();
-        if encode(frame, self.version, &mut self.scratch).is_err() {
-            return Ok(());
+        // Before CONNECTED the client cannot know the version, and clients (stompjs) only
+        // unescape headers once they do: an early ERROR goes out unescaped (1.0) when it can.
+        let early = !self.attached && encode(frame, Version::V1_0, &mut self.scratch).is_ok();
+        if !early {
+            self.scratch.clear();
+            if encode(frame, self.version, &mut self.scratch).is_err() {
+                return Ok(());
+            }
         }
         Stats::inc(&self.node.stats.frames_out_total);
         let bytes = self.scratch.split().freeze();

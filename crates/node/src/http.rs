@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pushcenter_stomp::Version;
@@ -38,26 +38,13 @@ pub(crate) fn routes(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if node.config.demo_page {
-        r = r.route("/", get(|| async { Html(DEMO_PAGE) })).route(
-            "/assets/stomp.umd.min.js",
-            get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-                        (header::CACHE_CONTROL, "public, max-age=3600"),
-                    ],
-                    STOMPJS,
-                )
-            }),
-        );
+        r = r
+            .route("/", get(crate::web::demo_page))
+            .route(crate::web::CLIENT_JS_PATH, get(crate::web::client_js));
     }
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(node)
 }
-
-const DEMO_PAGE: &str = include_str!("../assets/demo.html");
-/// @stomp/stompjs, vendored: see assets/README.md.
-const STOMPJS: &str = include_str!("../assets/stomp.umd.min.js");
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
@@ -498,15 +485,43 @@ fn cors(mut r: Response) -> Response {
     r
 }
 
-async fn connect(State(node): State<Arc<Node>>) -> Response {
-    let live: Vec<NodeInfo> = node
+#[derive(Deserialize)]
+struct ConnectQuery {
+    /// (`user` is accepted and ignored: one node's view needs no rendezvous.)
+    /// Comma-separated node ids the client would rather not get.
+    avoid: Option<String>,
+}
+
+/// The registry's `/v1/connect` answered from this node's view (in standalone mode:
+/// itself), so a client pointed at a node works the same.
+async fn connect(State(node): State<Arc<Node>>, Query(q): Query<ConnectQuery>) -> Response {
+    let avoid: Vec<&str> = q
+        .avoid
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .collect();
+    let mut live: Vec<NodeInfo> = node
         .registrar
         .nodes()
         .into_iter()
         .filter(|n| !n.draining)
         .collect();
+    if live.iter().any(|n| !avoid.contains(&n.node_id.as_str())) {
+        live.retain(|n| !avoid.contains(&n.node_id.as_str()));
+    }
     match live.into_iter().min_by_key(|n| n.connections) {
-        Some(n) => cors(Json(json!({"node_id": n.node_id, "ws_url": n.ws_url, "tcp_url": n.tcp_url, "stale": false})).into_response()),
+        Some(n) => cors(
+            Json(json!({
+                "node_id": n.node_id,
+                "ws_url": n.ws_url,
+                "tcp_url": n.tcp_url,
+                "http_url": n.http_url,
+                "stale": false,
+            }))
+            .into_response(),
+        ),
         None => cors(error(StatusCode::SERVICE_UNAVAILABLE, "no live node")),
     }
 }

@@ -22,6 +22,7 @@ mod session;
 mod stats;
 mod tls;
 mod waiters;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

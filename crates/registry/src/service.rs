@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use pushcenter_node::NodeInfo;
+use pushcenter_node::{NodeInfo, web};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -69,10 +69,14 @@ impl Registry {
     }
 
     /// A live, non-draining node: the one `user` had while it stays healthy, else the
-    /// least loaded (ties broken at random).
-    fn choose(&self, user: Option<&str>) -> Option<NodeInfo> {
+    /// least loaded (ties broken at random). Nodes in `avoid` (the client just lost them;
+    /// a killed node stays listed until its lease runs out) only when nothing else is.
+    fn choose(&self, user: Option<&str>, avoid: &[&str]) -> Option<NodeInfo> {
         let mut view = self.lock();
-        let live: Vec<&NodeInfo> = view.nodes.values().filter(|n| !n.draining).collect();
+        let mut live: Vec<&NodeInfo> = view.nodes.values().filter(|n| !n.draining).collect();
+        if live.iter().any(|n| !avoid.contains(&n.node_id.as_str())) {
+            live.retain(|n| !avoid.contains(&n.node_id.as_str()));
+        }
         let chosen = match user {
             // Rendezvous hashing: a user's node changes only when that node leaves.
             Some(u) => live.iter().max_by_key(|n| {
@@ -202,6 +206,8 @@ pub fn router(cfg: EtcdConfig) -> Router {
         .route("/v1/connect", get(connect))
         .route("/v1/nodes", get(nodes))
         .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/demo", get(web::demo_page))
+        .route(web::CLIENT_JS_PATH, get(web::client_js))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async { cors(error(StatusCode::NOT_FOUND, "no such endpoint")) })
@@ -227,12 +233,21 @@ fn cors(mut r: Response) -> Response {
 #[derive(Deserialize)]
 struct ConnectQuery {
     user: Option<String>,
+    /// Comma-separated node ids the client would rather not get.
+    avoid: Option<String>,
 }
 
 async fn connect(State(r): State<Arc<Registry>>, Query(q): Query<ConnectQuery>) -> Response {
     r.connects.fetch_add(1, Ordering::Relaxed);
     let stale = !r.lock().fresh;
-    match r.choose(q.user.as_deref().filter(|u| !u.is_empty())) {
+    let avoid: Vec<&str> = q
+        .avoid
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .collect();
+    match r.choose(q.user.as_deref().filter(|u| !u.is_empty()), &avoid) {
         Some(n) => cors(
             Json(json!({
                 "node_id": n.node_id,
