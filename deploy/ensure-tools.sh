@@ -45,6 +45,9 @@ ensure_test() {
   need_cmd etcd etcd-server
   need_cmd chromium chromium
   need_cmd curl curl
+  # The deploy-file test: YAML through PyYAML, unit files through systemd-analyze.
+  python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
+  need_cmd systemd-analyze systemd
   crates/cli/tests/clients/install.sh
   # A real Kafka-protocol broker for the Kafka tests (memory:// storage needs dynostore).
   if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then

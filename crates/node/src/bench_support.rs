@@ -191,12 +191,17 @@ pub fn fuzz_session(data: &[u8]) {
     let mut slots: Vec<u32> = Vec::new();
     let mut actions = Vec::new();
     let mut closed = false;
-    loop {
+    // A decode error leaves the bad bytes in the buffer; the connection closes on it.
+    let mut undecodable = false;
+    while !undecodable {
         match decode_version(&mut buf, version, &limits) {
             Ok(Some(Item::Frame(f))) => session.on_frame(f, &mut actions),
             Ok(Some(Item::HeartBeat)) => continue,
             Ok(None) => break,
-            Err(e) => session.fail(&e.to_string(), None, &mut actions),
+            Err(e) => {
+                session.fail(&e.to_string(), None, &mut actions);
+                undecodable = true;
+            }
         }
         if closed {
             assert!(actions.is_empty(), "actions after close: {actions:?}");
