@@ -1,0 +1,186 @@
+//! `/metrics` of a node and of the registry, read by a strict parser of the Prometheus
+//! text format (0.0.4): each sample's family has a TYPE line before it, names and label
+//! sets are well-formed, values are numbers, counters are named `_total` and never go
+//! down, no series repeats. Then the counters move as the traffic says.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::etcd::Etcd;
+use common::*;
+
+/// Series name (with labels) -> value.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = HashSet::new();
+    let mut series = BTreeMap::new();
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, arg) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment line {line:?}"));
+            assert!(valid_name(name), "bad name in {line:?}");
+            match kw {
+                Some("HELP") => assert!(helped.insert(name.to_string()), "HELP twice: {name}"),
+                Some("TYPE") => {
+                    let t = arg.unwrap_or_default();
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "bad type in {line:?}"
+                    );
+                    assert!(
+                        types.insert(name.to_string(), t.to_string()).is_none(),
+                        "TYPE twice: {name}"
+                    );
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = key.split('{').next().unwrap_or_default();
+        assert!(valid_name(name), "bad metric name in {line:?}");
+        if let Some(labels) = key.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+            for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                assert!(valid_name(k), "bad label name in {line:?}");
+                assert!(!v.trim_end_matches('"').contains('\n'), "{line:?}");
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
+            .unwrap_or(name);
+        let t = types
+            .get(family)
+            .unwrap_or_else(|| panic!("sample before its TYPE: {line:?}"));
+        if t == "counter" {
+            assert!(
+                family.ends_with("_total"),
+                "counter not named _total: {family}"
+            );
+            assert!(value >= 0.0, "negative counter: {line:?}");
+        }
+        assert!(
+            series.insert(key.to_string(), value).is_none(),
+            "series twice: {key}"
+        );
+    }
+    series
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    let (status, body) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    parse(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_metrics_parse_and_follow_the_traffic() {
+    let node = Node::standalone(&[]);
+    let before = scrape(node.http).await;
+    assert_eq!(before["pushcenter_connections"], 0.0);
+
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    ws.subscribe("s1", "/topic/metrics").await;
+    for i in 0..3 {
+        let (status, _) = publish(node.http, "/topic/metrics", &format!("m{i}")).await;
+        assert_eq!(status, 202);
+    }
+    for _ in 0..3 {
+        ws.frame().await.expect("MESSAGE");
+    }
+    let (status, _) = http(node.http, "POST", "/v1/publish", "not json").await;
+    assert_eq!(status, 400);
+
+    let during = scrape(node.http).await;
+    assert_eq!(during["pushcenter_connections"], 1.0);
+    assert_eq!(during["pushcenter_subscriptions"], 1.0);
+    let moved = |k: &str| during[k] - before[k];
+    assert_eq!(moved("pushcenter_connections_total"), 1.0);
+    assert_eq!(moved("pushcenter_messages_published_total"), 3.0);
+    assert_eq!(moved("pushcenter_messages_received_total"), 3.0);
+    assert_eq!(moved("pushcenter_messages_delivered_total"), 3.0);
+    assert!(
+        moved("pushcenter_frames_in_total") >= 2.0,
+        "CONNECT, SUBSCRIBE"
+    );
+    assert!(
+        moved("pushcenter_frames_out_total") >= 4.0,
+        "CONNECTED, 3 MESSAGEs"
+    );
+
+    drop(ws);
+    let mut after = scrape(node.http).await;
+    for _ in 0..50 {
+        if after["pushcenter_connections"] == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = scrape(node.http).await;
+    }
+    assert_eq!(after["pushcenter_connections"], 0.0);
+    assert_eq!(after["pushcenter_subscriptions"], 0.0);
+    for (k, v) in &after {
+        if k.ends_with("_total") {
+            assert!(*v >= during[k], "{k} went down");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_metrics_parse_and_follow_the_traffic() {
+    let etcd = Etcd::start();
+    let registry = Node::registry(&etcd.endpoint());
+    let broker = Broker::start();
+    let _node = Node::cluster(
+        "m1",
+        &broker.brokers(),
+        &["--etcd-endpoints", &etcd.endpoint()],
+    );
+    let mut m = scrape(registry.http).await;
+    for _ in 0..100 {
+        if m["pushcenter_registry_nodes"] == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = scrape(registry.http).await;
+    }
+    assert_eq!(m["pushcenter_registry_nodes"], 1.0);
+    assert_eq!(m["pushcenter_registry_live_nodes"], 1.0);
+    assert_eq!(m["pushcenter_registry_stale"], 0.0);
+    let before = m["pushcenter_registry_connect_requests_total"];
+    for _ in 0..5 {
+        let (status, _) = http(registry.http, "GET", "/v1/connect", "").await;
+        assert_eq!(status, 200);
+    }
+    let after = scrape(registry.http).await;
+    assert_eq!(
+        after["pushcenter_registry_connect_requests_total"] - before,
+        5.0
+    );
+}
