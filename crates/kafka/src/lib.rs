@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pushcenter_node::{
-    BoxFuture, Bus, BusError, DeliverFn, Record, Reply, ReplyFn, ReplyKind, Stats,
+    BoxFuture, Bus, BusError, DeliverFn, Record, Reply, ReplyFn, ReplyKind, StartedFn, Stats,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -252,7 +252,7 @@ impl Drop for KafkaBus {
 }
 
 impl Bus for KafkaBus {
-    fn start(&self, deliver: DeliverFn, reply: ReplyFn, stats: Arc<Stats>) {
+    fn start(&self, deliver: DeliverFn, reply: ReplyFn, started: StartedFn, stats: Arc<Stats>) {
         let consumer: Result<BaseConsumer<Ctx>, _> =
             self.consumer_config().create_with_context(Ctx {
                 state: self.state.clone(),
@@ -275,6 +275,7 @@ impl Bus for KafkaBus {
             state: self.state.clone(),
             deliver,
             reply,
+            started,
             stats,
             next: [Vec::new(), Vec::new()],
         };
@@ -349,6 +350,7 @@ struct Reader {
     state: Arc<State>,
     deliver: DeliverFn,
     reply: ReplyFn,
+    started: StartedFn,
     stats: Arc<Stats>,
     /// Next offset to read, per topic (messages, replies) and partition (index).
     next: [Vec<i64>; 2],
@@ -482,6 +484,11 @@ impl Reader {
                     replies = counts[1],
                     "reading every partition"
                 );
+                // Message ids are `<partition>-<offset>`: partitions are the streams of
+                // the node's replay window.
+                for (p, &offset) in next[0].iter().enumerate() {
+                    (self.started)(&p.to_string(), offset);
+                }
                 self.next = next;
                 self.state.assigned.store(true, Ordering::Relaxed);
             }

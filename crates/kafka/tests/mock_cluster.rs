@@ -31,12 +31,19 @@ async fn publish_and_reply_come_back_through_the_consumer() {
     let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
     let (sink, reply_sink) = (got.clone(), replies.clone());
+    let starts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let starts_sink = starts.clone();
     bus.start(
         Arc::new(move |d| sink.lock().expect("lock").push(d)),
         Arc::new(move |r| reply_sink.lock().expect("lock").push(r)),
+        Arc::new(move |stream: &str, _next: i64| {
+            starts_sink.lock().expect("lock").push(stream.to_owned())
+        }),
         Arc::new(Stats::default()),
     );
     until("bus ready", || bus.ready()).await;
+    // Every partition of the messages topic is a stream of the replay window.
+    assert_eq!(*starts.lock().expect("lock"), ["0", "1", "2"]);
 
     let id = bus
         .publish(Record {
@@ -83,6 +90,7 @@ async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
     bus.start(
         Arc::new(|_| {}),
         Arc::new(|_| {}),
+        Arc::new(|_: &str, _: i64| {}),
         Arc::new(Stats::default()),
     );
     until("bus ready", || bus.ready()).await;

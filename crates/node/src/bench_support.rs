@@ -70,7 +70,9 @@ impl Fanout {
             session.on_frame(subscribe, &mut actions);
             for action in actions.drain(..) {
                 match action {
-                    Action::Subscribe { slot, destination } => {
+                    Action::Subscribe {
+                        slot, destination, ..
+                    } => {
                         router.subscribe(&destination, conn_id, slot, outbox.clone());
                     }
                     Action::Reply(f) if f.command == Command::Error => {

@@ -134,12 +134,16 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub type DeliverFn = Arc<dyn Fn(Delivery) + Send + Sync>;
 /// Where the bus hands every reply of the cluster.
 pub type ReplyFn = Arc<dyn Fn(Reply) + Send + Sync>;
+/// Where the bus says it reads a stream (partition) from offset `next` on: what came
+/// before is not in the node's replay window.
+pub type StartedFn = Arc<dyn Fn(&str, i64) + Send + Sync>;
 
 /// Publish records and replies; receive the cluster's streams of both.
 pub trait Bus: Send + Sync + 'static {
-    /// Starts delivering the cluster stream to `deliver` and replies to `reply`;
-    /// skipped records are counted in `stats`. Called once, inside the node's runtime.
-    fn start(&self, deliver: DeliverFn, reply: ReplyFn, stats: Arc<Stats>);
+    /// Starts delivering the cluster stream to `deliver` and replies to `reply`, telling
+    /// `started` where it begins reading each stream; skipped records are counted in
+    /// `stats`. Called once, inside the node's runtime.
+    fn start(&self, deliver: DeliverFn, reply: ReplyFn, started: StartedFn, stats: Arc<Stats>);
     /// Publishes; resolves with the record's id once the bus accepted it.
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>>;
     /// Sends a reply towards the node whose caller waits.
@@ -166,7 +170,9 @@ impl MemoryBus {
 }
 
 impl Bus for MemoryBus {
-    fn start(&self, deliver: DeliverFn, reply: ReplyFn, _stats: Arc<Stats>) {
+    fn start(&self, deliver: DeliverFn, reply: ReplyFn, started: StartedFn, _stats: Arc<Stats>) {
+        // One stream, the node itself; ids count from 1.
+        started(&self.node_id, self.seq.load(Ordering::Relaxed) as i64 + 1);
         let _ = self.deliver.set((deliver, reply));
     }
 

@@ -75,6 +75,11 @@ pub struct NodeConfig {
     pub request_timeout_max: Duration,
     /// Requests one node may have waiting at once; more get 503.
     pub max_waiters: usize,
+    /// The replay window (resume after reconnect): records kept at most this long ...
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+    /// ... and at most this many bytes (bodies, headers, and a little per record).
+    pub replay_window_bytes: usize,
     /// STOMP connections (WebSocket and TCP) one node accepts; more are refused.
     pub max_connections: usize,
     /// STOMP connections from one IP address; 0 turns the limit off (behind a proxy
@@ -158,6 +163,8 @@ impl Default for NodeConfig {
             request_timeout_default: Duration::from_secs(10),
             request_timeout_max: Duration::from_secs(60),
             max_waiters: 100_000,
+            replay_window: Duration::from_secs(300),
+            replay_window_bytes: 64 * 1024 * 1024,
             max_connections: 1_000_000,
             max_connections_per_ip: 10_000,
             max_frames_per_second: 100,

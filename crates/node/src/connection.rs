@@ -21,6 +21,8 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, trace};
 
 use crate::outbox::{Out, Outbox};
+use crate::replay::{Subscriber, format_positions};
+use crate::router::Shared;
 use crate::session::{Action, Head, Session, SessionConfig, error_frame};
 use crate::stats::Stats;
 use crate::{Admission, Node};
@@ -414,12 +416,19 @@ impl<L: Link> Connection<L> {
     /// Carries out the session's actions; true when the connection must close.
     async fn apply(&mut self, actions: &mut Vec<Action>) -> bool {
         let mut close = false;
+        // Headers for the RECEIPT that follows a SUBSCRIBE (its position, its resume).
+        let mut receipt_extra: Option<Vec<(&'static str, String)>> = None;
         let mut i = 0;
         while i < actions.len() {
             let action = std::mem::replace(&mut actions[i], Action::Close);
             i += 1;
             match action {
-                Action::Reply(frame) => {
+                Action::Reply(mut frame) => {
+                    if frame.command == pushcenter_stomp::Command::Receipt {
+                        for (k, v) in receipt_extra.take().unwrap_or_default() {
+                            frame.push_header(k, &v);
+                        }
+                    }
                     if frame.command == pushcenter_stomp::Command::Error {
                         let stats = &self.node.stats;
                         Stats::inc(&stats.protocol_errors_total);
@@ -456,13 +465,12 @@ impl<L: Link> Connection<L> {
                     self.recv_within =
                         (recv_ms > 0).then(|| Duration::from_millis(u64::from(recv_ms) * 2));
                 }
-                Action::Subscribe { slot, destination } => {
-                    self.node.router.subscribe(
-                        &destination,
-                        self.conn_id,
-                        slot,
-                        self.outbox.clone(),
-                    );
+                Action::Subscribe {
+                    slot,
+                    destination,
+                    resume,
+                } => {
+                    receipt_extra = Some(self.subscribe(slot, &destination, resume.as_deref()));
                 }
                 Action::Unsubscribe { slot, destination } => {
                     self.node
@@ -565,6 +573,59 @@ impl<L: Link> Connection<L> {
         }
     }
 
+    /// Registers a subscription; with `resume`, first queues what it missed. Both under
+    /// the replay window's lock: a record enters the window before it is routed, so each
+    /// one is either in the replay or arrives live after it (live ones the replay
+    /// covered are skipped by the session's floor). Returns the RECEIPT's extra headers.
+    fn subscribe(
+        &mut self,
+        slot: u32,
+        destination: &str,
+        resume: Option<&[(String, i64)]>,
+    ) -> Vec<(&'static str, String)> {
+        let stats = &self.node.stats;
+        let mut extra = Vec::new();
+        let mut window = self.node.window();
+        if let Some(positions) = resume {
+            let who = Subscriber {
+                destination,
+                user: self.session.user(),
+                session: self.session.id(),
+            };
+            let r = window.resume(&who, positions, std::time::Instant::now());
+            Stats::inc(&stats.resumes_total);
+            for d in &r.replay {
+                if let Some(msg) = Shared::new(d) {
+                    self.outbox.push(Out::Replay {
+                        sub: slot,
+                        msg: Arc::new(msg),
+                    });
+                }
+            }
+            stats
+                .messages_replayed_total
+                .fetch_add(r.replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if r.gaps.is_empty() {
+                extra.push(("resume", "ok".to_string()));
+            } else {
+                Stats::inc(&stats.resumes_lost_total);
+                let lost: Vec<String> = r.gaps.iter().map(|(s, _, _)| s.clone()).collect();
+                extra.push(("resume", "lost".to_string()));
+                extra.push(("resume-lost", lost.join(",")));
+            }
+        }
+        self.node
+            .router
+            .subscribe(destination, self.conn_id, slot, self.outbox.clone());
+        let frontier = window.frontier();
+        drop(window);
+        if resume.is_some() {
+            self.session.set_floor(slot, &frontier);
+        }
+        extra.push(("position", format_positions(&frontier)));
+        extra
+    }
+
     fn cleanup(&mut self) {
         for (slot, destination) in self.session.subscriptions() {
             self.node
@@ -615,28 +676,33 @@ pub(crate) fn render(
     version: Version,
     scratch: &mut BytesMut,
 ) -> Rendered {
-    match out {
+    let (sub, msg) = match out {
         Out::Message { sub, msg } => {
-            let Some(shared) = msg.for_version(version) else {
-                return Rendered::Unsendable;
-            };
-            match session.message_head(sub, || msg.id().to_string()) {
-                Head::Gone => Rendered::Gone,
-                Head::WindowFull => Rendered::WindowFull,
-                Head::Lines { subscription, ack } => {
-                    let b = scratch;
-                    b.clear();
-                    b.reserve(shared.len() + subscription.len() + 32);
-                    b.put_slice(b"MESSAGE\n");
-                    b.put_slice(subscription);
-                    if let Some(seq) = ack {
-                        // Formatted in place: no String per message.
-                        let _ = writeln!(b, "ack:{seq}");
-                    }
-                    b.put_slice(shared);
-                    Rendered::Frame(b.split().freeze())
-                }
+            if session.replayed_before(sub, msg.id()) {
+                return Rendered::Gone;
             }
+            (sub, msg)
+        }
+        Out::Replay { sub, msg } => (sub, msg),
+    };
+    let Some(shared) = msg.for_version(version) else {
+        return Rendered::Unsendable;
+    };
+    match session.message_head(sub, || msg.id().to_string()) {
+        Head::Gone => Rendered::Gone,
+        Head::WindowFull => Rendered::WindowFull,
+        Head::Lines { subscription, ack } => {
+            let b = scratch;
+            b.clear();
+            b.reserve(shared.len() + subscription.len() + 32);
+            b.put_slice(b"MESSAGE\n");
+            b.put_slice(subscription);
+            if let Some(seq) = ack {
+                // Formatted in place: no String per message.
+                let _ = writeln!(b, "ack:{seq}");
+            }
+            b.put_slice(shared);
+            Rendered::Frame(b.split().freeze())
         }
     }
 }

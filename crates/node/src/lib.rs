@@ -17,6 +17,7 @@ mod http;
 mod listener;
 mod outbox;
 mod registrar;
+mod replay;
 mod router;
 mod session;
 mod stats;
@@ -32,8 +33,8 @@ use std::time::Duration;
 pub use auth::AuthConfig;
 pub use bus::{
     BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS, REPLY_PREFIX,
-    REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, check_correlation_id, check_header_name,
-    check_publish_destination, sanitize,
+    REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, StartedFn, check_correlation_id,
+    check_header_name, check_publish_destination, sanitize,
 };
 pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy, TlsConfig};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
@@ -72,6 +73,8 @@ pub(crate) struct Node {
     pub(crate) http_bound: SocketAddr,
     pub(crate) tcp_bound: Option<SocketAddr>,
     pub(crate) waiters: Arc<Waiters>,
+    /// Recent records, for clients that resume (`resume-from` on SUBSCRIBE).
+    pub(crate) window: std::sync::Mutex<replay::Window>,
     /// Delivery reports are sent from the bus's thread, outside the runtime.
     pub(crate) runtime: tokio::runtime::Handle,
     /// `None`: authentication is off.
@@ -186,8 +189,16 @@ impl Node {
 
     /// A record from the bus: to the local subscribers; when it is a request that
     /// reached one of them, the waiting node hears of it.
-    fn on_delivery(self: &Arc<Self>, d: &Delivery) {
-        let n = self.router.deliver(d);
+    pub(crate) fn window(&self) -> std::sync::MutexGuard<'_, replay::Window> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_delivery(self: &Arc<Self>, d: Delivery) {
+        let d = Arc::new(d);
+        // Into the window first, then routed: a subscription that resumes under the
+        // window's lock sees each record either in its replay or live (docs/delivery.md).
+        self.window().push(d.clone(), std::time::Instant::now());
+        let n = self.router.deliver(&d);
         let r = &d.record;
         if n == 0 || (r.user.is_none() && r.session.is_none()) {
             return;
@@ -289,6 +300,10 @@ impl Server {
             http_bound,
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),
+            window: std::sync::Mutex::new(replay::Window::new(
+                config.replay_window,
+                config.replay_window_bytes,
+            )),
             auth,
             tls,
             per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -304,15 +319,21 @@ impl Server {
         });
         let weak = Arc::downgrade(&node);
         let weak2 = weak.clone();
+        let weak3 = weak.clone();
         node.bus.start(
             Arc::new(move |d: Delivery| {
                 if let Some(node) = weak.upgrade() {
-                    node.on_delivery(&d);
+                    node.on_delivery(d);
                 }
             }),
             Arc::new(move |r: Reply| {
                 if let Some(node) = weak2.upgrade() {
                     node.on_reply(r);
+                }
+            }),
+            Arc::new(move |stream: &str, next: i64| {
+                if let Some(node) = weak3.upgrade() {
+                    node.window().started(stream, next);
                 }
             }),
             node.stats.clone(),

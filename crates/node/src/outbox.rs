@@ -16,12 +16,14 @@ use crate::stats::Stats;
 pub(crate) enum Out {
     /// A MESSAGE for the connection's subscription slot `sub`.
     Message { sub: u32, msg: Arc<Shared> },
+    /// A MESSAGE the subscription missed, replayed on resume.
+    Replay { sub: u32, msg: Arc<Shared> },
 }
 
 impl Out {
     fn cost(&self) -> usize {
         match self {
-            Out::Message { msg, .. } => msg.len() + 64,
+            Out::Message { msg, .. } | Out::Replay { msg, .. } => msg.len() + 64,
         }
     }
 }

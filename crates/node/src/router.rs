@@ -360,7 +360,7 @@ mod tests {
             let mut v = Vec::new();
             o.drain(&mut v);
             v.iter()
-                .map(|Out::Message { sub, .. }| *sub)
+                .map(|(Out::Message { sub, .. } | Out::Replay { sub, .. })| *sub)
                 .collect::<Vec<_>>()
         };
 

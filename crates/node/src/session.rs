@@ -62,6 +62,8 @@ pub(crate) enum Action {
     Subscribe {
         slot: u32,
         destination: String,
+        /// `resume-from`: the last message id the client saw per stream.
+        resume: Option<Vec<(String, i64)>>,
     },
     Unsubscribe {
         slot: u32,
@@ -86,6 +88,9 @@ struct Subscription {
     header_line: Bytes,
     /// Delivered, not yet acknowledged: (ack sequence, message id).
     unacked: VecDeque<(u64, String)>,
+    /// After a resume: live messages at or below these offsets per stream were
+    /// replayed (or came before), so they are skipped.
+    floor: Option<std::collections::HashMap<String, i64>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -393,6 +398,10 @@ impl Session {
                 self.cfg.max_subscriptions
             ));
         }
+        let resume = frame
+            .get("resume-from")
+            .map(crate::replay::parse_positions)
+            .transpose()?;
         let ack = match frame.get("ack").unwrap_or("auto") {
             "auto" => AckMode::Auto,
             "client" => AckMode::Client,
@@ -411,12 +420,14 @@ impl Session {
                 ack,
                 header_line,
                 unacked: VecDeque::new(),
+                floor: None,
             },
         );
         self.ids.insert(id.to_owned(), slot);
         out.push(Action::Subscribe {
             slot,
             destination: destination.to_owned(),
+            resume,
         });
         Ok(())
     }
@@ -497,6 +508,27 @@ impl Session {
     }
 
     /// Prepares the per-subscriber head of a MESSAGE for subscription `slot`.
+    /// The connection's user, if any.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.identity.user.as_deref()
+    }
+
+    /// Live messages of `slot` at or below `floor` (per stream) are skipped from now on.
+    pub(crate) fn set_floor(&mut self, slot: u32, floor: &[(String, i64)]) {
+        if let Some(s) = self.subs.get_mut(&slot) {
+            s.floor = Some(floor.iter().cloned().collect());
+        }
+    }
+
+    /// True when a live message for `slot` was already replayed to it.
+    pub(crate) fn replayed_before(&self, slot: u32, message_id: &str) -> bool {
+        let Some(floor) = self.subs.get(&slot).and_then(|s| s.floor.as_ref()) else {
+            return false;
+        };
+        crate::replay::parse_id(message_id)
+            .is_some_and(|(stream, offset)| floor.get(stream).is_some_and(|&f| offset <= f))
+    }
+
     pub(crate) fn message_head(
         &mut self,
         slot: u32,

@@ -1,0 +1,222 @@
+//! Resume after reconnect (`resume-from` on SUBSCRIBE; docs/delivery.md): on one node,
+//! and across nodes on a Kafka-protocol broker, with the replay window's limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::*;
+use pushcenter_stomp::{Command, Frame};
+
+/// SUBSCRIBE with a receipt (and `resume-from` when given); returns the RECEIPT.
+async fn subscribe(ws: &mut WsClient, id: &str, dest: &str, resume: Option<&str>) -> Frame {
+    let mut f = Frame::new(Command::Subscribe)
+        .header("id", id)
+        .header("destination", dest)
+        .header("receipt", format!("r-{id}"));
+    if let Some(r) = resume {
+        f.push_header("resume-from", r);
+    }
+    ws.send(&f).await;
+    loop {
+        let r = ws.frame().await.expect("RECEIPT");
+        if r.command == Command::Receipt {
+            return r;
+        }
+    }
+}
+
+/// The bodies of the next `n` MESSAGEs, with the last message id.
+async fn bodies(ws: &mut WsClient, n: usize) -> (Vec<String>, String) {
+    let mut out = Vec::new();
+    let mut last = String::new();
+    while out.len() < n {
+        let f = ws
+            .frame()
+            .await
+            .unwrap_or_else(|| panic!("message {} of {n}", out.len() + 1));
+        if f.command != Command::Message {
+            continue;
+        }
+        last = f.get("message-id").expect("message-id").to_string();
+        out.push(String::from_utf8_lossy(&f.body).into_owned());
+    }
+    (out, last)
+}
+
+async fn nothing_more(ws: &mut WsClient) {
+    if let Some(f) = ws.frame_within(Duration::from_millis(500)).await {
+        panic!(
+            "unexpected {:?} {:?}",
+            f.command,
+            String::from_utf8_lossy(&f.body)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_the_same_node_replays_what_was_missed_once_then_goes_live() {
+    let node = Node::standalone(&[]);
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/r.*", None).await;
+    // The in-memory bus is one stream named after the node; ids count from 1.
+    assert_eq!(r.get("position"), Some("node-1-0"), "{r:?}");
+    for i in 0..3 {
+        publish(node.http, "/topic/r.x", &format!("m{i}")).await;
+    }
+    publish(node.http, "/topic/other", "not mine").await;
+    let (got, last) = bodies(&mut ws, 3).await;
+    assert_eq!(got, ["m0", "m1", "m2"]);
+    drop(ws);
+
+    for i in 3..6 {
+        publish(node.http, "/topic/r.y", &format!("m{i}")).await;
+    }
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/r.*", Some(&last)).await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    publish(node.http, "/topic/r.x", "m6").await;
+    let (got, _) = bodies(&mut ws, 4).await;
+    assert_eq!(got, ["m3", "m4", "m5", "m6"]);
+    nothing_more(&mut ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_older_than_the_window_is_answered_lost() {
+    let config =
+        std::env::temp_dir().join(format!("pushcenter-resume-{}.toml", std::process::id()));
+    std::fs::write(&config, "replay_window_bytes = 2000\n").expect("config");
+    let node = Node::standalone(&["--config", config.to_str().expect("utf-8")]);
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    subscribe(&mut ws, "a", "/topic/lost", None).await;
+    publish(node.http, "/topic/lost", "first").await;
+    let (_, first) = bodies(&mut ws, 1).await;
+    drop(ws);
+    // Far more than 2,000 bytes: the window no longer reaches back to `first`.
+    for i in 0..40 {
+        publish(node.http, "/topic/lost", &format!("{i:0>100}")).await;
+    }
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/lost", Some(&first)).await;
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(r.get("resume"), Some("lost"), "{r:?}");
+    assert_eq!(
+        r.get("resume-lost"),
+        Some(first.rsplit_once('-').unwrap().0)
+    );
+    // What the window still has comes, newest last.
+    let (got, _) = bodies(&mut ws, 1).await;
+    assert!(got[0].len() == 100, "{got:?}");
+
+    // A malformed position is an ERROR, not a silent fresh start.
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    ws.send(
+        &Frame::new(Command::Subscribe)
+            .header("id", "b")
+            .header("destination", "/topic/lost")
+            .header("resume-from", "yesterday"),
+    )
+    .await;
+    let e = ws.frame().await.expect("ERROR");
+    assert_eq!(e.command, Command::Error);
+    assert!(
+        e.get("message")
+            .unwrap_or_default()
+            .starts_with("resume-from"),
+        "{e:?}"
+    );
+}
+
+/// Message ids a client saw, as the last offset per stream: what `resume-from` carries.
+#[derive(Default)]
+struct Positions(std::collections::BTreeMap<String, i64>);
+
+impl Positions {
+    fn see(&mut self, id: &str) {
+        let (stream, offset) = id.rsplit_once('-').expect("stream-offset");
+        let offset: i64 = offset.parse().expect("offset");
+        let e = self.0.entry(stream.to_string()).or_insert(offset);
+        *e = (*e).max(offset);
+    }
+
+    fn header(&self) -> String {
+        let ids: Vec<String> = self.0.iter().map(|(s, o)| format!("{s}-{o}")).collect();
+        ids.join(",")
+    }
+}
+
+/// The next `n` MESSAGEs' bodies; their ids go into `pos`.
+async fn track(ws: &mut WsClient, n: usize, pos: &mut Positions) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = ws
+            .frame()
+            .await
+            .unwrap_or_else(|| panic!("message {} of {n}", out.len() + 1));
+        if f.command != Command::Message {
+            continue;
+        }
+        pos.see(f.get("message-id").expect("message-id"));
+        out.push(String::from_utf8_lossy(&f.body).into_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_after_kill_9_loses_nothing_and_repeats_nothing() {
+    let broker = Broker::start();
+    let mut n1 = Node::cluster("n1", &broker.brokers(), &[]);
+    let n2 = Node::cluster("n2", &broker.brokers(), &[]);
+    for n in [&n1, &n2] {
+        for _ in 0..200 {
+            if http(n.http, "GET", "/readyz", "").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let key = |i: usize| format!("/topic/fail.k{}", i % 4);
+    let mut ws = WsClient::connect(&n1.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/fail.#", None).await;
+    let mut pos = Positions::default();
+    for id in r
+        .get("position")
+        .expect("position")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        pos.see(id);
+    }
+    for i in 0..20 {
+        assert_eq!(publish(n2.http, &key(i), &format!("m{i}")).await.0, 202);
+    }
+    let got = track(&mut ws, 20, &mut pos).await;
+    assert_eq!(got.len(), 20);
+    n1.signal("KILL");
+    drop(ws);
+
+    // Published while the client has no node.
+    for i in 20..40 {
+        assert_eq!(publish(n2.http, &key(i), &format!("m{i}")).await.0, 202);
+    }
+    let mut ws = WsClient::connect(&n2.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/fail.#", Some(&pos.header())).await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    assert_eq!(publish(n2.http, &key(40), "m40").await.0, 202);
+    let after = track(&mut ws, 21, &mut pos).await;
+    nothing_more(&mut ws).await;
+
+    // Exactly the 21 it had not seen, each key in publish order.
+    let n = |b: &String| b[1..].parse::<usize>().expect("m<i>");
+    let mut all: Vec<usize> = after.iter().map(n).collect();
+    for k in 0..4 {
+        let of_key: Vec<usize> = all.iter().copied().filter(|i| i % 4 == k).collect();
+        assert!(
+            of_key.windows(2).all(|w| w[0] < w[1]),
+            "key {k} out of order: {of_key:?}"
+        );
+    }
+    all.sort_unstable();
+    assert_eq!(all, (20..=40).collect::<Vec<_>>());
+}
