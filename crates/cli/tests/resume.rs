@@ -168,14 +168,8 @@ async fn resume_on_another_node_after_kill_9_loses_nothing_and_repeats_nothing()
     let broker = Broker::start();
     let mut n1 = Node::cluster("n1", &broker.brokers(), &[]);
     let n2 = Node::cluster("n2", &broker.brokers(), &[]);
-    for n in [&n1, &n2] {
-        for _ in 0..200 {
-            if http(n.http, "GET", "/readyz", "").await.0 == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    ready(&n1).await;
+    ready(&n2).await;
     let key = |i: usize| format!("/topic/fail.k{}", i % 4);
     let mut ws = WsClient::connect(&n1.ws_url()).await;
     let r = subscribe(&mut ws, "a", "/topic/fail.#", None).await;
@@ -219,4 +213,65 @@ async fn resume_on_another_node_after_kill_9_loses_nothing_and_repeats_nothing()
     }
     all.sort_unstable();
     assert_eq!(all, (20..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_before_the_window_is_read_back_from_kafka() {
+    let broker = Broker::start();
+    let mut n1 = Node::cluster("n1", &broker.brokers(), &[]);
+    ready(&n1).await;
+    let mut ws = WsClient::connect(&n1.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/gap", None).await;
+    let mut pos = Positions::default();
+    for id in r
+        .get("position")
+        .expect("position")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        pos.see(id);
+    }
+    for i in 0..10 {
+        assert_eq!(
+            publish(n1.http, "/topic/gap", &format!("m{i}")).await.0,
+            202
+        );
+    }
+    track(&mut ws, 10, &mut pos).await;
+    n1.signal("KILL");
+    drop(ws);
+
+    // Published with no node up at all: n2, started after, never saw these.
+    let producer = Node::cluster("p", &broker.brokers(), &[]);
+    ready(&producer).await;
+    for i in 10..20 {
+        assert_eq!(
+            publish(producer.http, "/topic/gap", &format!("m{i}"))
+                .await
+                .0,
+            202
+        );
+    }
+    let n2 = Node::cluster("n2", &broker.brokers(), &[]);
+    ready(&n2).await;
+    let mut ws = WsClient::connect(&n2.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/gap", Some(&pos.header())).await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    assert_eq!(publish(n2.http, "/topic/gap", "m20").await.0, 202);
+    let got = track(&mut ws, 11, &mut pos).await;
+    let want: Vec<String> = (10..=20).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    nothing_more(&mut ws).await;
+    let (_, stats) = http(n2.http, "GET", "/v1/stats", "").await;
+    assert!(stats.contains("\"messages_replayed_total\":10"), "{stats}");
+}
+
+async fn ready(n: &Node) {
+    for _ in 0..200 {
+        if http(n.http, "GET", "/readyz", "").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node not ready");
 }

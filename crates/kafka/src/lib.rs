@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pushcenter_node::{
-    BoxFuture, Bus, BusError, DeliverFn, Record, Reply, ReplyFn, ReplyKind, StartedFn, Stats,
+    BoxFuture, Bus, BusError, DeliverFn, Delivery, Record, Reply, ReplyFn, ReplyKind, StartedFn,
+    Stats,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -329,6 +330,33 @@ impl Bus for KafkaBus {
     fn ready(&self) -> bool {
         self.state.assigned.load(Ordering::Relaxed) && self.state.reachable.load(Ordering::Relaxed)
     }
+
+    fn read(
+        &self,
+        stream: &str,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<Result<Option<Vec<Delivery>>, BusError>> {
+        let Ok(partition) = stream.parse::<i32>() else {
+            return Box::pin(std::future::ready(Ok(None)));
+        };
+        let mut cc = self.consumer_config();
+        // Its own group, never committed: the node's offsets stay the reader's.
+        cc.set(
+            "group.id",
+            format!("{}{}.replay", self.cfg.group_prefix, self.node_id),
+        )
+        .set("enable.auto.commit", "false");
+        let topic = self.cfg.messages_topic.clone();
+        let timeout = self.publish_timeout;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                read_range(&cc, &topic, partition, from, to, timeout)
+            })
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?
+        })
+    }
 }
 
 impl Default for State {
@@ -339,6 +367,64 @@ impl Default for State {
             stop: AtomicBool::new(false),
         }
     }
+}
+
+/// Most records one resume may read back from the log; more is answered as lost.
+const MAX_READ: i64 = 100_000;
+
+/// Reads `from..=to` of one partition with a throwaway consumer (assign + seek).
+fn read_range(
+    cc: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    timeout: Duration,
+) -> Result<Option<Vec<Delivery>>, BusError> {
+    let unavailable = |e: KafkaError| BusError::Unavailable(e.to_string());
+    if to < from {
+        return Ok(Some(Vec::new()));
+    }
+    if to - from >= MAX_READ {
+        return Ok(None);
+    }
+    let consumer: BaseConsumer = cc.create().map_err(unavailable)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(unavailable)?;
+    // Retention took the start, or the log is shorter than asked (it was recreated).
+    if low > from || high <= to {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(unavailable)?;
+    consumer.assign(&tpl).map_err(unavailable)?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        match consumer.poll(POLL) {
+            Some(Ok(m)) if m.partition() == partition => {
+                if m.offset() > to {
+                    return Ok(Some(out));
+                }
+                if m.offset() >= from {
+                    // A malformed record was skipped live too.
+                    if let Ok(d) = delivery_from(&m) {
+                        out.push(d);
+                    }
+                }
+                if m.offset() == to {
+                    return Ok(Some(out));
+                }
+            }
+            Some(Err(e)) => debug!(error = %e, "kafka read error"),
+            _ => {}
+        }
+    }
+    Err(BusError::Unavailable(format!(
+        "reading {topic}/{partition} {from}..={to} timed out"
+    )))
 }
 
 /// The consumer thread: owns the consumer, polls, hands records to the node.

@@ -150,6 +150,18 @@ pub trait Bus: Send + Sync + 'static {
     fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>>;
     /// True when publishing and receiving work.
     fn ready(&self) -> bool;
+    /// The records of `stream` with offsets `from..=to`, from the bus's log: for a
+    /// client resuming from before the node's replay window. `Ok(None)` when the log
+    /// no longer holds them all (retention), or when the bus keeps no log.
+    fn read(
+        &self,
+        stream: &str,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<Result<Option<Vec<Delivery>>, BusError>> {
+        let _ = (stream, from, to);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// In-process bus: a publish is delivered at once; ids are `<node>-<seq>`.

@@ -470,7 +470,8 @@ impl<L: Link> Connection<L> {
                     destination,
                     resume,
                 } => {
-                    receipt_extra = Some(self.subscribe(slot, &destination, resume.as_deref()));
+                    receipt_extra =
+                        Some(self.subscribe(slot, &destination, resume.as_deref()).await);
                 }
                 Action::Unsubscribe { slot, destination } => {
                     self.node
@@ -573,28 +574,60 @@ impl<L: Link> Connection<L> {
         }
     }
 
-    /// Registers a subscription; with `resume`, first queues what it missed. Both under
-    /// the replay window's lock: a record enters the window before it is routed, so each
-    /// one is either in the replay or arrives live after it (live ones the replay
-    /// covered are skipped by the session's floor). Returns the RECEIPT's extra headers.
-    fn subscribe(
+    /// Registers a subscription; with `resume`, first queues what it missed: from the
+    /// bus's log what is older than the replay window, then from the window. The
+    /// window part and the registration happen under the window's lock: a record
+    /// enters the window before it is routed, so each one is either in the replay or
+    /// arrives live after it (live ones the replay covered are skipped by the
+    /// session's floor). Returns the RECEIPT's extra headers.
+    async fn subscribe(
         &mut self,
         slot: u32,
         destination: &str,
         resume: Option<&[(String, i64)]>,
     ) -> Vec<(&'static str, String)> {
-        let stats = &self.node.stats;
+        let node = self.node.clone();
+        let stats = &node.stats;
         let mut extra = Vec::new();
-        let mut window = self.node.window();
+        // Gaps before the window, read from the log: stream -> (from, to, records).
+        let mut from_log: Vec<(String, i64, i64, Vec<crate::bus::Delivery>)> = Vec::new();
         if let Some(positions) = resume {
-            let who = Subscriber {
-                destination,
-                user: self.session.user(),
-                session: self.session.id(),
+            let gaps = {
+                let who = self.subscriber(destination);
+                node.window()
+                    .resume(&who, positions, std::time::Instant::now())
+                    .gaps
             };
+            for (stream, after, base) in gaps {
+                match node.bus.read(&stream, after + 1, base).await {
+                    Ok(Some(records)) => from_log.push((stream, after + 1, base, records)),
+                    Ok(None) => {}
+                    Err(e) => debug!(error = %e, stream, "cannot read a resume gap"),
+                }
+            }
+        }
+        let mut window = node.window();
+        if let Some(positions) = resume {
+            let who = self.subscriber(destination);
             let r = window.resume(&who, positions, std::time::Instant::now());
             Stats::inc(&stats.resumes_total);
-            for d in &r.replay {
+            let mut lost = Vec::new();
+            let mut replay: Vec<&crate::bus::Delivery> = Vec::new();
+            for (stream, after, base) in &r.gaps {
+                // The window may have moved on while the log was read.
+                match from_log.iter().find(|g| &g.0 == stream) {
+                    Some((_, from, to, records)) if *from <= after + 1 && to >= base => {
+                        replay.extend(records.iter().filter(|d| {
+                            who.wants(d)
+                                && crate::replay::parse_id(&d.id)
+                                    .is_some_and(|(_, o)| o > *after && o <= *base)
+                        }));
+                    }
+                    _ => lost.push(stream.clone()),
+                }
+            }
+            replay.extend(r.replay.iter().map(|d| &**d));
+            for d in &replay {
                 if let Some(msg) = Shared::new(d) {
                     self.outbox.push(Out::Replay {
                         sub: slot,
@@ -604,18 +637,16 @@ impl<L: Link> Connection<L> {
             }
             stats
                 .messages_replayed_total
-                .fetch_add(r.replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            if r.gaps.is_empty() {
+                .fetch_add(replay.len() as u64, Ordering::Relaxed);
+            if lost.is_empty() {
                 extra.push(("resume", "ok".to_string()));
             } else {
                 Stats::inc(&stats.resumes_lost_total);
-                let lost: Vec<String> = r.gaps.iter().map(|(s, _, _)| s.clone()).collect();
                 extra.push(("resume", "lost".to_string()));
                 extra.push(("resume-lost", lost.join(",")));
             }
         }
-        self.node
-            .router
+        node.router
             .subscribe(destination, self.conn_id, slot, self.outbox.clone());
         let frontier = window.frontier();
         drop(window);
@@ -624,6 +655,14 @@ impl<L: Link> Connection<L> {
         }
         extra.push(("position", format_positions(&frontier)));
         extra
+    }
+
+    fn subscriber<'a>(&'a self, destination: &'a str) -> Subscriber<'a> {
+        Subscriber {
+            destination,
+            user: self.session.user(),
+            session: self.session.id(),
+        }
     }
 
     fn cleanup(&mut self) {

@@ -75,7 +75,7 @@ pub(crate) struct Subscriber<'a> {
 impl Subscriber<'_> {
     /// The router's rule: untargeted records to `/topic/...` subscriptions, targeted
     /// ones (to this user or session) to any matching subscription.
-    fn wants(&self, d: &Delivery) -> bool {
+    pub(crate) fn wants(&self, d: &Delivery) -> bool {
         let r = &d.record;
         let dest_ok = self.destination == r.destination
             || (is_pattern(self.destination) && matches(self.destination, &r.destination));
