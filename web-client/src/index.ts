@@ -65,6 +65,13 @@ export interface ConnectOptions {
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (handle: unknown) => void;
   debug?: (message: string) => void;
+  /**
+   * Resume every subscription after a reconnect from the last message it saw (default
+   * true): the node replays what was published meanwhile, once, in order.
+   */
+  resume?: boolean;
+  /** A resume could not replay everything (older than the cluster keeps). */
+  onResumeLost?: (subscription: { id: string; destination: string }, streams: string[]) => void;
 }
 
 export type MessageHandler = (message: IMessage) => void;
@@ -122,6 +129,30 @@ interface Sub {
   headers: StompHeaders;
   handler: MessageHandler;
   live: StompSubscription | null;
+  /** Last offset seen per stream (from message ids `<stream>-<offset>`). */
+  positions: Map<string, number>;
+  /** Whether the node told where this subscription started (its first RECEIPT). */
+  positioned: boolean;
+}
+
+/** `<stream>-<offset>` → [stream, offset]. */
+export function parseMessageId(id: string | undefined): [string, number] | null {
+  if (!id) return null;
+  const i = id.lastIndexOf('-');
+  if (i <= 0) return null;
+  const offset = Number(id.slice(i + 1));
+  return Number.isSafeInteger(offset) && offset >= 0 ? [id.slice(0, i), offset] : null;
+}
+
+/** Keeps the highest offset per stream. */
+export function advance(positions: Map<string, number>, id: string | undefined): void {
+  const p = parseMessageId(id);
+  if (p && (positions.get(p[0]) ?? -1) < p[1]) positions.set(p[0], p[1]);
+}
+
+/** A `resume-from` header value. */
+export function resumeHeader(positions: Map<string, number>): string {
+  return [...positions].map(([s, o]) => `${s}-${o}`).join(',');
 }
 
 export class PushClient {
@@ -182,7 +213,15 @@ export class PushClient {
   /** Subscribes now if connected, and again after every reconnect. */
   subscribe(destination: string, handler: MessageHandler, headers: StompHeaders = {}): Subscription {
     const id = headers.id ?? `sub-${this.nextSub++}`;
-    const sub: Sub = { id, destination, headers: { ...headers, id }, handler, live: null };
+    const sub: Sub = {
+      id,
+      destination,
+      headers: { ...headers, id },
+      handler,
+      live: null,
+      positions: new Map(),
+      positioned: false,
+    };
     this.subs.set(id, sub);
     if (this.status.state === 'connected') this.attach(sub);
     return {
@@ -302,8 +341,32 @@ export class PushClient {
   }
 
   private attach(sub: Sub): void {
-    if (!this.stomp) return;
-    sub.live = this.stomp.subscribe(sub.destination, m => sub.handler(m), sub.headers);
+    const stomp = this.stomp;
+    if (!stomp) return;
+    const receipt = `s-${this.nextReceipt++}`;
+    const headers: StompHeaders = { ...sub.headers, receipt };
+    // Resume where this subscription left off (docs/delivery.md); the first time, the
+    // RECEIPT says where it starts.
+    const resuming = this.opts.resume !== false && sub.positioned;
+    if (resuming) headers['resume-from'] = resumeHeader(sub.positions);
+    stomp.watchForReceipt(receipt, frame => {
+      if (!resuming) {
+        for (const id of (frame.headers['position'] ?? '').split(',')) advance(sub.positions, id);
+        sub.positioned = true;
+      } else if (frame.headers['resume'] === 'lost') {
+        const streams = (frame.headers['resume-lost'] ?? '').split(',').filter(Boolean);
+        this.debug(`resume of ${sub.destination} lost streams ${streams.join(',')}`);
+        this.opts.onResumeLost?.({ id: sub.id, destination: sub.destination }, streams);
+      }
+    });
+    sub.live = stomp.subscribe(
+      sub.destination,
+      m => {
+        advance(sub.positions, m.headers['message-id']);
+        sub.handler(m);
+      },
+      headers,
+    );
   }
 
   private async attempt(): Promise<void> {

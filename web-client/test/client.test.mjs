@@ -3,7 +3,7 @@
 // real registry, real Chromium) is tested by crates/cli/tests/web_client.rs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PushClient, backoffDelay, fatalReason, nodeOfSession, discoveryUrl, DEFAULT_BACKOFF } from '../dist/index.js';
+import { PushClient, backoffDelay, fatalReason, nodeOfSession, discoveryUrl, parseMessageId, resumeHeader, advance, DEFAULT_BACKOFF } from '../dist/index.js';
 
 /** One scripted node: what it answers to CONNECT, and every frame it got. */
 class FakeNode {
@@ -26,6 +26,11 @@ class FakeNode {
   }
   sent(command) {
     return this.frames.filter(f => f.command === command);
+  }
+  /** What a SUBSCRIBE's RECEIPT carries: the start position, the resume outcome. */
+  receiptHeaders(f) {
+    if (f.headers['resume-from'] !== undefined) return this.resumeAnswer ?? { resume: 'ok', position: this.position ?? '' };
+    return { position: this.position ?? '' };
   }
 }
 
@@ -72,7 +77,8 @@ class FakeSocket {
         reply('CONNECTED', { version: '1.2', 'heart-beat': '0,0', session: `${this.node.id}-${++this.node.sessions}` });
       }
     } else if (f.headers.receipt) {
-      reply('RECEIPT', { 'receipt-id': f.headers.receipt });
+      const extra = f.command === 'SUBSCRIBE' ? this.node.receiptHeaders(f) : {};
+      reply('RECEIPT', { 'receipt-id': f.headers.receipt, ...extra });
     }
   }
   deliver(data) {
@@ -342,5 +348,66 @@ test('unsubscribe is forgotten across reconnects', async () => {
   n1.kill();
   await until('on n2', () => c.state.nodeId === 'n2' && c.state.state === 'connected');
   assert.deepEqual(n2.sent('SUBSCRIBE').map(f => f.headers.destination), ['/topic/b']);
+  await c.stop();
+});
+
+test('message ids parse into stream and offset; positions keep the highest', () => {
+  assert.deepEqual(parseMessageId('3-17'), ['3', 17]);
+  assert.deepEqual(parseMessageId('node-a-5'), ['node-a', 5]);
+  assert.equal(parseMessageId('x'), null);
+  assert.equal(parseMessageId('3-x'), null);
+  const p = new Map();
+  for (const id of ['0-5', '1-2', '0-3', '0-9', 'junk']) advance(p, id);
+  assert.equal(resumeHeader(p), '0-9,1-2');
+});
+
+test('each subscription resumes after a reconnect from the last message it saw', async () => {
+  const n1 = new FakeNode('n1');
+  const n2 = new FakeNode('n2');
+  n1.position = '0-10,1-4';
+  const lost = [];
+  const { c } = client([n1, n2], { onResumeLost: (sub, streams) => lost.push([sub.destination, streams]) });
+  const got = [];
+  c.subscribe('/topic/a', m => got.push(m.headers['message-id']));
+  c.subscribe('/topic/b', () => {});
+  c.start();
+  await until('connected', () => c.state.state === 'connected');
+  assert.equal(n1.sent('SUBSCRIBE')[0].headers['resume-from'], undefined, 'a first subscribe starts fresh');
+  await until('receipts', () => n1.sent('SUBSCRIBE').length === 2);
+  await new Promise(r => setTimeout(r, 20));
+  n1.push(frame('MESSAGE', { destination: '/topic/a', subscription: 'sub-0', 'message-id': '0-11' }, 'x'));
+  n1.push(frame('MESSAGE', { destination: '/topic/a', subscription: 'sub-0', 'message-id': '2-0' }, 'y'));
+  await until('two messages', () => got.length === 2);
+
+  n2.resumeAnswer = { resume: 'lost', 'resume-lost': '1', position: '0-12,1-9,2-0' };
+  n1.behaviour = 'gone';
+  n1.kill();
+  await until('on n2', () => c.state.nodeId === 'n2' && c.state.state === 'connected');
+  const subs = n2.sent('SUBSCRIBE');
+  assert.deepEqual(
+    subs.map(f => [f.headers.destination, f.headers['resume-from']]),
+    [
+      ['/topic/a', '0-11,1-4,2-0'],
+      ['/topic/b', '0-10,1-4'],
+    ],
+  );
+  await until('lost reported', () => lost.length === 2);
+  assert.deepEqual(lost[0], ['/topic/a', ['1']]);
+  await c.stop();
+});
+
+test('resume: false subscribes fresh after a reconnect', async () => {
+  const n1 = new FakeNode('n1');
+  const n2 = new FakeNode('n2');
+  n1.position = '0-1';
+  const { c } = client([n1, n2], { resume: false });
+  c.subscribe('/topic/a', () => {});
+  c.start();
+  await until('connected', () => c.state.state === 'connected');
+  await new Promise(r => setTimeout(r, 20));
+  n1.behaviour = 'gone';
+  n1.kill();
+  await until('on n2', () => c.state.nodeId === 'n2' && c.state.state === 'connected');
+  assert.equal(n2.sent('SUBSCRIBE')[0].headers['resume-from'], undefined);
   await c.stop();
 });

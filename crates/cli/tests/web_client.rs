@@ -84,6 +84,7 @@ async fn page_reconnects_resubscribes_answers_and_stops_on_a_bad_token() {
         "ok - request/reply answered by the page",
         "ok - page reconnects to",
         "ok - restored subscription gets the next message",
+        "ok - a message published while away arrives once (resume)",
         "ok - bad token stops the page with the reason",
         "ok - no further connection attempts",
         "ok - no page errors",

@@ -76,6 +76,9 @@ async function main() {
 
   const killed = Date.now();
   process.kill(nodes[first].pid, 'SIGKILL');
+  // Published while the page has no node: resume brings it.
+  r = await api(other, '/v1/publish', { destination: '/topic/web', body: 'while away' });
+  if (r.status !== 202) throw new Error(`publish: ${r.status}`);
   await page.waitForFunction(
     n => document.querySelector('#state').className === 'connected' && document.querySelector('#node').textContent === n,
     other,
@@ -90,6 +93,12 @@ async function main() {
   if (r.status !== 202) throw new Error(`publish: ${r.status}`);
   await shows(page, after);
   console.log('ok - restored subscription gets the next message');
+  await shows(page, 'while away');
+  const copies = await page.evaluate(
+    () => [...document.querySelectorAll('#messages pre')].filter(p => p.textContent === 'while away').length,
+  );
+  if (copies !== 1) throw new Error(`'while away' shown ${copies} times`);
+  console.log('ok - a message published while away arrives once (resume)');
   if (shot) await page.screenshot({ path: shot, fullPage: true });
 
   // A bad token: the page shows why and stops; the node sees no further attempts.
