@@ -32,7 +32,12 @@ impl Drop for TempConfig {
 
 async fn cluster(name: &str) -> Cluster {
     let path = std::env::temp_dir().join(format!("pushcenter-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, "insecure_login_as_user = true\n").expect("write config");
+    // A 1 MiB replay window: the flood test measures the waiters' memory, not the window's.
+    std::fs::write(
+        &path,
+        "insecure_login_as_user = true\nreplay_window_bytes = 1048576\n",
+    )
+    .expect("write config");
     let config = TempConfig(path);
     let broker = Broker::start();
     let cfg = config.0.to_str().expect("utf-8 path");

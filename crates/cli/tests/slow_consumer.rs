@@ -24,7 +24,11 @@ fn config(policy: &str, write_timeout: &str) -> std::path::PathBuf {
     ));
     std::fs::write(
         &path,
-        format!("slow_consumer = \"{policy}\"\nwrite_timeout = \"{write_timeout}\"\n"),
+        // A 1 MiB replay window, so the growth measured is the outboxes' alone.
+        format!(
+            "slow_consumer = \"{policy}\"\nwrite_timeout = \"{write_timeout}\"\n\
+             replay_window_bytes = 1048576\n"
+        ),
     )
     .expect("write config");
     path

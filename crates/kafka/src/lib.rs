@@ -279,6 +279,7 @@ impl Bus for KafkaBus {
             started,
             stats,
             next: [Vec::new(), Vec::new()],
+            reread: [false; 2],
         };
         let spawned = std::thread::Builder::new()
             .name("kafka-consumer".into())
@@ -440,6 +441,8 @@ struct Reader {
     stats: Arc<Stats>,
     /// Next offset to read, per topic (messages, replies) and partition (index).
     next: [Vec<i64>; 2],
+    /// Per topic: it vanished and was created again, so read it from its start.
+    reread: [bool; 2],
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -501,13 +504,24 @@ impl Reader {
         let mut counts = [0usize; 2];
         for (i, topic) in topics.iter().enumerate() {
             match self.consumer.fetch_metadata(Some(topic), timeout) {
-                Ok(md) => {
-                    counts[i] = md
-                        .topics()
-                        .iter()
-                        .find(|t| t.name() == topic && t.error().is_none())
-                        .map_or(0, |t| t.partitions().len());
-                }
+                Ok(md) => match md.topics().iter().find(|t| t.name() == topic) {
+                    None => counts[i] = 0,
+                    Some(t) => match t.error() {
+                        None => counts[i] = t.partitions().len(),
+                        Some(e)
+                            if RDKafkaErrorCode::from(e)
+                                == RDKafkaErrorCode::UnknownTopicOrPartition =>
+                        {
+                            counts[i] = 0;
+                        }
+                        // Leader elections and the like pass: a transient error must not
+                        // look like a lost topic (that would move the read position).
+                        Some(e) => {
+                            debug!(topic, error = ?e, "topic metadata error; checking later");
+                            return;
+                        }
+                    },
+                },
                 Err(e) => {
                     if self.state.reachable.swap(false, Ordering::Relaxed) {
                         warn!(error = %e, "kafka unreachable");
@@ -526,6 +540,7 @@ impl Reader {
             for (i, &n) in counts.iter().enumerate() {
                 if n == 0 && !self.next[i].is_empty() {
                     self.next[i].clear();
+                    self.reread[i] = true;
                     self.state.assigned.store(false, Ordering::Relaxed);
                 }
             }
@@ -542,6 +557,8 @@ impl Reader {
                 let Ok(pi) = i32::try_from(p) else { return };
                 let offset = match self.next[i].get(p) {
                     Some(&n) => n,
+                    // A topic the broker lost and that was created again: all of it.
+                    None if self.reread[i] => 0,
                     // At start: the current end, so the node delivers what is
                     // published from now on and nothing older.
                     None if fresh => match self.consumer.fetch_watermarks(topic, pi, timeout) {
@@ -576,6 +593,7 @@ impl Reader {
                     (self.started)(&p.to_string(), offset);
                 }
                 self.next = next;
+                self.reread = [false; 2];
                 self.state.assigned.store(true, Ordering::Relaxed);
             }
             Err(e) => warn!(error = %e, "cannot assign partitions"),

@@ -91,7 +91,11 @@ impl Node {
     pub fn spawn(args: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
             .args(args)
-            .env("RUST_LOG", "warn")
+            // PUSHCENTER_TEST_LOG: a RUST_LOG filter for the processes under test.
+            .env(
+                "RUST_LOG",
+                std::env::var("PUSHCENTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
