@@ -10,7 +10,7 @@
 
 mod record;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -280,6 +280,7 @@ impl Bus for KafkaBus {
             stats,
             next: [Vec::new(), Vec::new()],
             reread: [false; 2],
+            rereads: HashMap::new(),
         };
         let spawned = std::thread::Builder::new()
             .name("kafka-consumer".into())
@@ -443,7 +444,12 @@ struct Reader {
     next: [Vec<i64>; 2],
     /// Per topic: it vanished and was created again, so read it from its start.
     reread: [bool; 2],
+    /// (topic, partition) → (the offset a gap starts at, times read again).
+    rereads: HashMap<(usize, i32), (i64, u32)>,
 }
+
+/// How often a gap in a partition's offsets is read again before it is accepted.
+const GAP_REREADS: u32 = 3;
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -464,11 +470,15 @@ impl Reader {
                 Some(Ok(m)) => {
                     self.state.reachable.store(true, Ordering::Relaxed);
                     let replies = m.topic() == self.cfg.replies_topic;
-                    if let Some(n) = usize::try_from(m.partition())
-                        .ok()
-                        .and_then(|p| self.next[usize::from(replies)].get_mut(p))
-                    {
-                        *n = m.offset() + 1;
+                    let place = (usize::from(replies), m.topic(), m.partition(), m.offset());
+                    if !in_order(
+                        &self.consumer,
+                        &self.stats,
+                        &mut self.next,
+                        &mut self.rereads,
+                        place,
+                    ) {
+                        continue;
                     }
                     let handled = if replies {
                         reply_from(&m).map(|r| (self.reply)(r))
@@ -627,6 +637,143 @@ impl Reader {
     }
 }
 
+/// Keeps each partition's records in offset order, each once. A record before the
+/// next expected offset was delivered already: skipped. A record after it leaves a
+/// gap, which is real in Kafka (transaction markers, compaction) but may also be a
+/// broker that shows its high watermark before the batch is readable (Tansu 0.6
+/// does, under concurrent producers): the partition is read again from the gap, up
+/// to [`GAP_REREADS`] times, before the gap is accepted. False: do not deliver.
+fn in_order(
+    consumer: &BaseConsumer<Ctx>,
+    stats: &Stats,
+    next: &mut [Vec<i64>; 2],
+    rereads: &mut HashMap<(usize, i32), (i64, u32)>,
+    (t, topic, partition, offset): (usize, &str, i32, i64),
+) -> bool {
+    let Some(n) = usize::try_from(partition)
+        .ok()
+        .and_then(|p| next[t].get_mut(p))
+    else {
+        return true;
+    };
+    let expected = *n;
+    if offset < expected {
+        Stats::inc(&stats.bus_records_repeated_total);
+        debug!(
+            topic,
+            partition, offset, expected, "record read twice; skipped"
+        );
+        return false;
+    }
+    if offset > expected {
+        let tries = rereads.entry((t, partition)).or_insert((expected, 0));
+        if tries.0 != expected {
+            *tries = (expected, 0);
+        }
+        if tries.1 < GAP_REREADS {
+            tries.1 += 1;
+            Stats::inc(&stats.bus_gaps_reread_total);
+            debug!(
+                topic,
+                partition, offset, expected, "offset gap; reading again"
+            );
+            match consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(expected),
+                Duration::from_secs(1),
+            ) {
+                Ok(()) => return false,
+                Err(e) => warn!(error = %e, topic, partition, "cannot seek; gap accepted"),
+            }
+        }
+    }
+    if !rereads.is_empty() {
+        rereads.remove(&(t, partition));
+    }
+    *n = offset + 1;
+    true
+}
+
 fn millis(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    fn poll_offset(consumer: &BaseConsumer<Ctx>) -> i64 {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => m.offset(),
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => panic!("no record within 10 s"),
+        }
+    }
+
+    #[test]
+    fn a_partition_is_delivered_in_order_once_and_a_gap_is_read_again() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("t", 1, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("producer");
+        for i in 0..5 {
+            let body = i.to_string();
+            producer
+                .send(BaseRecord::<str, str>::to("t").partition(0).payload(&body))
+                .expect("send");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        let state = Arc::new(State {
+            assigned: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let consumer: BaseConsumer<Ctx> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "g")
+            .create_with_context(Ctx { state })
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Offset(0))
+            .expect("partition");
+        consumer.assign(&tpl).expect("assign");
+        let stats = Stats::default();
+        let mut next = [vec![0], Vec::new()];
+        let mut rereads = HashMap::new();
+        let mut check = |offset| {
+            in_order(
+                &consumer,
+                &stats,
+                &mut next,
+                &mut rereads,
+                (0, "t", 0, offset),
+            )
+        };
+
+        assert_eq!(poll_offset(&consumer), 0);
+        assert!(check(0));
+        // Handed out again: skipped.
+        assert!(!check(0));
+        // 3 where 1 is due: not delivered, and the partition is read again from 1.
+        assert!(!check(3));
+        assert_eq!(poll_offset(&consumer), 1);
+        assert!(check(1));
+        // A gap that stays after every re-read is real (a transaction marker): accepted.
+        for _ in 0..GAP_REREADS {
+            assert!(!check(4));
+        }
+        assert!(check(4));
+        assert_eq!(next[0], [5]);
+        assert_eq!(stats.bus_records_repeated_total.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            stats.bus_gaps_reread_total.load(Ordering::Relaxed),
+            1 + u64::from(GAP_REREADS)
+        );
+    }
 }

@@ -592,12 +592,7 @@ impl<L: Link> Connection<L> {
         // Gaps before the window, read from the log: stream -> (from, to, records).
         let mut from_log: Vec<(String, i64, i64, Vec<crate::bus::Delivery>)> = Vec::new();
         if let Some(positions) = resume {
-            let gaps = {
-                let who = self.subscriber(destination);
-                node.window()
-                    .resume(&who, positions, std::time::Instant::now())
-                    .gaps
-            };
+            let gaps = node.window().gaps(positions, std::time::Instant::now());
             for (stream, after, base) in gaps {
                 match node.bus.read(&stream, after + 1, base).await {
                     Ok(Some(records)) => from_log.push((stream, after + 1, base, records)),

@@ -200,6 +200,9 @@ impl Node {
         self.window().push(d.clone(), std::time::Instant::now());
         let n = self.router.deliver(&d);
         let r = &d.record;
+        // `RUST_LOG=pushcenter::delivery=trace`: every record and how many got it.
+        tracing::trace!(target: "pushcenter::delivery", node = %self.config.node_id,
+            id = %d.id, destination = %r.destination, subscribers = n, "record routed");
         if n == 0 || (r.user.is_none() && r.session.is_none()) {
             return;
         }

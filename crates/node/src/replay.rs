@@ -3,12 +3,20 @@
 //! resume after the last message id it saw per stream. A stream is a Kafka partition,
 //! or the node itself on the in-memory bus; a message id is `<stream>-<offset>`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bus::Delivery;
 use crate::router::{is_pattern, matches};
+
+/// The position `positions` names for `stream` (-1: none, from the stream's start).
+fn after(positions: &[(String, i64)], stream: &str) -> i64 {
+    positions
+        .iter()
+        .find(|(s, _)| s == stream)
+        .map_or(-1, |(_, o)| *o)
+}
 
 /// `<stream>-<offset>` → (stream, offset).
 pub(crate) fn parse_id(id: &str) -> Option<(&str, i64)> {
@@ -150,12 +158,24 @@ impl Window {
         if offset <= s.last {
             // Not newer than what is here (the bus read again): keep the window ordered.
             if offset < s.base {
+                // Read again from before the window (a broker that lost its log): the
+                // stream starts over, so its old entries go.
                 *s = Stream {
                     base: offset - 1,
-                    last: offset,
+                    last: offset - 1,
                 };
+                let mut freed = 0;
+                self.entries.retain(|e| {
+                    let keep = e.stream != key;
+                    if !keep {
+                        freed += e.cost;
+                    }
+                    keep
+                });
+                self.bytes -= freed;
+            } else {
+                return;
             }
-            return;
         }
         s.last = offset;
         let cost = d.record.body.len()
@@ -203,37 +223,55 @@ impl Window {
         v
     }
 
+    /// Streams whose records after `positions` are no longer all here: (stream, the
+    /// client's position, the window's base). Cheap: one entry per stream.
+    pub(crate) fn gaps(
+        &mut self,
+        positions: &[(String, i64)],
+        now: Instant,
+    ) -> Vec<(String, i64, i64)> {
+        self.evict(now);
+        let mut gaps: Vec<(String, i64, i64)> = self
+            .streams
+            .iter()
+            .map(|(name, s)| (name.to_string(), after(positions, name), s.base))
+            .filter(|(_, from, base)| from < base)
+            .collect();
+        gaps.sort();
+        gaps
+    }
+
     /// The records `who` missed after `positions` (streams not named: from their start).
+    /// Scans from the newest record back and stops once every stream is behind its
+    /// position: a resume costs what was missed, not the window's size.
     pub(crate) fn resume(
         &mut self,
         who: &Subscriber<'_>,
         positions: &[(String, i64)],
         now: Instant,
     ) -> Resume {
-        self.evict(now);
-        let after = |stream: &str| {
-            positions
-                .iter()
-                .find(|(s, _)| s == stream)
-                .map_or(-1, |(_, o)| *o)
-        };
-        let mut gaps = Vec::new();
-        let mut floor: HashMap<&str, i64> = HashMap::new();
-        for (name, s) in &self.streams {
-            let from = after(name);
-            if from < s.base {
-                gaps.push((name.to_string(), from, s.base));
-            }
-            floor.insert(name, from);
-        }
-        gaps.sort();
-        let replay = self
-            .entries
-            .iter()
-            .filter(|e| floor.get(&*e.stream).is_some_and(|&f| e.offset > f))
-            .filter(|e| who.wants(&e.delivery))
-            .map(|e| e.delivery.clone())
+        let gaps = self.gaps(positions, now);
+        let floor: HashMap<&str, i64> = self
+            .streams
+            .keys()
+            .map(|name| (&**name, after(positions, name)))
             .collect();
+        // Within a stream, offsets grow along the window: once one entry is at or
+        // below its stream's floor, so is every older entry of that stream.
+        let mut passed: HashSet<&str> = HashSet::new();
+        let mut replay = Vec::new();
+        for e in self.entries.iter().rev() {
+            if passed.len() == floor.len() {
+                break;
+            }
+            let f = floor.get(&*e.stream).copied().unwrap_or(-1);
+            if e.offset <= f {
+                passed.insert(&*e.stream);
+            } else if who.wants(&e.delivery) {
+                replay.push(e.delivery.clone());
+            }
+        }
+        replay.reverse();
         Resume { replay, gaps }
     }
 
@@ -367,6 +405,52 @@ mod tests {
             session: "n1-1",
         };
         assert_eq!(ids(&w.resume(&alice, &[], now)), ["0-0", "0-2"]);
+    }
+
+    #[test]
+    fn resume_from_the_back_finds_what_a_full_scan_finds() {
+        let now = Instant::now();
+        let mut w = Window::new(Duration::from_secs(60), 1 << 20);
+        let dests = ["/topic/a", "/topic/b", "/topic/c"];
+        let mut next = [0i64; 3];
+        // Three streams interleaved unevenly, as partitions arrive.
+        for i in 0..600u64 {
+            let stream = ((i * 7) % 11 % 3) as usize;
+            let id = format!("{stream}-{}", next[stream]);
+            next[stream] += 1;
+            w.push(d(&id, dests[(i % 3) as usize]), now);
+        }
+        for (p0, p1, p2) in [(-1, -1, -1), (50, 10, 199), (199, 199, 199), (0, 150, 3)] {
+            let positions = vec![("0".into(), p0), ("1".into(), p1), ("2".into(), p2)];
+            for who in ["/topic/a", "/topic/#"] {
+                let floor = |s: &str| positions.iter().find(|(n, _)| n == s).map_or(-1, |p| p.1);
+                let naive: Vec<String> = w
+                    .entries
+                    .iter()
+                    .filter(|e| e.offset > floor(&e.stream))
+                    .filter(|e| topic(who).wants(&e.delivery))
+                    .map(|e| e.delivery.id.clone())
+                    .collect();
+                let r = w.resume(&topic(who), &positions, now);
+                assert_eq!(ids(&r), naive, "{who} after {positions:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_read_from_before_its_window_starts_over() {
+        let now = Instant::now();
+        let mut w = Window::new(Duration::from_secs(60), 1 << 20);
+        w.started("0", 100);
+        w.push(d("0-100", "/topic/a"), now);
+        w.push(d("0-101", "/topic/a"), now);
+        // The broker lost its log and the partition is read from 0 again.
+        w.push(d("0-0", "/topic/a"), now);
+        w.push(d("0-1", "/topic/a"), now);
+        assert_eq!(w.len(), 2);
+        let r = w.resume(&topic("/topic/a"), &[], now);
+        assert_eq!(ids(&r), ["0-0", "0-1"]);
+        assert_eq!(w.frontier(), vec![("0".into(), 1)]);
     }
 
     #[test]

@@ -52,6 +52,8 @@ stats! {
     counter messages_received_total: "Messages received from the bus.",
     counter messages_delivered_total: "MESSAGE frames queued to subscribers.",
     counter bus_records_skipped_total: "Records from the bus skipped as malformed (no destination, bad header).",
+    counter bus_records_repeated_total: "Records the bus handed out again after they were delivered: skipped.",
+    counter bus_gaps_reread_total: "Gaps in a partition's offsets read again before they were accepted.",
     counter messages_unrouted_total: "Messages from the bus that matched no local subscriber.",
     counter messages_dropped_total: "Messages dropped by the drop-oldest policy or a closed connection.",
     counter resumes_total: "SUBSCRIBEs with resume-from.",

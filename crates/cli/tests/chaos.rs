@@ -1,0 +1,526 @@
+//! Failover with resume on real processes: etcd, a Tansu broker, three nodes, the
+//! registry; 300 clients found their node through the registry, each subscribed to its
+//! own destination and to one of 20 shared ones; a publisher at 1,000 records/s for 30 s;
+//! one node killed (kill -9) or drained (SIGTERM) mid-run. Its clients rediscover,
+//! reconnect and resume. Every client must get every record of its destinations exactly
+//! once, in Kafka order per key; the failover time (last message before the loss, first
+//! after) is printed as p50/p99.
+//!
+//! `CHAOS_SECONDS` (default 30) and `CHAOS_RATE` (default 1000) scale the run.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::broker::Broker;
+use common::etcd::Etcd;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use pushcenter_stomp::{Command, Frame, Item, Limits, Version, decode, encode};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+const CLIENTS: usize = 300;
+const SHARED: usize = 20;
+const NODE_CONFIG: &str =
+    "report_interval = \"500ms\"\nshutdown_grace = \"3s\"\n[etcd]\nttl = \"3s\"\n";
+
+/// One run at a time: each uses both cores.
+static RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn own(i: usize) -> String {
+    format!("/topic/chaos.c{i}")
+}
+
+fn shared(i: usize) -> String {
+    format!("/topic/chaos.s{}", i % SHARED)
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    /// Record sequence numbers per destination, in arrival order.
+    seqs: HashMap<String, Vec<u64>>,
+    /// Kafka offsets per destination (one key, one partition), in arrival order.
+    offsets: HashMap<String, Vec<i64>>,
+    /// Time of each message.
+    last_at: Option<Instant>,
+    /// Failovers: (last message before, first message after).
+    failovers: Vec<(Instant, Option<Instant>)>,
+    lost_resumes: usize,
+    nodes: Vec<String>,
+    /// Every record body seen, and MESSAGEs whose destination was not their subscription's.
+    all: HashSet<u64>,
+    mismatched: Vec<(u64, String, String)>,
+}
+
+/// Positions per subscription id, as a resuming client keeps them.
+#[derive(Default, Clone)]
+struct Positions {
+    map: BTreeMap<String, i64>,
+    positioned: bool,
+}
+
+impl Positions {
+    fn see(&mut self, id: &str) {
+        if let Some((s, o)) = id.rsplit_once('-') {
+            if let Ok(o) = o.parse::<i64>() {
+                let e = self.map.entry(s.to_string()).or_insert(o);
+                *e = (*e).max(o);
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        let v: Vec<String> = self.map.iter().map(|(s, o)| format!("{s}-{o}")).collect();
+        v.join(",")
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(ws: &mut Ws, f: &Frame) -> bool {
+    let mut b = BytesMut::new();
+    encode(f, Version::V1_2, &mut b).expect("encode");
+    ws.send(Message::Binary(b.freeze())).await.is_ok()
+}
+
+/// One client: discover, connect, subscribe (resuming), read until the connection ends
+/// or `stop`; then again, avoiding the node it lost.
+async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
+    let dests = [own(i), shared(i)];
+    let mut pos: [Positions; 2] = Default::default();
+    let mut avoid: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let path = match &avoid {
+            Some(n) => format!("/v1/connect?avoid={n}"),
+            None => "/v1/connect".to_string(),
+        };
+        let (status, body) = http(registry, "GET", &path, "").await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let (Some(url), Some(node)) = (v["ws_url"].as_str(), v["node_id"].as_str()) else {
+            assert!(status == 503, "registry: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let node = node.to_string();
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "v12.stomp".parse().expect("header"),
+        );
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
+            avoid = Some(node);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        seen.lock().unwrap().nodes.push(node.clone());
+        let mut ok = send(
+            &mut ws,
+            &Frame::new(Command::Connect)
+                .header("accept-version", "1.2")
+                .header("heart-beat", "0,0"),
+        )
+        .await;
+        for (k, d) in dests.iter().enumerate() {
+            let mut f = Frame::new(Command::Subscribe)
+                .header("id", k.to_string())
+                .header("destination", d)
+                .header("receipt", format!("{k}"));
+            if pos[k].positioned {
+                f.push_header("resume-from", pos[k].header());
+            }
+            ok = ok && send(&mut ws, &f).await;
+        }
+        let mut buf = BytesMut::new();
+        let mut resumed_first = true;
+        if !ok {
+            avoid = Some(node);
+            continue;
+        }
+        'read: loop {
+            let next = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
+            if stop.load(Ordering::Relaxed) {
+                let _ = ws.close(None).await;
+                return;
+            }
+            let data = match next {
+                Err(_) => continue,
+                Ok(Some(Ok(Message::Binary(b)))) => b.to_vec(),
+                Ok(Some(Ok(Message::Text(t)))) => t.as_bytes().to_vec(),
+                Ok(Some(Ok(Message::Close(_)) | Err(_))) | Ok(None) => break,
+                Ok(Some(Ok(_))) => continue,
+            };
+            buf.extend_from_slice(&data);
+            loop {
+                let f = match decode(&mut buf, &Limits::default()) {
+                    Ok(Some(Item::Frame(f))) => f,
+                    Ok(Some(Item::HeartBeat)) => continue,
+                    Ok(None) => break,
+                    Err(e) => panic!("client {i}: bad frame: {e}"),
+                };
+                match f.command {
+                    Command::Receipt => {
+                        let k: usize = f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0);
+                        if !pos[k].positioned {
+                            for id in f.get("position").unwrap_or_default().split(',') {
+                                pos[k].see(id);
+                            }
+                            pos[k].positioned = true;
+                        } else if f.get("resume") == Some("lost") {
+                            seen.lock().unwrap().lost_resumes += 1;
+                        }
+                    }
+                    Command::Message => {
+                        let k: usize = f.get("subscription").unwrap_or("0").parse().unwrap_or(0);
+                        let id = f.get("message-id").expect("message-id");
+                        pos[k].see(id);
+                        let offset: i64 = id
+                            .rsplit_once('-')
+                            .and_then(|(_, o)| o.parse().ok())
+                            .unwrap_or(-1);
+                        let seq: u64 = String::from_utf8_lossy(&f.body).parse().expect("seq body");
+                        let now = Instant::now();
+                        let mut s = seen.lock().unwrap();
+                        if resumed_first {
+                            resumed_first = false;
+                            if let Some(f) = s.failovers.last_mut().filter(|f| f.1.is_none()) {
+                                f.1 = Some(now);
+                            }
+                        }
+                        s.last_at = Some(now);
+                        s.all.insert(seq);
+                        let d = f.get("destination").unwrap_or_default();
+                        if d != dests[k] {
+                            s.mismatched.push((seq, d.to_string(), dests[k].clone()));
+                        }
+                        s.seqs.entry(dests[k].clone()).or_default().push(seq);
+                        s.offsets.entry(dests[k].clone()).or_default().push(offset);
+                    }
+                    Command::Error => break 'read,
+                    _ => {}
+                }
+            }
+        }
+        // Lost the node (or it drains): remember when the last message came.
+        {
+            let mut s = seen.lock().unwrap();
+            if let Some(t) = s.last_at {
+                s.failovers.push((t, None));
+            }
+        }
+        avoid = Some(node);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn run(kill_signal: &str) {
+    let _serial = RUNS.lock().await;
+    let seconds = env_or("CHAOS_SECONDS", 30);
+    let rate = env_or("CHAOS_RATE", 1000);
+    let etcd = Etcd::start();
+    let broker = Broker::start();
+    let config = std::env::temp_dir().join(format!("pushcenter-chaos-{}.toml", std::process::id()));
+    std::fs::write(&config, NODE_CONFIG).expect("config");
+    let cfg = config.to_str().expect("utf-8").to_string();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            Node::cluster(
+                &format!("n{i}"),
+                &broker.brokers(),
+                &["--etcd-endpoints", &etcd.endpoint(), "--config", &cfg],
+            )
+        })
+        .collect();
+    let registry = Node::registry(&etcd.endpoint());
+    for n in &nodes {
+        for _ in 0..300 {
+            if http(n.http, "GET", "/readyz", "").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for _ in 0..100 {
+        let (_, b) = http(registry.http, "GET", "/v1/nodes", "").await;
+        if serde_json::from_str::<Value>(&b).unwrap_or_default()["totals"]["nodes"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for (i, s) in seen.iter().enumerate() {
+        tasks.push(tokio::spawn(client(
+            i,
+            registry.http,
+            stop.clone(),
+            s.clone(),
+        )));
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Every client subscribed somewhere (and the registry spread them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, b) = http(registry.http, "GET", "/v1/nodes", "").await;
+        let v: Value = serde_json::from_str(&b).unwrap_or_default();
+        if v["totals"]["subscriptions"] == 2 * CLIENTS as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clients did not all subscribe: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let victim = 0;
+    let on_victim = seen
+        .iter()
+        .filter(|s| s.lock().unwrap().nodes.last().map(String::as_str) == Some("n1"))
+        .count();
+    eprintln!("clients per node at start: n1 {on_victim} (the one to go)");
+
+    // The publisher: half to own destinations, half to shared ones, through n2 and n3
+    // (a publish cut by the kill would leave its fate unknown).
+    let published: Arc<Mutex<HashMap<String, HashSet<u64>>>> = Arc::default();
+    let total = seconds * rate;
+    let targets = [nodes[1].http, nodes[2].http];
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let started = Instant::now();
+    let mut pubs = Vec::new();
+    let mut killed_at = None;
+    for seq in 0..total {
+        let due = started + Duration::from_micros(seq * 1_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        if killed_at.is_none() && seq == total / 2 {
+            killed_at = Some(Instant::now());
+            match kill_signal {
+                "KILL" => {
+                    nodes[victim].signal("KILL");
+                }
+                sig => {
+                    let pid = nodes[victim].pid().to_string();
+                    std::process::Command::new("kill")
+                        .args([format!("-{sig}"), pid])
+                        .status()
+                        .expect("kill");
+                }
+            }
+        }
+        let dest = if seq % 2 == 0 {
+            own((seq as usize / 2) % CLIENTS)
+        } else {
+            shared((seq as usize / 2) % SHARED)
+        };
+        let permit = sem.clone().acquire_owned().await.expect("permit");
+        let published = published.clone();
+        let target = targets[(seq % 2) as usize];
+        pubs.push(tokio::spawn(async move {
+            let (status, body) = publish(target, &dest, &seq.to_string()).await;
+            assert_eq!(status, 202, "publish {seq}: {body}");
+            published
+                .lock()
+                .unwrap()
+                .entry(dest)
+                .or_default()
+                .insert(seq);
+            drop(permit);
+        }));
+    }
+    for p in pubs {
+        p.await.expect("publisher");
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    eprintln!("published {total} records in {publish_secs:.1} s");
+
+    // Wait until every client has everything (or give up after 30 s and report).
+    let published = published.lock().unwrap().clone();
+    let expected = |i: usize| -> usize {
+        [own(i), shared(i)]
+            .iter()
+            .map(|d| published.get(d).map_or(0, HashSet::len))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let behind = (0..CLIENTS)
+            .filter(|&i| {
+                let s = seen[i].lock().unwrap();
+                s.seqs.values().map(Vec::len).sum::<usize>() < expected(i)
+            })
+            .count();
+        if behind == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    if kill_signal != "KILL" {
+        let status = nodes[victim].signal("0");
+        assert!(status.success(), "drained node exit: {status}");
+    }
+    let _ = std::fs::remove_file(&config);
+
+    for (k, n) in nodes.iter().enumerate() {
+        if k != victim {
+            let (_, stats) = http(n.http, "GET", "/v1/stats", "").await;
+            eprintln!("n{} stats: {stats}", k + 1);
+        }
+    }
+    // Misses across all clients first: one client or a whole node?
+    let mut misses: BTreeMap<(String, u64), Vec<(usize, String)>> = BTreeMap::new();
+    for (i, s) in seen.iter().enumerate() {
+        let s = s.lock().unwrap();
+        for d in [own(i), shared(i)] {
+            let set: HashSet<u64> = s.seqs.get(&d).into_iter().flatten().copied().collect();
+            for m in published.get(&d).into_iter().flatten() {
+                if !set.contains(m) {
+                    misses
+                        .entry((d.clone(), *m))
+                        .or_default()
+                        .push((i, s.nodes.join(">")));
+                }
+            }
+        }
+    }
+    for ((d, m), who) in misses.iter().take(20) {
+        let anywhere: Vec<usize> = who
+            .iter()
+            .filter(|(i, _)| seen[*i].lock().unwrap().all.contains(m))
+            .map(|(i, _)| *i)
+            .collect();
+        eprintln!(
+            "missed {d} #{m} by {} clients: {who:?}; seen under another subscription by {anywhere:?}",
+            who.len()
+        );
+    }
+    for (i, s) in seen.iter().enumerate() {
+        let s = s.lock().unwrap();
+        if !s.mismatched.is_empty() {
+            eprintln!(
+                "client {i}: {} MESSAGEs on the wrong subscription, e.g. {:?}",
+                s.mismatched.len(),
+                &s.mismatched[..s.mismatched.len().min(3)]
+            );
+        }
+    }
+    eprintln!("{} records missed by someone", misses.len());
+
+    // Exactly once, per-key order, failover times.
+    let mut failovers = Vec::new();
+    let mut moved = 0;
+    let mut lost_resumes = 0;
+    for (i, s) in seen.iter().enumerate() {
+        let s = s.lock().unwrap();
+        lost_resumes += s.lost_resumes;
+        for d in [own(i), shared(i)] {
+            let got = s.seqs.get(&d).cloned().unwrap_or_default();
+            let set: HashSet<u64> = got.iter().copied().collect();
+            if set.len() != got.len() {
+                let offsets = s.offsets.get(&d).cloned().unwrap_or_default();
+                let mut first: HashMap<u64, usize> = HashMap::new();
+                for (k, seq) in got.iter().enumerate() {
+                    if let Some(j) = first.insert(*seq, k) {
+                        panic!(
+                            "client {i} {d}: seq {seq} twice, at offsets {} and {} (arrivals {j}, {k} of {}); nodes {:?}",
+                            offsets[j],
+                            offsets[k],
+                            got.len(),
+                            s.nodes
+                        );
+                    }
+                }
+            }
+            let want = published.get(&d).cloned().unwrap_or_default();
+            let missing: Vec<&u64> = want.difference(&set).take(5).collect();
+            if let Some(&&m) = missing.first() {
+                let offsets = s.offsets.get(&d).cloned().unwrap_or_default();
+                let around: Vec<(u64, i64)> = got
+                    .iter()
+                    .zip(&offsets)
+                    .filter(|(q, _)| q.abs_diff(m) < 200)
+                    .map(|(q, o)| (*q, *o))
+                    .collect();
+                eprintln!("client {i} {d}: around missing {m}: {around:?}");
+            }
+            let extra: Vec<&u64> = set.difference(&want).take(5).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "client {i} {d}: {} of {} missing (e.g. {missing:?}), extra {extra:?}; nodes {:?}",
+                want.len() - (set.len() - extra.len()).min(want.len()),
+                want.len(),
+                s.nodes
+            );
+            let offsets = s.offsets.get(&d).cloned().unwrap_or_default();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "client {i} {d}: out of Kafka order"
+            );
+        }
+        for (before, after) in &s.failovers {
+            if let Some(after) = after {
+                failovers.push(after.duration_since(*before));
+            }
+        }
+        if s.nodes.len() > 1 {
+            moved += 1;
+        }
+    }
+    failovers.sort();
+    eprintln!(
+        "{kill_signal}: {moved} clients moved (of {on_victim} on n1); failover p50 {:?} p99 {:?} max {:?}; {lost_resumes} lost resumes",
+        percentile(&failovers, 0.5),
+        percentile(&failovers, 0.99),
+        failovers.last().copied().unwrap_or_default(),
+    );
+    assert!(moved >= on_victim, "{moved} moved, {on_victim} were on n1");
+    assert_eq!(lost_resumes, 0);
+    assert!(
+        failovers.len() >= moved,
+        "every moved client got messages again"
+    );
+    drop(registry);
+    drop(nodes);
+    drop(broker);
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_loses_and_repeats_nothing_for_resuming_clients() {
+    run("KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_mid_run_loses_and_repeats_nothing_for_resuming_clients() {
+    run("TERM").await;
+}
