@@ -267,7 +267,8 @@ async fn main() -> Result<()> {
         Command::Node(args) => {
             init_tracing(&args.node.log_format);
             let (cfg, kafka, etcd) = args.config()?;
-            let bus = KafkaBus::new(kafka, &cfg.node_id, cfg.publish_timeout)?;
+            let bus = KafkaBus::new(kafka, &cfg.node_id, cfg.publish_timeout)?
+                .with_history(cfg.replay_window);
             let registrar: Arc<dyn Registrar> = match etcd {
                 Some(e) => Arc::new(EtcdRegistrar::start(e, &cfg.node_id)),
                 None => Arc::new(MemoryRegistrar::default()),

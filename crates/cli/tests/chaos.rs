@@ -1,7 +1,8 @@
 //! Failover with resume on real processes: etcd, a Tansu broker, three nodes, the
 //! registry; 300 clients found their node through the registry, each subscribed to its
 //! own destination and to one of 20 shared ones; a publisher at 1,000 records/s for 30 s;
-//! one node killed (kill -9) or drained (SIGTERM) mid-run. Its clients rediscover,
+//! one node killed (kill -9) or drained (SIGTERM) mid-run, or every node restarted in
+//! turn (a rolling restart: SIGTERM, exit, start again). Their clients rediscover,
 //! reconnect and resume. Every client must get every record of its destinations exactly
 //! once, in Kafka order per key; the failover time (last message before the loss, first
 //! after) is printed as p50/p99.
@@ -229,6 +230,16 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
     }
 }
 
+async fn ready(n: &Node) {
+    for _ in 0..300 {
+        if http(n.http, "GET", "/readyz", "").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node not ready");
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -246,23 +257,22 @@ async fn run(kill_signal: &str) {
     let config = std::env::temp_dir().join(format!("pushcenter-chaos-{}.toml", std::process::id()));
     std::fs::write(&config, NODE_CONFIG).expect("config");
     let cfg = config.to_str().expect("utf-8").to_string();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| {
+    let start_node = {
+        let (brokers, etcd, cfg) = (broker.brokers(), etcd.endpoint(), cfg.clone());
+        move |i: usize| {
             Node::cluster(
                 &format!("n{i}"),
-                &broker.brokers(),
-                &["--etcd-endpoints", &etcd.endpoint(), "--config", &cfg],
+                &brokers,
+                &["--etcd-endpoints", &etcd, "--config", &cfg],
             )
-        })
-        .collect();
-    let registry = Node::registry(&etcd.endpoint());
-    for n in &nodes {
-        for _ in 0..300 {
-            if http(n.http, "GET", "/readyz", "").await.0 == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    };
+    let mut nodes: Vec<Node> = (1..=3).map(&start_node).collect();
+    // Rolling: the publisher's own node, not registered, so no client lands on it.
+    let publisher = (kill_signal == "ROLL").then(|| Node::cluster("p", &broker.brokers(), &[]));
+    let registry = Node::registry(&etcd.endpoint());
+    for n in nodes.iter().chain(&publisher) {
+        ready(n).await;
     }
     for _ in 0..100 {
         let (_, b) = http(registry.http, "GET", "/v1/nodes", "").await;
@@ -311,15 +321,42 @@ async fn run(kill_signal: &str) {
     // (a publish cut by the kill would leave its fate unknown).
     let published: Arc<Mutex<HashMap<String, HashSet<u64>>>> = Arc::default();
     let total = seconds * rate;
-    let targets = [nodes[1].http, nodes[2].http];
+    let targets = match &publisher {
+        Some(p) => [p.http, p.http],
+        None => [nodes[1].http, nodes[2].http],
+    };
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let started = Instant::now();
     let mut pubs = Vec::new();
     let mut killed_at = None;
+    // Rolling: n1, n2, n3 in turn at 1/4, 2/4, 3/4 of the run: SIGTERM, wait for the
+    // exit, start it again, wait until ready.
+    let roller = (kill_signal == "ROLL").then(|| {
+        let mut nodes = std::mem::take(&mut nodes);
+        let run_for = Duration::from_secs(seconds);
+        tokio::spawn(async move {
+            for k in 0..nodes.len() {
+                tokio::time::sleep_until((started + run_for * (k as u32 + 1) / 4).into()).await;
+                let mut old = nodes.remove(k);
+                let start_node = start_node.clone();
+                let (status, new) = tokio::task::spawn_blocking(move || {
+                    let status = old.signal("TERM");
+                    (status, start_node(k + 1))
+                })
+                .await
+                .expect("restart");
+                assert!(status.success(), "n{} drain exit: {status}", k + 1);
+                ready(&new).await;
+                eprintln!("n{} restarted at {:?}", k + 1, started.elapsed());
+                nodes.insert(k, new);
+            }
+            nodes
+        })
+    });
     for seq in 0..total {
         let due = started + Duration::from_micros(seq * 1_000_000 / rate);
         tokio::time::sleep_until(due.into()).await;
-        if killed_at.is_none() && seq == total / 2 {
+        if killed_at.is_none() && seq == total / 2 && roller.is_none() {
             killed_at = Some(Instant::now());
             match kill_signal {
                 "KILL" => {
@@ -357,6 +394,9 @@ async fn run(kill_signal: &str) {
     for p in pubs {
         p.await.expect("publisher");
     }
+    if let Some(r) = roller {
+        nodes = r.await.expect("rolling restart");
+    }
     let publish_secs = started.elapsed().as_secs_f64();
     eprintln!("published {total} records in {publish_secs:.1} s");
 
@@ -385,14 +425,14 @@ async fn run(kill_signal: &str) {
     for t in tasks {
         let _ = t.await;
     }
-    if kill_signal != "KILL" {
+    if kill_signal == "TERM" {
         let status = nodes[victim].signal("0");
         assert!(status.success(), "drained node exit: {status}");
     }
     let _ = std::fs::remove_file(&config);
 
     for (k, n) in nodes.iter().enumerate() {
-        if k != victim {
+        if k != victim || kill_signal == "ROLL" {
             let (_, stats) = http(n.http, "GET", "/v1/stats", "").await;
             eprintln!("n{} stats: {stats}", k + 1);
         }
@@ -438,6 +478,8 @@ async fn run(kill_signal: &str) {
 
     // Exactly once, per-key order, failover times.
     let mut failovers = Vec::new();
+    // Failover times by move (from>to), to see where the time goes.
+    let mut hops: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut moved = 0;
     let mut lost_resumes = 0;
     for (i, s) in seen.iter().enumerate() {
@@ -487,9 +529,17 @@ async fn run(kill_signal: &str) {
                 "client {i} {d}: out of Kafka order"
             );
         }
-        for (before, after) in &s.failovers {
+        for (j, (before, after)) in s.failovers.iter().enumerate() {
             if let Some(after) = after {
                 failovers.push(after.duration_since(*before));
+                let hop = format!(
+                    "{}>{}",
+                    s.nodes.get(j).map_or("?", String::as_str),
+                    s.nodes.get(j + 1).map_or("?", String::as_str)
+                );
+                hops.entry(hop)
+                    .or_default()
+                    .push(after.duration_since(*before));
             }
         }
         if s.nodes.len() > 1 {
@@ -497,13 +547,27 @@ async fn run(kill_signal: &str) {
         }
     }
     failovers.sort();
+    for (hop, mut times) in hops {
+        times.sort();
+        eprintln!(
+            "  {hop}: {} moves, p50 {:?} max {:?}",
+            times.len(),
+            percentile(&times, 0.5),
+            times.last().copied().unwrap_or_default()
+        );
+    }
     eprintln!(
         "{kill_signal}: {moved} clients moved (of {on_victim} on n1); failover p50 {:?} p99 {:?} max {:?}; {lost_resumes} lost resumes",
         percentile(&failovers, 0.5),
         percentile(&failovers, 0.99),
         failovers.last().copied().unwrap_or_default(),
     );
-    assert!(moved >= on_victim, "{moved} moved, {on_victim} were on n1");
+    if kill_signal == "ROLL" {
+        // Every node went once, so every client moved at least once.
+        assert_eq!(moved, CLIENTS, "clients that moved");
+    } else {
+        assert!(moved >= on_victim, "{moved} moved, {on_victim} were on n1");
+    }
     assert_eq!(lost_resumes, 0);
     assert!(
         failovers.len() >= moved,
@@ -511,6 +575,7 @@ async fn run(kill_signal: &str) {
     );
     drop(registry);
     drop(nodes);
+    drop(publisher);
     drop(broker);
     drop(etcd);
 }
@@ -523,4 +588,9 @@ async fn kill_9_mid_run_loses_and_repeats_nothing_for_resuming_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drain_mid_run_loses_and_repeats_nothing_for_resuming_clients() {
     run("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_every_node_loses_and_repeats_nothing_for_resuming_clients() {
+    run("ROLL").await;
 }

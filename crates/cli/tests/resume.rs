@@ -215,8 +215,9 @@ async fn resume_on_another_node_after_kill_9_loses_nothing_and_repeats_nothing()
     assert_eq!(all, (20..=40).collect::<Vec<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_before_the_window_is_read_back_from_kafka() {
+/// n1 delivers m0..m9 and dies; m10..m19 are published while no node is up; n2 starts
+/// after that (with `n2_config`) and the client resumes there. Returns n2's stats.
+async fn resume_on_a_node_started_after_the_gap(n2_config: &str) -> String {
     let broker = Broker::start();
     let mut n1 = Node::cluster("n1", &broker.brokers(), &[]);
     ready(&n1).await;
@@ -241,7 +242,7 @@ async fn a_gap_before_the_window_is_read_back_from_kafka() {
     n1.signal("KILL");
     drop(ws);
 
-    // Published with no node up at all: n2, started after, never saw these.
+    // Published with no node up at all: n2, started after, never routed these.
     let producer = Node::cluster("p", &broker.brokers(), &[]);
     ready(&producer).await;
     for i in 10..20 {
@@ -252,8 +253,23 @@ async fn a_gap_before_the_window_is_read_back_from_kafka() {
             202
         );
     }
-    let n2 = Node::cluster("n2", &broker.brokers(), &[]);
+    let config = std::env::temp_dir().join(format!(
+        "pushcenter-gap-{}-{}.toml",
+        std::process::id(),
+        n2_config.len()
+    ));
+    std::fs::write(&config, n2_config).expect("config");
+    let n2 = Node::cluster(
+        "n2",
+        &broker.brokers(),
+        &["--config", config.to_str().expect("utf-8")],
+    );
     ready(&n2).await;
+    let _ = std::fs::remove_file(&config);
+    // A client that subscribes fresh on n2 gets nothing of the history.
+    let mut fresh = WsClient::connect(&n2.ws_url()).await;
+    subscribe(&mut fresh, "f", "/topic/gap", None).await;
+
     let mut ws = WsClient::connect(&n2.ws_url()).await;
     let r = subscribe(&mut ws, "a", "/topic/gap", Some(&pos.header())).await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
@@ -262,8 +278,27 @@ async fn a_gap_before_the_window_is_read_back_from_kafka() {
     let want: Vec<String> = (10..=20).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want);
     nothing_more(&mut ws).await;
+    let (got, _) = bodies(&mut fresh, 1).await;
+    assert_eq!(got, ["m20"]);
+    nothing_more(&mut fresh).await;
     let (_, stats) = http(n2.http, "GET", "/v1/stats", "").await;
     assert!(stats.contains("\"messages_replayed_total\":10"), "{stats}");
+    stats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reads_recent_history_at_start_so_a_resume_there_needs_no_log_read() {
+    let stats = resume_on_a_node_started_after_the_gap("").await;
+    // m0..m19 (and the records of the other test nodes' start) came as history.
+    assert!(stats.contains("\"resume_log_reads_total\":0"), "{stats}");
+    assert!(!stats.contains("\"messages_history_total\":0,"), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_before_the_window_is_read_back_from_kafka() {
+    // A window of one record: the gap can only come from the log.
+    let stats = resume_on_a_node_started_after_the_gap("replay_window_bytes = 200\n").await;
+    assert!(!stats.contains("\"resume_log_reads_total\":0,"), "{stats}");
 }
 
 async fn ready(n: &Node) {
@@ -274,4 +309,86 @@ async fn ready(n: &Node) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("node not ready");
+}
+
+/// Tansu cannot drop old records (no retention, no DeleteRecords), so this one runs on
+/// librdkafka's mock cluster: a Kafka-protocol broker in the test process, on a real TCP
+/// port, which keeps at most 5 MiB per partition and drops the oldest batches beyond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_kafka_no_longer_has_is_answered_lost() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+        cluster.create_topic(topic, 1, 1).expect("topic");
+    }
+    let brokers = cluster.bootstrap_servers();
+    let config =
+        std::env::temp_dir().join(format!("pushcenter-retention-{}.toml", std::process::id()));
+    std::fs::write(&config, "replay_window_bytes = 2000\n").expect("config");
+    let n1 = Node::cluster(
+        "n1",
+        &brokers,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    ready(&n1).await;
+    let mut ws = WsClient::connect(&n1.ws_url()).await;
+    subscribe(&mut ws, "a", "/topic/old", None).await;
+    assert_eq!(publish(n1.http, "/topic/old", "first").await.0, 202);
+    let (_, first) = bodies(&mut ws, 1).await;
+    assert_eq!(first, "0-0");
+    drop(ws);
+    // Beyond the 2,000-byte window but still in the broker's log: read back from it.
+    for i in 0..30 {
+        let body = format!("{i:0>100}");
+        assert_eq!(publish(n1.http, "/topic/old", &body).await.0, 202);
+    }
+    let mut ws = WsClient::connect(&n1.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/old", Some(&first)).await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    let (got, _) = bodies(&mut ws, 30).await;
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some(&*format!("{:0>100}", 29))
+    );
+    drop(ws);
+
+    // 8 MiB more on the partition: the broker drops its oldest records, `first` with them.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    let body = "x".repeat(64 * 1024);
+    for _ in 0..128 {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "destination",
+            value: Some("/topic/filler"),
+        });
+        producer
+            .send(
+                FutureRecord::<str, str>::to("pushcenter.messages")
+                    .payload(&body)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+
+    let mut ws = WsClient::connect(&n1.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/old", Some(&first)).await;
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(r.get("resume"), Some("lost"), "{r:?}");
+    assert_eq!(r.get("resume-lost"), Some("0"), "{r:?}");
+    // Then live, as after any subscription.
+    assert_eq!(publish(n1.http, "/topic/old", "next").await.0, 202);
+    let (got, _) = bodies(&mut ws, 1).await;
+    assert_eq!(got, ["next"]);
+    let (_, stats) = http(n1.http, "GET", "/v1/stats", "").await;
+    assert!(stats.contains("\"resumes_lost_total\":1"), "{stats}");
+    assert!(stats.contains("\"messages_replayed_total\":30"), "{stats}");
 }

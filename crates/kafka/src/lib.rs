@@ -84,6 +84,8 @@ pub enum Error {
 struct State {
     assigned: AtomicBool,
     reachable: AtomicBool,
+    /// The history read at start reached the live edge: the node delivers live.
+    caught_up: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -122,6 +124,7 @@ pub struct KafkaBus {
     publish_timeout: Duration,
     producer: FutureProducer<Ctx>,
     state: Arc<State>,
+    history: Duration,
 }
 
 impl KafkaBus {
@@ -152,7 +155,16 @@ impl KafkaBus {
             publish_timeout,
             producer,
             state,
+            history: Duration::ZERO,
         })
+    }
+
+    /// At start, reads the messages of the last `history` (the node's replay window)
+    /// into the window before going live, so clients that move here after another
+    /// node went away resume from the window, not from the log.
+    pub fn with_history(mut self, history: Duration) -> KafkaBus {
+        self.history = history;
+        self
     }
 
     /// Checks values that cannot work (librdkafka checks its own properties).
@@ -281,6 +293,9 @@ impl Bus for KafkaBus {
             next: [Vec::new(), Vec::new()],
             reread: [false; 2],
             rereads: HashMap::new(),
+            history: self.history,
+            live: Vec::new(),
+            assigned_at: Instant::now(),
         };
         let spawned = std::thread::Builder::new()
             .name("kafka-consumer".into())
@@ -330,7 +345,9 @@ impl Bus for KafkaBus {
     }
 
     fn ready(&self) -> bool {
-        self.state.assigned.load(Ordering::Relaxed) && self.state.reachable.load(Ordering::Relaxed)
+        self.state.assigned.load(Ordering::Relaxed)
+            && self.state.reachable.load(Ordering::Relaxed)
+            && self.state.caught_up.load(Ordering::Relaxed)
     }
 
     fn read(
@@ -366,6 +383,7 @@ impl Default for State {
         State {
             assigned: AtomicBool::new(false),
             reachable: AtomicBool::new(false),
+            caught_up: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         }
     }
@@ -446,7 +464,19 @@ struct Reader {
     reread: [bool; 2],
     /// (topic, partition) → (the offset a gap starts at, times read again).
     rereads: HashMap<(usize, i32), (i64, u32)>,
+    /// How far back a fresh start reads the messages topic into the replay window.
+    history: Duration,
+    /// Per messages partition: the first offset routed live.
+    live: Vec<i64>,
+    assigned_at: Instant,
 }
+
+/// A node whose history has not reached the live edge by then goes ready anyway
+/// (trailing transaction markers leave offsets no record ever shows).
+const HISTORY_WAIT: Duration = Duration::from_secs(30);
+
+/// Most records of one partition read at start into the replay window.
+const MAX_HISTORY: i64 = 100_000;
 
 /// How often a gap in a partition's offsets is read again before it is accepted.
 const GAP_REREADS: u32 = 3;
@@ -464,6 +494,9 @@ impl Reader {
             if !self.state.assigned.load(Ordering::Relaxed) {
                 std::thread::sleep(POLL);
                 continue;
+            }
+            if !self.state.caught_up.load(Ordering::Relaxed) {
+                self.check_caught_up();
             }
             match self.consumer.poll(POLL) {
                 None => {}
@@ -560,27 +593,30 @@ impl Reader {
             return;
         }
         let mut next: [Vec<i64>; 2] = Default::default();
+        // Per messages partition: the first offset routed live (before it: history).
+        let mut live: Vec<i64> = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for (i, topic) in topics.iter().enumerate() {
             let fresh = self.next[i].is_empty();
             for p in 0..counts[i] {
                 let Ok(pi) = i32::try_from(p) else { return };
-                let offset = match self.next[i].get(p) {
-                    Some(&n) => n,
+                let (offset, from_live) = match self.next[i].get(p) {
+                    Some(&n) => (n, self.live.get(p).copied().unwrap_or(n)),
                     // A topic the broker lost and that was created again: all of it.
-                    None if self.reread[i] => 0,
-                    // At start: the current end, so the node delivers what is
-                    // published from now on and nothing older.
-                    None if fresh => match self.consumer.fetch_watermarks(topic, pi, timeout) {
-                        Ok((_, high)) => high,
-                        Err(e) => {
-                            debug!(error = %e, topic, partition = p, "watermarks unavailable");
-                            return;
-                        }
+                    None if self.reread[i] => (0, 0),
+                    // At start: live from the current end, so the node delivers what
+                    // is published from now on and nothing older; the messages of the
+                    // last `history` are read first into the replay window.
+                    None if fresh => match self.start_at(topic, pi, i == 0, timeout) {
+                        Some(at) => at,
+                        None => return,
                     },
                     // A partition added later: everything in it is new.
-                    None => 0,
+                    None => (0, 0),
                 };
+                if i == 0 {
+                    live.push(from_live);
+                }
                 next[i].push(offset);
                 if tpl
                     .add_partition_offset(topic, pi, Offset::Offset(offset))
@@ -599,15 +635,74 @@ impl Reader {
                 );
                 // Message ids are `<partition>-<offset>`: partitions are the streams of
                 // the node's replay window.
-                for (p, &offset) in next[0].iter().enumerate() {
-                    (self.started)(&p.to_string(), offset);
+                for (p, (&offset, &from_live)) in next[0].iter().zip(&live).enumerate() {
+                    (self.started)(&p.to_string(), offset, from_live);
                 }
                 self.next = next;
+                self.live = live;
+                self.assigned_at = Instant::now();
+                self.check_caught_up();
                 self.reread = [false; 2];
                 self.state.assigned.store(true, Ordering::Relaxed);
             }
             Err(e) => warn!(error = %e, "cannot assign partitions"),
         }
+    }
+
+    /// Ready only once the history read at start reached the live edge: until then the
+    /// node would deliver live records late.
+    fn check_caught_up(&self) {
+        let caught_up = self.next[0].iter().zip(&self.live).all(|(n, l)| n >= l)
+            || self.assigned_at.elapsed() > HISTORY_WAIT;
+        if caught_up && !self.state.caught_up.swap(true, Ordering::Relaxed) {
+            info!(
+                after = ?self.assigned_at.elapsed(),
+                "history read; delivering live"
+            );
+        }
+    }
+
+    /// Where a fresh node starts reading a partition, and where live routing starts:
+    /// the partition's end, and for the messages topic, as far back as `history` reaches
+    /// (by record time, at most [`MAX_HISTORY`] records), so the replay window is full
+    /// from the start and clients that move here resume without reading the log.
+    fn start_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        history: bool,
+        timeout: Duration,
+    ) -> Option<(i64, i64)> {
+        let (low, high) = match self.consumer.fetch_watermarks(topic, partition, timeout) {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(error = %e, topic, partition, "watermarks unavailable");
+                return None;
+            }
+        };
+        if !history || self.history.is_zero() {
+            return Some((high, high));
+        }
+        let since = std::time::SystemTime::now()
+            .checked_sub(self.history)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(since))
+            .ok()?;
+        let from = match self.consumer.offsets_for_times(tpl, timeout) {
+            Ok(found) => match found.find_partition(topic, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                // Nothing that recent: no history.
+                _ => high,
+            },
+            Err(e) => {
+                debug!(error = %e, topic, partition, "no offset by time; starting without history");
+                high
+            }
+        };
+        Some((from.clamp(low.max(high - MAX_HISTORY), high), high))
     }
 
     fn create_topics(&self) {
@@ -729,11 +824,7 @@ mod tests {
                 .expect("send");
         }
         producer.flush(Duration::from_secs(10)).expect("flush");
-        let state = Arc::new(State {
-            assigned: AtomicBool::new(false),
-            reachable: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
+        let state = Arc::new(State::default());
         let consumer: BaseConsumer<Ctx> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", "g")

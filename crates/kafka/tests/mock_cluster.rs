@@ -36,7 +36,7 @@ async fn publish_and_reply_come_back_through_the_consumer() {
     bus.start(
         Arc::new(move |d| sink.lock().expect("lock").push(d)),
         Arc::new(move |r| reply_sink.lock().expect("lock").push(r)),
-        Arc::new(move |stream: &str, _next: i64| {
+        Arc::new(move |stream: &str, _from: i64, _live: i64| {
             starts_sink.lock().expect("lock").push(stream.to_owned())
         }),
         Arc::new(Stats::default()),
@@ -90,7 +90,7 @@ async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
     bus.start(
         Arc::new(|_| {}),
         Arc::new(|_| {}),
-        Arc::new(|_: &str, _: i64| {}),
+        Arc::new(|_: &str, _: i64, _: i64| {}),
         Arc::new(Stats::default()),
     );
     until("bus ready", || bus.ready()).await;

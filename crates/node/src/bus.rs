@@ -134,9 +134,11 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub type DeliverFn = Arc<dyn Fn(Delivery) + Send + Sync>;
 /// Where the bus hands every reply of the cluster.
 pub type ReplyFn = Arc<dyn Fn(Reply) + Send + Sync>;
-/// Where the bus says it reads a stream (partition) from offset `next` on: what came
-/// before is not in the node's replay window.
-pub type StartedFn = Arc<dyn Fn(&str, i64) + Send + Sync>;
+/// Where the bus says it reads a stream (partition) from offset `from` on, and that
+/// records before `live` are history: they fill the node's replay window (so clients
+/// that move here can resume) but reach no subscriber. What came before `from` is not
+/// in the window.
+pub type StartedFn = Arc<dyn Fn(&str, i64, i64) + Send + Sync>;
 
 /// Publish records and replies; receive the cluster's streams of both.
 pub trait Bus: Send + Sync + 'static {
@@ -184,7 +186,8 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     fn start(&self, deliver: DeliverFn, reply: ReplyFn, started: StartedFn, _stats: Arc<Stats>) {
         // One stream, the node itself; ids count from 1.
-        started(&self.node_id, self.seq.load(Ordering::Relaxed) as i64 + 1);
+        let next = self.seq.load(Ordering::Relaxed) as i64 + 1;
+        started(&self.node_id, next, next);
         let _ = self.deliver.set((deliver, reply));
     }
 

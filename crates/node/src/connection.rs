@@ -591,17 +591,58 @@ impl<L: Link> Connection<L> {
         let mut extra = Vec::new();
         // Gaps before the window, read from the log: stream -> (from, to, records).
         let mut from_log: Vec<(String, i64, i64, Vec<crate::bus::Delivery>)> = Vec::new();
-        if let Some(positions) = resume {
-            let gaps = node.window().gaps(positions, std::time::Instant::now());
-            for (stream, after, base) in gaps {
-                match node.bus.read(&stream, after + 1, base).await {
-                    Ok(Some(records)) => from_log.push((stream, after + 1, base, records)),
-                    Ok(None) => {}
-                    Err(e) => debug!(error = %e, stream, "cannot read a resume gap"),
+        // The window moves on while the log is read (live records push its oldest out):
+        // read what it lost meanwhile too, a few times, before a gap counts as lost.
+        let mut reads = 0;
+        // Streams the log no longer has from the client's position: lost, not re-read.
+        let mut gone: Vec<String> = Vec::new();
+        let mut window = loop {
+            if let Some(positions) = resume {
+                let gaps = node.window().gaps(positions, std::time::Instant::now());
+                for (stream, after, base) in gaps {
+                    let have = from_log.iter().position(|g| g.0 == stream);
+                    let from = have.map_or(after + 1, |i| from_log[i].2 + 1);
+                    if from > base || gone.contains(&stream) {
+                        continue;
+                    }
+                    match node.bus.read(&stream, from, base).await {
+                        Ok(Some(records)) => {
+                            Stats::inc(&stats.resume_log_reads_total);
+                            match have {
+                                Some(i) => {
+                                    from_log[i].2 = base;
+                                    from_log[i].3.extend(records);
+                                }
+                                None => from_log.push((stream, from, base, records)),
+                            }
+                        }
+                        Ok(None) => {
+                            debug!(stream, after, base, "resume gap no longer in the log");
+                            gone.push(stream);
+                        }
+                        Err(e) => debug!(error = %e, stream, "cannot read a resume gap"),
+                    }
                 }
             }
-        }
-        let mut window = node.window();
+            reads += 1;
+            let mut window = node.window();
+            let covered = resume.is_none_or(|positions| {
+                let now = std::time::Instant::now();
+                window
+                    .gaps(positions, now)
+                    .iter()
+                    .all(|(stream, after, base)| {
+                        gone.contains(stream)
+                            || from_log
+                                .iter()
+                                .any(|g| &g.0 == stream && g.1 <= after + 1 && g.2 >= *base)
+                    })
+            });
+            if covered || reads == 3 {
+                break window;
+            }
+            drop(window);
+        };
         if let Some(positions) = resume {
             let who = self.subscriber(destination);
             let r = window.resume(&who, positions, std::time::Instant::now());

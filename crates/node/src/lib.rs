@@ -197,7 +197,10 @@ impl Node {
         let d = Arc::new(d);
         // Into the window first, then routed: a subscription that resumes under the
         // window's lock sees each record either in its replay or live (docs/delivery.md).
-        self.window().push(d.clone(), std::time::Instant::now());
+        if !self.window().push(d.clone(), std::time::Instant::now()) {
+            Stats::inc(&self.stats.messages_history_total);
+            return;
+        }
         let n = self.router.deliver(&d);
         let r = &d.record;
         // `RUST_LOG=pushcenter::delivery=trace`: every record and how many got it.
@@ -334,9 +337,9 @@ impl Server {
                     node.on_reply(r);
                 }
             }),
-            Arc::new(move |stream: &str, next: i64| {
+            Arc::new(move |stream: &str, from: i64, live: i64| {
                 if let Some(node) = weak3.upgrade() {
-                    node.window().started(stream, next);
+                    node.window().started(stream, from, live);
                 }
             }),
             node.stats.clone(),

@@ -71,6 +71,26 @@ struct Stream {
     base: i64,
     /// The last offset seen (`base` when none since).
     last: i64,
+    /// Records from here on are routed live; older ones are history, read at start to
+    /// fill the window.
+    live: i64,
+}
+
+impl Stream {
+    /// Still reading its history: what lies between `last` and `live` is not here yet.
+    fn loading(&self) -> bool {
+        self.last < self.live - 1
+    }
+
+    /// What a resume needs from elsewhere after `after`: up to the window's start, or
+    /// while the history loads, up to where live routing starts.
+    fn missing_up_to(&self) -> i64 {
+        if self.loading() {
+            self.live - 1
+        } else {
+            self.base
+        }
+    }
 }
 
 /// Who is resuming: a subscription's destination and the connection's identity.
@@ -112,7 +132,10 @@ pub(crate) struct Window {
     max_age: Duration,
     max_bytes: usize,
     bytes: usize,
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Arc<Entry>>,
+    /// The same entries by destination, in arrival order: a resume of one destination
+    /// costs that destination's records, however old the client's other positions are.
+    by_dest: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
     streams: HashMap<Arc<str>, Stream>,
 }
 
@@ -123,29 +146,34 @@ impl Window {
             max_bytes,
             bytes: 0,
             entries: VecDeque::new(),
+            by_dest: HashMap::new(),
             streams: HashMap::new(),
         }
     }
 
-    /// The bus starts reading `stream` at `next` (everything before is not here).
-    pub(crate) fn started(&mut self, stream: &str, next: i64) {
+    /// The bus starts reading `stream` at `from` (everything before is not here) and
+    /// routes records from `live` on.
+    pub(crate) fn started(&mut self, stream: &str, from: i64, live: i64) {
         let s = self.streams.entry(Arc::from(stream)).or_insert(Stream {
-            base: next - 1,
-            last: next - 1,
+            base: from - 1,
+            last: from - 1,
+            live,
         });
+        s.live = live;
         // Read again from further back (a broker that lost its log): keep what is here.
-        if next - 1 > s.last {
+        if from - 1 > s.last {
             *s = Stream {
-                base: next - 1,
-                last: next - 1,
+                base: from - 1,
+                last: from - 1,
+                live,
             };
         }
     }
 
-    /// A record from the bus, before it is routed.
-    pub(crate) fn push(&mut self, d: Arc<Delivery>, now: Instant) {
+    /// A record from the bus, before it is routed. False: history, not to be routed.
+    pub(crate) fn push(&mut self, d: Arc<Delivery>, now: Instant) -> bool {
         let Some((stream, offset)) = parse_id(&d.id) else {
-            return;
+            return true;
         };
         let key: Arc<str> = match self.streams.get_key_value(stream) {
             Some((k, _)) => k.clone(),
@@ -154,7 +182,9 @@ impl Window {
         let s = self.streams.entry(key.clone()).or_insert(Stream {
             base: offset - 1,
             last: offset - 1,
+            live: offset,
         });
+        let live = offset >= s.live;
         if offset <= s.last {
             // Not newer than what is here (the bus read again): keep the window ordered.
             if offset < s.base {
@@ -163,6 +193,7 @@ impl Window {
                 *s = Stream {
                     base: offset - 1,
                     last: offset - 1,
+                    live: s.live.min(offset),
                 };
                 let mut freed = 0;
                 self.entries.retain(|e| {
@@ -173,8 +204,13 @@ impl Window {
                     keep
                 });
                 self.bytes -= freed;
+                self.by_dest.clear();
+                for e in &self.entries {
+                    let dest = Arc::<str>::from(e.delivery.record.destination.as_str());
+                    self.by_dest.entry(dest).or_default().push_back(e.clone());
+                }
             } else {
-                return;
+                return live;
             }
         }
         s.last = offset;
@@ -187,14 +223,24 @@ impl Window {
                 .sum::<usize>()
             + 128;
         self.bytes += cost;
-        self.entries.push_back(Entry {
+        let entry = Arc::new(Entry {
             at: now,
             cost,
             stream: key,
             offset,
             delivery: d,
         });
+        let dest = entry.delivery.record.destination.as_str();
+        match self.by_dest.get_mut(dest) {
+            Some(list) => list.push_back(entry.clone()),
+            None => {
+                self.by_dest
+                    .insert(Arc::from(dest), VecDeque::from([entry.clone()]));
+            }
+        }
+        self.entries.push_back(entry);
         self.evict(now);
+        live
     }
 
     fn evict(&mut self, now: Instant) {
@@ -208,6 +254,14 @@ impl Window {
                 if let Some(s) = self.streams.get_mut(&e.stream) {
                     s.base = s.base.max(e.offset);
                 }
+                // The oldest entry is also the oldest of its destination.
+                let dest = e.delivery.record.destination.as_str();
+                if let Some(list) = self.by_dest.get_mut(dest) {
+                    list.pop_front();
+                    if list.is_empty() {
+                        self.by_dest.remove(dest);
+                    }
+                }
             }
         }
     }
@@ -217,14 +271,16 @@ impl Window {
         let mut v: Vec<(String, i64)> = self
             .streams
             .iter()
-            .map(|(k, s)| (k.to_string(), s.last))
+            // While history loads, a new subscription starts where live routing does.
+            .map(|(k, s)| (k.to_string(), s.last.max(s.live - 1)))
             .collect();
         v.sort();
         v
     }
 
-    /// Streams whose records after `positions` are no longer all here: (stream, the
-    /// client's position, the window's base). Cheap: one entry per stream.
+    /// Streams whose records after `positions` are not all here: (stream, the client's
+    /// position, the last offset missing: the window's base, or while the stream's
+    /// history loads, the offset before live routing). Cheap: one entry per stream.
     pub(crate) fn gaps(
         &mut self,
         positions: &[(String, i64)],
@@ -234,7 +290,7 @@ impl Window {
         let mut gaps: Vec<(String, i64, i64)> = self
             .streams
             .iter()
-            .map(|(name, s)| (name.to_string(), after(positions, name), s.base))
+            .map(|(name, s)| (name.to_string(), after(positions, name), s.missing_up_to()))
             .filter(|(_, from, base)| from < base)
             .collect();
         gaps.sort();
@@ -242,8 +298,8 @@ impl Window {
     }
 
     /// The records `who` missed after `positions` (streams not named: from their start).
-    /// Scans from the newest record back and stops once every stream is behind its
-    /// position: a resume costs what was missed, not the window's size.
+    /// One destination: its own records in the window. A pattern: a scan from the
+    /// newest record back that stops once every stream is behind its position.
     pub(crate) fn resume(
         &mut self,
         who: &Subscriber<'_>,
@@ -251,15 +307,29 @@ impl Window {
         now: Instant,
     ) -> Resume {
         let gaps = self.gaps(positions, now);
+        // A stream still loading its history: what the window holds of it now comes
+        // with the gap read from the log, so only live records are replayed from here.
         let floor: HashMap<&str, i64> = self
             .streams
-            .keys()
-            .map(|name| (&**name, after(positions, name)))
+            .iter()
+            .map(|(name, s)| {
+                let f = after(positions, name);
+                (&**name, if s.loading() { f.max(s.live - 1) } else { f })
+            })
             .collect();
-        // Within a stream, offsets grow along the window: once one entry is at or
-        // below its stream's floor, so is every older entry of that stream.
-        let mut passed: HashSet<&str> = HashSet::new();
         let mut replay = Vec::new();
+        if !is_pattern(who.destination) {
+            for e in self.by_dest.get(who.destination).into_iter().flatten() {
+                let f = floor.get(&*e.stream).copied().unwrap_or(-1);
+                if e.offset > f && who.wants(&e.delivery) {
+                    replay.push(e.delivery.clone());
+                }
+            }
+            return Resume { replay, gaps };
+        }
+        // A pattern: within a stream, offsets grow along the window, so once one entry
+        // is at or below its stream's floor, so is every older entry of that stream.
+        let mut passed: HashSet<&str> = HashSet::new();
         for e in self.entries.iter().rev() {
             if passed.len() == floor.len() {
                 break;
@@ -332,8 +402,8 @@ mod tests {
     fn resume_replays_what_came_after_each_position_in_arrival_order() {
         let now = Instant::now();
         let mut w = Window::new(Duration::from_secs(60), 1 << 20);
-        w.started("0", 10);
-        w.started("1", 0);
+        w.started("0", 10, 10);
+        w.started("1", 0, 0);
         for (id, dest) in [
             ("0-10", "/topic/a"),
             ("1-0", "/topic/a"),
@@ -364,7 +434,7 @@ mod tests {
     fn eviction_by_age_and_bytes_moves_the_base() {
         let t0 = Instant::now();
         let mut w = Window::new(Duration::from_secs(10), 1 << 20);
-        w.started("0", 0);
+        w.started("0", 0, 0);
         w.push(d("0-0", "/topic/a"), t0);
         w.push(d("0-1", "/topic/a"), t0 + Duration::from_secs(5));
         w.push(d("0-2", "/topic/a"), t0 + Duration::from_secs(11));
@@ -374,11 +444,13 @@ mod tests {
         assert_eq!(ids(&r), ["0-1", "0-2"]);
 
         let mut w = Window::new(Duration::from_secs(60), 600);
-        w.started("0", 0);
+        w.started("0", 0, 0);
         for i in 0..10 {
             w.push(d(&format!("0-{i}"), "/topic/a"), t0);
         }
         assert!(w.bytes <= 600 && w.len() < 10);
+        // The index by destination holds exactly what the window holds.
+        assert_eq!(w.by_dest.values().map(VecDeque::len).sum::<usize>(), w.len());
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 9)], t0);
         assert!(r.gaps.is_empty() && r.replay.is_empty());
     }
@@ -387,7 +459,7 @@ mod tests {
     fn targeted_records_replay_only_to_their_user_or_session() {
         let now = Instant::now();
         let mut w = Window::new(Duration::from_secs(60), 1 << 20);
-        w.started("0", 0);
+        w.started("0", 0, 0);
         let mut to = |id: &str, user: Option<&str>, session: Option<&str>| {
             let mut x = (*d(id, "/user/queue/q")).clone();
             x.record.user = user.map(Into::into);
@@ -441,23 +513,48 @@ mod tests {
     fn a_stream_read_from_before_its_window_starts_over() {
         let now = Instant::now();
         let mut w = Window::new(Duration::from_secs(60), 1 << 20);
-        w.started("0", 100);
+        w.started("0", 100, 100);
         w.push(d("0-100", "/topic/a"), now);
         w.push(d("0-101", "/topic/a"), now);
         // The broker lost its log and the partition is read from 0 again.
         w.push(d("0-0", "/topic/a"), now);
         w.push(d("0-1", "/topic/a"), now);
         assert_eq!(w.len(), 2);
+        assert_eq!(w.by_dest["/topic/a"].len(), 2);
         let r = w.resume(&topic("/topic/a"), &[], now);
         assert_eq!(ids(&r), ["0-0", "0-1"]);
         assert_eq!(w.frontier(), vec![("0".into(), 1)]);
     }
 
     #[test]
+    fn history_fills_the_window_without_being_routed_and_a_resume_meanwhile_reads_the_log() {
+        let now = Instant::now();
+        let mut w = Window::new(Duration::from_secs(60), 1 << 20);
+        // Read from 10, live from 20: 10..=19 are history.
+        w.started("0", 10, 20);
+        assert!(!w.push(d("0-10", "/topic/a"), now));
+        assert!(!w.push(d("0-11", "/topic/a"), now));
+        // Loading: a resume from 10 needs 11..=19 from the log, nothing from here.
+        let r = w.resume(&topic("/topic/a"), &[("0".into(), 10)], now);
+        assert_eq!(r.gaps, vec![("0".into(), 10, 19)]);
+        assert!(r.replay.is_empty());
+        // A subscription that starts now starts at the live edge, not in the history.
+        assert_eq!(w.frontier(), vec![("0".into(), 19)]);
+        for i in 12..20 {
+            assert!(!w.push(d(&format!("0-{i}"), "/topic/a"), now));
+        }
+        assert!(w.push(d("0-20", "/topic/a"), now));
+        // Loaded: the window serves the resume alone.
+        let r = w.resume(&topic("/topic/a"), &[("0".into(), 17)], now);
+        assert!(r.gaps.is_empty());
+        assert_eq!(ids(&r), ["0-18", "0-19", "0-20"]);
+    }
+
+    #[test]
     fn a_stream_read_again_does_not_reorder_the_window() {
         let now = Instant::now();
         let mut w = Window::new(Duration::from_secs(60), 1 << 20);
-        w.started("0", 0);
+        w.started("0", 0, 0);
         w.push(d("0-0", "/topic/a"), now);
         w.push(d("0-1", "/topic/a"), now);
         w.push(d("0-1", "/topic/a"), now);

@@ -58,6 +58,8 @@ stats! {
     counter messages_dropped_total: "Messages dropped by the drop-oldest policy or a closed connection.",
     counter resumes_total: "SUBSCRIBEs with resume-from.",
     counter resumes_lost_total: "Resumes that could not replay everything after the client's position.",
+    counter messages_history_total: "Records read at start into the replay window (history: not routed).",
+    counter resume_log_reads_total: "Resume gaps older than the replay window read back from the bus's log.",
     counter messages_replayed_total: "MESSAGEs replayed to resuming subscriptions.",
     counter slow_consumer_disconnects_total: "Connections closed because their outbound queue or ack window was full.",
     counter nacks_total: "NACKed messages (dropped: a push center has no queue to return them to).",
