@@ -450,7 +450,10 @@ mod tests {
         }
         assert!(w.bytes <= 600 && w.len() < 10);
         // The index by destination holds exactly what the window holds.
-        assert_eq!(w.by_dest.values().map(VecDeque::len).sum::<usize>(), w.len());
+        assert_eq!(
+            w.by_dest.values().map(VecDeque::len).sum::<usize>(),
+            w.len()
+        );
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 9)], t0);
         assert!(r.gaps.is_empty() && r.replay.is_empty());
     }
