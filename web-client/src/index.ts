@@ -398,6 +398,9 @@ export class PushClient {
     const heartbeat = this.opts.heartbeatMs ?? 10_000;
     const headers: StompHeaders = { ...this.opts.connectHeaders };
     if (this.token) headers.passcode = this.token;
+    // The node then tells every subscription's position now and then, so partitions
+    // that never carry a subscription's messages do not hold its position back.
+    if (this.opts.resume !== false) headers['position-updates'] = 'on';
     const factory = this.opts.webSocketFactory;
     const stomp = new Client({
       ...(factory
@@ -412,6 +415,12 @@ export class PushClient {
       debug: m => this.debug(m),
     });
     this.stomp = stomp;
+    stomp.onUnhandledReceipt = (frame: IFrame) => {
+      if (gen !== this.generation || frame.headers['receipt-id'] !== 'position') return;
+      const sub = this.subs.get(frame.headers['subscription'] ?? '');
+      if (!sub || !sub.positioned) return;
+      for (const id of (frame.headers['position'] ?? '').split(',')) advance(sub.positions, id);
+    };
     stomp.onConnect = (frame: IFrame) => {
       if (gen !== this.generation) return;
       const sessionId = frame.headers['session'] ?? null;

@@ -396,6 +396,35 @@ test('each subscription resumes after a reconnect from the last message it saw',
   await c.stop();
 });
 
+test('position updates move every partition of a subscription forward, and only its own', async () => {
+  const n1 = new FakeNode('n1');
+  const n2 = new FakeNode('n2');
+  n1.position = '0-10,1-4';
+  const { c } = client([n1, n2]);
+  c.subscribe('/topic/a', () => {});
+  c.subscribe('/topic/b', () => {});
+  c.start();
+  await until('connected', () => c.state.state === 'connected');
+  assert.equal(n1.sent('CONNECT')[0].headers['position-updates'], 'on');
+  await until('receipts', () => n1.sent('SUBSCRIBE').length === 2);
+  await new Promise(r => setTimeout(r, 20));
+  n1.push(frame('RECEIPT', { 'receipt-id': 'position', subscription: 'sub-0', position: '0-50,1-40,2-7' }));
+  // Never backwards.
+  n1.push(frame('RECEIPT', { 'receipt-id': 'position', subscription: 'sub-1', position: '0-3' }));
+  await new Promise(r => setTimeout(r, 20));
+  n1.behaviour = 'gone';
+  n1.kill();
+  await until('on n2', () => c.state.nodeId === 'n2' && c.state.state === 'connected');
+  assert.deepEqual(
+    n2.sent('SUBSCRIBE').map(f => [f.headers.destination, f.headers['resume-from']]),
+    [
+      ['/topic/a', '0-50,1-40,2-7'],
+      ['/topic/b', '0-10,1-4'],
+    ],
+  );
+  await c.stop();
+});
+
 test('resume: false subscribes fresh after a reconnect', async () => {
   const n1 = new FakeNode('n1');
   const n2 = new FakeNode('n2');
@@ -409,5 +438,6 @@ test('resume: false subscribes fresh after a reconnect', async () => {
   n1.kill();
   await until('on n2', () => c.state.nodeId === 'n2' && c.state.state === 'connected');
   assert.equal(n2.sent('SUBSCRIBE')[0].headers['resume-from'], undefined);
+  assert.equal(n1.sent('CONNECT')[0].headers['position-updates'], undefined);
   await c.stop();
 });

@@ -28,8 +28,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 300;
 const SHARED: usize = 20;
-const NODE_CONFIG: &str =
-    "report_interval = \"500ms\"\nshutdown_grace = \"3s\"\n[etcd]\nttl = \"3s\"\n";
+// Position updates often, so resumes start from them as much as from messages.
+const NODE_CONFIG: &str = "report_interval = \"500ms\"\nshutdown_grace = \"3s\"\n\
+    position_updates = \"200ms\"\n[etcd]\nttl = \"3s\"\n";
 
 /// One run at a time: each uses both cores.
 static RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -61,6 +62,7 @@ struct Seen {
     /// Failovers: (last message before, first message after).
     failovers: Vec<(Instant, Option<Instant>)>,
     lost_resumes: usize,
+    position_updates: usize,
     nodes: Vec<String>,
     /// Every record body seen, and MESSAGEs whose destination was not their subscription's.
     all: HashSet<u64>,
@@ -135,7 +137,8 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
             &mut ws,
             &Frame::new(Command::Connect)
                 .header("accept-version", "1.2")
-                .header("heart-beat", "0,0"),
+                .header("heart-beat", "0,0")
+                .header("position-updates", "on"),
         )
         .await;
         for (k, d) in dests.iter().enumerate() {
@@ -176,6 +179,15 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
                     Err(e) => panic!("client {i}: bad frame: {e}"),
                 };
                 match f.command {
+                    Command::Receipt if f.get("receipt-id") == Some("position") => {
+                        let k: usize = f.get("subscription").unwrap_or("0").parse().unwrap_or(0);
+                        if pos[k].positioned {
+                            for id in f.get("position").unwrap_or_default().split(',') {
+                                pos[k].see(id);
+                            }
+                            seen.lock().unwrap().position_updates += 1;
+                        }
+                    }
                     Command::Receipt => {
                         let k: usize = f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0);
                         if !pos[k].positioned {
@@ -482,9 +494,11 @@ async fn run(kill_signal: &str) {
     let mut hops: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut moved = 0;
     let mut lost_resumes = 0;
+    let mut position_updates = 0;
     for (i, s) in seen.iter().enumerate() {
         let s = s.lock().unwrap();
         lost_resumes += s.lost_resumes;
+        position_updates += s.position_updates;
         for d in [own(i), shared(i)] {
             let got = s.seqs.get(&d).cloned().unwrap_or_default();
             let set: HashSet<u64> = got.iter().copied().collect();
@@ -569,6 +583,8 @@ async fn run(kill_signal: &str) {
         assert!(moved >= on_victim, "{moved} moved, {on_victim} were on n1");
     }
     assert_eq!(lost_resumes, 0);
+    assert!(position_updates > 0, "no position update reached a client");
+    eprintln!("{position_updates} position updates applied");
     assert!(
         failovers.len() >= moved,
         "every moved client got messages again"

@@ -392,3 +392,79 @@ async fn a_position_kafka_no_longer_has_is_answered_lost() {
     assert!(stats.contains("\"resumes_lost_total\":1"), "{stats}");
     assert!(stats.contains("\"messages_replayed_total\":30"), "{stats}");
 }
+
+/// A subscription whose destination is quiet still moves its position forward through
+/// position updates, so a resume elsewhere needs nothing from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_updates_keep_a_quiet_subscriptions_position_current() {
+    let broker = Broker::start();
+    let config =
+        std::env::temp_dir().join(format!("pushcenter-positions-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "position_updates = \"200ms\"\nreplay_window_bytes = 200\n",
+    )
+    .expect("config");
+    let cfg = config.to_str().expect("utf-8").to_string();
+    let mut n1 = Node::cluster("n1", &broker.brokers(), &["--config", &cfg]);
+    ready(&n1).await;
+    let mut ws = WsClient::open(&n1.ws_url(), Some("v12.stomp")).await;
+    ws.send(
+        &Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("host", "x")
+            .header("position-updates", "on"),
+    )
+    .await;
+    assert_eq!(
+        ws.frame().await.expect("CONNECTED").command,
+        Command::Connected
+    );
+    let r = subscribe(&mut ws, "q", "/topic/quiet", None).await;
+    let mut pos = Positions::default();
+    for id in r.get("position").unwrap_or_default().split(',') {
+        if !id.is_empty() {
+            pos.see(id);
+        }
+    }
+    // Traffic on other destinations, so every partition moves on.
+    const BUSY: i64 = 60;
+    for i in 0..BUSY {
+        let dest = format!("/topic/busy.{i}");
+        assert_eq!(publish(n1.http, &dest, "x").await.0, 202);
+    }
+    // Offsets count from 0 in each partition: the last ones add up to BUSY.
+    let seen = |pos: &Positions| pos.0.values().map(|o| o + 1).sum::<i64>();
+    while seen(&pos) < BUSY {
+        let f = ws
+            .frame_within(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no position update; positions {:?}", pos.0));
+        assert_eq!(f.command, Command::Receipt, "{f:?}");
+        assert_eq!(f.get("receipt-id"), Some("position"), "{f:?}");
+        assert_eq!(f.get("subscription"), Some("q"), "{f:?}");
+        for id in f.get("position").unwrap_or_default().split(',') {
+            if !id.is_empty() {
+                pos.see(id);
+            }
+        }
+    }
+    assert!(pos.0.len() > 1, "several partitions: {:?}", pos.0);
+    n1.signal("KILL");
+    drop(ws);
+
+    // n2 keeps one record in its window: a stale position would need the log.
+    let n2 = Node::cluster("n2", &broker.brokers(), &["--config", &cfg]);
+    ready(&n2).await;
+    let _ = std::fs::remove_file(&config);
+    let mut ws = WsClient::connect(&n2.ws_url()).await;
+    let r = subscribe(&mut ws, "q", "/topic/quiet", Some(&pos.header())).await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    assert_eq!(publish(n2.http, "/topic/quiet", "now").await.0, 202);
+    let (got, _) = bodies(&mut ws, 1).await;
+    assert_eq!(got, ["now"]);
+    nothing_more(&mut ws).await;
+    let (_, stats) = http(n2.http, "GET", "/v1/stats", "").await;
+    assert!(stats.contains("\"resume_log_reads_total\":0"), "{stats}");
+    assert!(stats.contains("\"messages_replayed_total\":0"), "{stats}");
+}

@@ -80,6 +80,10 @@ pub struct NodeConfig {
     pub replay_window: Duration,
     /// ... and at most this many bytes (bodies, headers, and a little per record).
     pub replay_window_bytes: usize,
+    /// How often connections that ask (`position-updates:on` on CONNECT) hear every
+    /// subscription's position; `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub position_updates: Duration,
     /// STOMP connections (WebSocket and TCP) one node accepts; more are refused.
     pub max_connections: usize,
     /// STOMP connections from one IP address; 0 turns the limit off (behind a proxy
@@ -165,6 +169,7 @@ impl Default for NodeConfig {
             max_waiters: 100_000,
             replay_window: Duration::from_secs(300),
             replay_window_bytes: 64 * 1024 * 1024,
+            position_updates: Duration::from_secs(10),
             max_connections: 1_000_000,
             max_connections_per_ip: 10_000,
             max_frames_per_second: 100,

@@ -450,12 +450,14 @@ impl<L: Link> Connection<L> {
                     recv_ms,
                     user,
                     expires_at,
+                    positions,
                 } => {
                     self.expires = expires_at.map(instant_of);
                     self.node.router.attach(
                         self.conn_id,
                         self.session.id(),
                         user.as_deref(),
+                        positions && !self.node.config.position_updates.is_zero(),
                         self.outbox.clone(),
                     );
                     self.attached = true;
@@ -556,6 +558,22 @@ impl<L: Link> Connection<L> {
 
     /// Writes one queued item; false when the subscription's ack window is full.
     async fn write_out(&mut self, out: Out) -> io::Result<bool> {
+        if let Out::Position { subs, position } = &out {
+            for slot in subs.iter() {
+                let Some(line) = self.session.subscription_line(*slot) else {
+                    continue;
+                };
+                let mut b = BytesMut::with_capacity(64 + line.len() + position.len());
+                b.put_slice(b"RECEIPT\nreceipt-id:position\n");
+                b.put_slice(line);
+                b.put_slice(b"position:");
+                b.put_slice(position.as_bytes());
+                b.put_slice(b"\n\n\0");
+                Stats::inc(&self.node.stats.frames_out_total);
+                self.feed(b.freeze()).await?;
+            }
+            return Ok(true);
+        }
         let stats = &self.node.stats;
         match render(out, &mut self.session, self.version, &mut self.scratch) {
             Rendered::Frame(bytes) => {
@@ -759,6 +777,8 @@ pub(crate) fn render(
             (sub, msg)
         }
         Out::Replay { sub, msg } => (sub, msg),
+        // Written by the connection itself (one RECEIPT per subscription).
+        Out::Position { .. } => return Rendered::Gone,
     };
     let Some(shared) = msg.for_version(version) else {
         return Rendered::Unsendable;

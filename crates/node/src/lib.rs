@@ -75,6 +75,11 @@ pub(crate) struct Node {
     pub(crate) waiters: Arc<Waiters>,
     /// Recent records, for clients that resume (`resume-from` on SUBSCRIBE).
     pub(crate) window: std::sync::Mutex<replay::Window>,
+    /// Held from a record's entry into the window until it is routed (and a position
+    /// update after it): a position update never names a record not yet routed, even
+    /// when a bus delivers from several threads.
+    routing: std::sync::Mutex<()>,
+
     /// Delivery reports are sent from the bus's thread, outside the runtime.
     pub(crate) runtime: tokio::runtime::Handle,
     /// `None`: authentication is off.
@@ -195,13 +200,16 @@ impl Node {
 
     fn on_delivery(self: &Arc<Self>, d: Delivery) {
         let d = Arc::new(d);
+        let routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
         // Into the window first, then routed: a subscription that resumes under the
         // window's lock sees each record either in its replay or live (docs/delivery.md).
-        if !self.window().push(d.clone(), std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if !self.window().push(d.clone(), now) {
             Stats::inc(&self.stats.messages_history_total);
             return;
         }
         let n = self.router.deliver(&d);
+        drop(routing);
         let r = &d.record;
         // `RUST_LOG=pushcenter::delivery=trace`: every record and how many got it.
         tracing::trace!(target: "pushcenter::delivery", node = %self.config.node_id,
@@ -229,6 +237,29 @@ impl Node {
                 tracing::debug!(error = %e, "cannot report a delivered request");
             }
         });
+    }
+
+    /// Every `position_updates`, when records came since the last time: the window's
+    /// frontier to the connections that asked. Under the routing lock (every record in
+    /// the window is routed) and the window's (see [`Router::position_update`]).
+    async fn position_updates(self: Arc<Self>) {
+        let every = self.config.position_updates;
+        if every.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = String::new();
+        loop {
+            tick.tick().await;
+            let _routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+            let window = self.window();
+            let position = replay::format_positions(&window.frontier());
+            if position != last {
+                self.router.position_update(&Arc::from(position.as_str()));
+                last = position;
+            }
+        }
     }
 
     /// A reply from the bus: for a waiter here, or for another node.
@@ -306,6 +337,7 @@ impl Server {
             http_bound,
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),
+            routing: std::sync::Mutex::new(()),
             window: std::sync::Mutex::new(replay::Window::new(
                 config.replay_window,
                 config.replay_window_bytes,
@@ -376,6 +408,7 @@ impl Server {
         } = self;
         let report = registrar::report_loop(node.clone());
         let report = tokio::spawn(report);
+        let positions = tokio::spawn(node.clone().position_updates());
         let tcp_task = tcp.map(|l| tokio::spawn(listener::tcp(l, node.clone())));
         let app = http::routes(node.clone());
         let http_task = tokio::spawn(listener::http(http, app, node.clone()));
@@ -401,6 +434,7 @@ impl Server {
             let _ = t.await;
         }
         report.abort();
+        positions.abort();
         let _ = tokio::time::timeout(Duration::from_secs(3), node.registrar.deregister()).await;
         Ok(())
     }

@@ -18,12 +18,19 @@ pub(crate) enum Out {
     Message { sub: u32, msg: Arc<Shared> },
     /// A MESSAGE the subscription missed, replayed on resume.
     Replay { sub: u32, msg: Arc<Shared> },
+    /// Everything up to `position` that these subscriptions take was queued before
+    /// this: each may resume from here (docs/delivery.md, "Position updates").
+    Position {
+        subs: Box<[u32]>,
+        position: Arc<str>,
+    },
 }
 
 impl Out {
     fn cost(&self) -> usize {
         match self {
             Out::Message { msg, .. } | Out::Replay { msg, .. } => msg.len() + 64,
+            Out::Position { subs, position } => (position.len() + 64) * subs.len(),
         }
     }
 }

@@ -83,6 +83,8 @@ struct Conn {
     user: Option<String>,
     /// Every subscription of the connection: (slot, destination).
     subs: Vec<(u32, String)>,
+    /// It asked for position updates.
+    positions: bool,
 }
 
 #[derive(Default)]
@@ -146,6 +148,7 @@ impl Router {
         conn: ConnId,
         session: &str,
         user: Option<&str>,
+        positions: bool,
         outbox: Arc<Outbox>,
     ) {
         let Ok(mut t) = self.topics.write() else {
@@ -161,6 +164,7 @@ impl Router {
                 outbox,
                 user: user.map(str::to_owned),
                 subs: Vec::new(),
+                positions,
             },
         );
     }
@@ -221,6 +225,28 @@ impl Router {
             }
         }
         Stats::add(&self.stats.subscriptions, -1);
+    }
+
+    /// Queues `position` for every subscription of the connections that asked for
+    /// position updates. The caller holds the replay window's lock, and every record
+    /// up to `position` has been routed: so each of these subscriptions has everything
+    /// up to it queued before this (a resuming one registers under the same lock,
+    /// after its replay).
+    pub(crate) fn position_update(&self, position: &Arc<str>) {
+        let Ok(t) = self.topics.read() else {
+            return;
+        };
+        for c in t
+            .conns
+            .values()
+            .filter(|c| c.positions && !c.subs.is_empty())
+        {
+            let subs = c.subs.iter().map(|(slot, _)| *slot).collect();
+            c.outbox.push(Out::Position {
+                subs,
+                position: position.clone(),
+            });
+        }
     }
 
     /// Pushes a record to every local subscriber of its destination (of its user's or
@@ -360,7 +386,10 @@ mod tests {
             let mut v = Vec::new();
             o.drain(&mut v);
             v.iter()
-                .map(|(Out::Message { sub, .. } | Out::Replay { sub, .. })| *sub)
+                .filter_map(|o| match o {
+                    Out::Message { sub, .. } | Out::Replay { sub, .. } => Some(*sub),
+                    Out::Position { .. } => None,
+                })
                 .collect::<Vec<_>>()
         };
 
@@ -397,7 +426,7 @@ mod tests {
         let users = [Some("alice"), Some("alice"), Some("bob"), None];
         for (i, (b, u)) in boxes.iter().zip(users).enumerate() {
             let conn = i as u64 + 1;
-            router.attach(conn, &format!("n1-{conn}"), u, b.clone());
+            router.attach(conn, &format!("n1-{conn}"), u, false, b.clone());
             router.subscribe("/user/queue/q", conn, 0, b.clone());
             router.subscribe("/topic/t", conn, 1, b.clone());
         }

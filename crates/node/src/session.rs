@@ -56,6 +56,8 @@ pub(crate) enum Action {
         user: Option<String>,
         /// Unix seconds when the token runs out.
         expires_at: Option<u64>,
+        /// CONNECT asked for position updates (`position-updates:on`).
+        positions: bool,
     },
     /// A refreshed token: the connection now ends at this time (unix seconds).
     Expires(Option<u64>),
@@ -238,6 +240,7 @@ impl Session {
             recv_ms,
             user: user.clone(),
             expires_at: self.identity.expires_at,
+            positions: frame.get("position-updates") == Some("on"),
         });
         let mut reply = Frame::new(Command::Connected)
             .header("version", version.as_str())
@@ -527,6 +530,11 @@ impl Session {
         };
         crate::replay::parse_id(message_id)
             .is_some_and(|(stream, offset)| floor.get(stream).is_some_and(|&f| offset <= f))
+    }
+
+    /// The `subscription:<id>` line of a live subscription.
+    pub(crate) fn subscription_line(&self, slot: u32) -> Option<&Bytes> {
+        self.subs.get(&slot).map(|s| &s.header_line)
     }
 
     pub(crate) fn message_head(

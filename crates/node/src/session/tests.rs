@@ -43,6 +43,22 @@ fn closes(actions: &[Action]) -> bool {
 }
 
 #[test]
+fn connect_asks_for_position_updates_only_with_the_header() {
+    for (value, wanted) in [(Some("on"), true), (Some("off"), false), (None, false)] {
+        let mut s = session();
+        let mut f = Frame::new(Command::Connect).header("accept-version", "1.2");
+        if let Some(v) = value {
+            f.push_header("position-updates", v);
+        }
+        let out = run(&mut s, f);
+        assert!(
+            matches!(out[0], Action::Connected { positions, .. } if positions == wanted),
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
 fn connect_negotiates_version_and_heart_beats() {
     let mut s = session();
     let out = run(
@@ -59,6 +75,7 @@ fn connect_negotiates_version_and_heart_beats() {
             recv_ms: 10_000,
             user: None,
             expires_at: None,
+            positions: false,
         }
     ));
     let Action::Reply(f) = &out[1] else { panic!() };
