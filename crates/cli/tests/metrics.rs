@@ -184,3 +184,62 @@ async fn registry_metrics_parse_and_follow_the_traffic() {
         5.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_node_reports_its_lag_per_partition() {
+    let broker = Broker::start();
+    let config = std::env::temp_dir().join(format!("pushcenter-lag-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[kafka.consumer]\n\"statistics.interval.ms\" = \"300\"\n",
+    )
+    .expect("config");
+    let node = Node::cluster(
+        "n1",
+        &broker.brokers(),
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    for i in 0..20 {
+        let dest = format!("/topic/lag.{i}");
+        let mut status = 0;
+        for _ in 0..100 {
+            status = publish(node.http, &dest, "x").await.0;
+            if status == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 202);
+    }
+    let _ = std::fs::remove_file(&config);
+    // Every partition of both topics, caught up.
+    let lag = |m: &BTreeMap<String, f64>| -> Vec<(String, f64)> {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("pushcenter_kafka_consumer_lag{"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    let mut m = scrape(node.http).await;
+    for _ in 0..100 {
+        let l = lag(&m);
+        if l.len() == 12 && l.iter().all(|(_, v)| *v == 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = scrape(node.http).await;
+    }
+    let l = lag(&m);
+    assert_eq!(l.len(), 12, "6 partitions of 2 topics: {l:?}");
+    assert!(
+        l.iter().any(|(k, _)| k
+            == "pushcenter_kafka_consumer_lag{topic=\"pushcenter.messages\",partition=\"0\"}"),
+        "{l:?}"
+    );
+    assert!(l.iter().all(|(_, v)| *v == 0.0), "caught up: {l:?}");
+    let (_, stats) = http(node.http, "GET", "/v1/stats", "").await;
+    let v: serde_json::Value = serde_json::from_str(&stats).expect("json");
+    assert_eq!(
+        v["kafka_consumer_lag"]["pushcenter.messages"]["0"], 0,
+        "{stats}"
+    );
+}

@@ -89,9 +89,11 @@ struct State {
     stop: AtomicBool,
 }
 
-/// Marks the broker unreachable as soon as librdkafka says all brokers are down.
+/// Marks the broker unreachable as soon as librdkafka says all brokers are down; the
+/// consumer's also keeps the node's lag per partition from librdkafka's statistics.
 struct Ctx {
     state: Arc<State>,
+    stats: Option<Arc<Stats>>,
 }
 
 impl ClientContext for Ctx {
@@ -103,6 +105,29 @@ impl ClientContext for Ctx {
                 error!(fac, message, "librdkafka");
             }
             _ => debug!(fac, message, "librdkafka"),
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let Some(stats) = &self.stats else { return };
+        let mut lag = stats.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
+        lag.clear();
+        for (topic, t) in &statistics.topics {
+            // -1 is librdkafka's internal "unassigned" partition.
+            for p in t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.hi_offset >= 0)
+            {
+                let read = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.next_offset
+                };
+                if read >= 0 {
+                    lag.insert((topic.clone(), p.partition), (p.hi_offset - read).max(0));
+                }
+            }
         }
     }
 
@@ -148,6 +173,7 @@ impl KafkaBus {
         let state = Arc::new(State::default());
         let producer = pc.create_with_context(Ctx {
             state: state.clone(),
+            stats: None,
         })?;
         Ok(KafkaBus {
             cfg,
@@ -188,6 +214,7 @@ impl KafkaBus {
     pub fn check_consumer(&self) -> Result<(), Error> {
         let _: BaseConsumer<Ctx> = self.consumer_config().create_with_context(Ctx {
             state: self.state.clone(),
+            stats: None,
         })?;
         Ok(())
     }
@@ -266,12 +293,18 @@ impl Drop for KafkaBus {
 
 impl Bus for KafkaBus {
     fn start(&self, deliver: DeliverFn, reply: ReplyFn, started: StartedFn, stats: Arc<Stats>) {
-        let consumer: Result<BaseConsumer<Ctx>, _> =
-            self.consumer_config().create_with_context(Ctx {
-                state: self.state.clone(),
-            });
+        let mut cc = self.consumer_config();
+        // librdkafka's statistics carry each partition's lag (`/metrics`).
+        if !self.cfg.consumer.contains_key("statistics.interval.ms") {
+            cc.set("statistics.interval.ms", "5000");
+        }
+        let consumer: Result<BaseConsumer<Ctx>, _> = cc.create_with_context(Ctx {
+            state: self.state.clone(),
+            stats: Some(stats.clone()),
+        });
         let admin: Result<AdminClient<Ctx>, _> = self.consumer_config().create_with_context(Ctx {
             state: self.state.clone(),
+            stats: None,
         });
         let (consumer, admin) = match (consumer, admin) {
             (Ok(c), Ok(a)) => (c, a),
@@ -828,7 +861,7 @@ mod tests {
         let consumer: BaseConsumer<Ctx> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", "g")
-            .create_with_context(Ctx { state })
+            .create_with_context(Ctx { state, stats: None })
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("t", 0, Offset::Offset(0))

@@ -9,6 +9,8 @@ macro_rules! stats {
         #[derive(Debug, Default)]
         pub struct Stats {
             $( $(#[$doc])* pub $name: stats!(@ty $kind), )*
+            /// The bus's consumer lag per (topic, partition): records not yet read.
+            pub consumer_lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
         }
 
         impl Stats {
@@ -21,6 +23,15 @@ macro_rules! stats {
                     let _ = writeln!(out, "# TYPE {name} {}", stats!(@prom $kind));
                     let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
                 )*
+                let lag = self.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
+                if !lag.is_empty() {
+                    let name = "pushcenter_kafka_consumer_lag";
+                    let _ = writeln!(out, "# HELP {name} Records of a partition not yet read by this node.");
+                    let _ = writeln!(out, "# TYPE {name} gauge");
+                    for ((topic, partition), n) in lag.iter() {
+                        let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {n}");
+                    }
+                }
                 out
             }
 
@@ -28,6 +39,17 @@ macro_rules! stats {
             pub fn snapshot(&self) -> serde_json::Map<String, serde_json::Value> {
                 let mut m = serde_json::Map::new();
                 $( m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into()); )*
+                let lag = self.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
+                let mut by_topic = serde_json::Map::new();
+                for ((topic, partition), n) in lag.iter() {
+                    let t = by_topic
+                        .entry(topic.clone())
+                        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                    if let Some(t) = t.as_object_mut() {
+                        t.insert(partition.to_string(), (*n).into());
+                    }
+                }
+                m.insert("kafka_consumer_lag".to_string(), by_topic.into());
                 m
             }
         }
