@@ -116,6 +116,15 @@ async fn node_metrics_parse_and_follow_the_traffic() {
     }
     let (status, _) = http(node.http, "POST", "/v1/publish", "not json").await;
     assert_eq!(status, 400);
+    // A request nobody answers: one observation of at least its timeout.
+    let (status, _) = http(
+        node.http,
+        "POST",
+        "/v1/requests",
+        r#"{"user":"nobody","destination":"/user/queue/q","timeout_ms":100}"#,
+    )
+    .await;
+    assert_eq!(status, 504);
 
     let during = scrape(node.http).await;
     assert_eq!(during["pushcenter_connections"], 1.0);
@@ -123,7 +132,8 @@ async fn node_metrics_parse_and_follow_the_traffic() {
     let moved = |k: &str| during[k] - before[k];
     assert_eq!(moved("pushcenter_connections_total"), 1.0);
     assert_eq!(moved("pushcenter_messages_published_total"), 3.0);
-    assert_eq!(moved("pushcenter_messages_received_total"), 3.0);
+    // The three publishes and the request's record.
+    assert_eq!(moved("pushcenter_messages_received_total"), 4.0);
     assert_eq!(moved("pushcenter_messages_delivered_total"), 3.0);
     assert!(
         moved("pushcenter_frames_in_total") >= 2.0,
@@ -133,6 +143,18 @@ async fn node_metrics_parse_and_follow_the_traffic() {
         moved("pushcenter_frames_out_total") >= 4.0,
         "CONNECTED, 3 MESSAGEs"
     );
+    // Histograms: cumulative buckets ending in +Inf = count.
+    let depth = "pushcenter_outbound_queue_depth";
+    assert!(moved(&format!("{depth}_count")) >= 1.0, "the writer woke");
+    assert_eq!(
+        during[&format!("{depth}_bucket{{le=\"+Inf\"}}")],
+        during[&format!("{depth}_count")]
+    );
+    let rr = "pushcenter_request_duration_seconds";
+    assert_eq!(moved(&format!("{rr}_count")), 1.0);
+    assert!(moved(&format!("{rr}_sum")) >= 0.1, "at least its timeout");
+    assert_eq!(moved(&format!("{rr}_bucket{{le=\"0.05\"}}")), 0.0);
+    assert_eq!(moved(&format!("{rr}_bucket{{le=\"0.25\"}}")), 1.0);
 
     drop(ws);
     let mut after = scrape(node.http).await;

@@ -330,6 +330,12 @@ impl<L: Link> Connection<L> {
                         return End::Closed;
                     }
                     self.outbox.drain(&mut queued);
+                    if !queued.is_empty() {
+                        self.node
+                            .stats
+                            .outbound_queue_depth
+                            .observe(queued.len() as f64);
+                    }
                     let mut written = Ok(true);
                     for out in queued.drain(..) {
                         if matches!(written, Ok(true)) {

@@ -340,13 +340,18 @@ async fn request(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
         }
     };
     Stats::inc(&node.stats.requests_total);
+    let started = std::time::Instant::now();
     if let Some(record) = record {
         if let Err(e) = node.publish(record).await {
             return bus_error(&e);
         }
     }
     let id = pending.id().to_owned();
-    match pending.wait(timeout).await {
+    let outcome = pending.wait(timeout).await;
+    node.stats
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
         Ok(reply) => {
             Stats::inc(&node.stats.requests_answered_total);
             let headers: serde_json::Map<String, Value> = reply

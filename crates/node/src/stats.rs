@@ -11,6 +11,11 @@ macro_rules! stats {
             $( $(#[$doc])* pub $name: stats!(@ty $kind), )*
             /// The bus's consumer lag per (topic, partition): records not yet read.
             pub consumer_lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+            /// Items a connection's writer found queued when it woke: how far behind
+            /// clients are.
+            pub outbound_queue_depth: QueueDepth,
+            /// `POST /v1/requests`, from accepted to answered or timed out.
+            pub request_duration: RequestDuration,
         }
 
         impl Stats {
@@ -23,6 +28,16 @@ macro_rules! stats {
                     let _ = writeln!(out, "# TYPE {name} {}", stats!(@prom $kind));
                     let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
                 )*
+                self.outbound_queue_depth.render(
+                    &mut out,
+                    "pushcenter_outbound_queue_depth",
+                    "Items queued for a connection when its writer woke.",
+                );
+                self.request_duration.render(
+                    &mut out,
+                    "pushcenter_request_duration_seconds",
+                    "POST /v1/requests from accepted to answered or timed out.",
+                );
                 let lag = self.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
                 if !lag.is_empty() {
                     let name = "pushcenter_kafka_consumer_lag";
@@ -102,5 +117,98 @@ impl Stats {
 
     pub fn add(gauge: &AtomicI64, n: i64) {
         gauge.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A Prometheus histogram with fixed upper bounds; observing is three relaxed atomic
+/// additions.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bound, then +Inf; not cumulative (summed when rendered).
+    buckets: Vec<AtomicU64>,
+    /// The sum, in units of 1/`scale`.
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64], scale: f64) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum
+            .fetch_add((v.max(0.0) * self.scale) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Ordering::Relaxed);
+            match self.bounds.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
+
+/// Items found queued per writer wake-up.
+#[derive(Debug)]
+pub struct QueueDepth(pub Histogram);
+
+impl Default for QueueDepth {
+    fn default() -> QueueDepth {
+        const BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0];
+        QueueDepth(Histogram::new(BOUNDS, 1.0))
+    }
+}
+
+impl std::ops::Deref for QueueDepth {
+    type Target = Histogram;
+    fn deref(&self) -> &Histogram {
+        &self.0
+    }
+}
+
+/// Seconds per request/reply call.
+#[derive(Debug)]
+pub struct RequestDuration(pub Histogram);
+
+impl Default for RequestDuration {
+    fn default() -> RequestDuration {
+        const BOUNDS: &[f64] = &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        // Microseconds in the sum.
+        RequestDuration(Histogram::new(BOUNDS, 1e6))
+    }
+}
+
+impl std::ops::Deref for RequestDuration {
+    type Target = Histogram;
+    fn deref(&self) -> &Histogram {
+        &self.0
     }
 }
