@@ -132,6 +132,8 @@ async fn node_metrics_parse_and_follow_the_traffic() {
     let moved = |k: &str| during[k] - before[k];
     assert_eq!(moved("pushcenter_connections_total"), 1.0);
     assert_eq!(moved("pushcenter_messages_published_total"), 3.0);
+    assert_eq!(moved("pushcenter_messages_published_http_total"), 3.0);
+    assert_eq!(moved("pushcenter_messages_published_send_total"), 0.0);
     // The three publishes and the request's record.
     assert_eq!(moved("pushcenter_messages_received_total"), 4.0);
     assert_eq!(moved("pushcenter_messages_delivered_total"), 3.0);

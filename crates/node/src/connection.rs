@@ -491,6 +491,7 @@ impl<L: Link> Connection<L> {
                         self.fail_at(&format!("publish failed: {e}"), actions, i);
                     } else {
                         Stats::inc(&self.node.stats.messages_published_total);
+                        Stats::inc(&self.node.stats.messages_published_send_total);
                     }
                 }
                 Action::Answer(reply) => {

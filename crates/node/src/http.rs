@@ -211,6 +211,7 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
     match node.publish(record).await {
         Ok(id) => {
             Stats::inc(&node.stats.messages_published_total);
+            Stats::inc(&node.stats.messages_published_http_total);
             (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()
         }
         Err(e) => bus_error(&e),

@@ -86,6 +86,8 @@ stats! {
     counter frames_in_total: "STOMP frames received from clients.",
     counter frames_out_total: "STOMP frames sent to clients.",
     counter messages_published_total: "Messages accepted for publishing (HTTP and client SEND).",
+    counter messages_published_http_total: "Of those, through POST /v1/publish.",
+    counter messages_published_send_total: "Of those, by client SEND frames.",
     counter messages_received_total: "Messages received from the bus.",
     counter messages_delivered_total: "MESSAGE frames queued to subscribers.",
     counter bus_records_skipped_total: "Records from the bus skipped as malformed (no destination, bad header).",
