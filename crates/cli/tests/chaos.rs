@@ -57,6 +57,9 @@ struct Seen {
     seqs: HashMap<String, Vec<u64>>,
     /// Kafka offsets per destination (one key, one partition), in arrival order.
     offsets: HashMap<String, Vec<i64>>,
+    /// Per destination, for each arrival: which connection (index into `nodes`) and
+    /// whether it came before that connection's RECEIPT of the resuming SUBSCRIBE.
+    via: HashMap<String, Vec<(usize, bool)>>,
     /// Time of each message.
     last_at: Option<Instant>,
     /// Failovers: (last message before, first message after).
@@ -153,6 +156,7 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
         }
         let mut buf = BytesMut::new();
         let mut resumed_first = true;
+        let mut receipted = [false; 2];
         if !ok {
             avoid = Some(node);
             continue;
@@ -190,6 +194,9 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
                     }
                     Command::Receipt => {
                         let k: usize = f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0);
+                        if k < 2 {
+                            receipted[k] = true;
+                        }
                         if !pos[k].positioned {
                             for id in f.get("position").unwrap_or_default().split(',') {
                                 pos[k].see(id);
@@ -224,6 +231,11 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
                         }
                         s.seqs.entry(dests[k].clone()).or_default().push(seq);
                         s.offsets.entry(dests[k].clone()).or_default().push(offset);
+                        let conn = s.nodes.len() - 1;
+                        s.via
+                            .entry(dests[k].clone())
+                            .or_default()
+                            .push((conn, !receipted[k]));
                     }
                     Command::Error => break 'read,
                     _ => {}
@@ -507,12 +519,18 @@ async fn run(kill_signal: &str) {
                 let mut first: HashMap<u64, usize> = HashMap::new();
                 for (k, seq) in got.iter().enumerate() {
                     if let Some(j) = first.insert(*seq, k) {
+                        let via = s.via.get(&d).cloned().unwrap_or_default();
                         panic!(
-                            "client {i} {d}: seq {seq} twice, at offsets {} and {} (arrivals {j}, {k} of {}); nodes {:?}",
+                            "client {i} {d}: seq {seq} twice, at offsets {} and {} (arrivals {j}, {k} of {}); nodes {:?}; via (connection, before RECEIPT) {:?} and {:?}; arrivals around: {:?}",
                             offsets[j],
                             offsets[k],
                             got.len(),
-                            s.nodes
+                            s.nodes,
+                            via.get(j),
+                            via.get(k),
+                            (j.saturating_sub(3)..(k + 3).min(got.len()))
+                                .map(|a| (offsets[a], via.get(a)))
+                                .collect::<Vec<_>>()
                         );
                     }
                 }

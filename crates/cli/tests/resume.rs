@@ -82,6 +82,25 @@ async fn resume_on_the_same_node_replays_what_was_missed_once_then_goes_live() {
     nothing_more(&mut ws).await;
 }
 
+/// The node a client moves to may be behind the one it left: what the client's position
+/// says it has must not come again when this node catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_ahead_of_the_node_is_not_delivered_again() {
+    let node = Node::standalone(&[]);
+    publish(node.http, "/topic/ahead", "m1").await;
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    // The client saw up to id 3 elsewhere; this node has only reached 1.
+    let r = subscribe(&mut ws, "a", "/topic/ahead", Some("node-1-3")).await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    for i in 2..=5 {
+        publish(node.http, "/topic/ahead", &format!("m{i}")).await;
+    }
+    let (got, last) = bodies(&mut ws, 2).await;
+    assert_eq!(got, ["m4", "m5"]);
+    assert_eq!(last, "node-1-5");
+    nothing_more(&mut ws).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_older_than_the_window_is_answered_lost() {
     let config =

@@ -711,8 +711,17 @@ impl<L: Link> Connection<L> {
             .subscribe(destination, self.conn_id, slot, self.outbox.clone());
         let frontier = window.frontier();
         drop(window);
-        if resume.is_some() {
-            self.session.set_floor(slot, &frontier);
+        if let Some(positions) = resume {
+            // Live records up to the frontier were replayed; those up to the client's
+            // own position it has already (this node may be behind the one it left).
+            let mut floor = frontier.clone();
+            for (stream, offset) in positions {
+                match floor.iter_mut().find(|(s, _)| s == stream) {
+                    Some(f) => f.1 = f.1.max(*offset),
+                    None => floor.push((stream.clone(), *offset)),
+                }
+            }
+            self.session.set_floor(slot, &floor);
         }
         extra.push(("position", format_positions(&frontier)));
         extra
