@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod publish;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pushcenter_kafka::{KafkaBus, KafkaConfig};
@@ -28,6 +30,8 @@ enum Command {
     Registry(RegistryArgs),
     /// Validate a config file and print the effective config.
     CheckConfig(ClusterArgs),
+    /// Publish one message through a node's HTTP API.
+    Publish(publish::PublishArgs),
 }
 
 #[derive(clap::Args)]
@@ -299,6 +303,7 @@ async fn main() -> Result<()> {
             }
             println!("{text}");
         }
+        Command::Publish(args) => publish::run(args).await?,
     }
     Ok(())
 }

@@ -162,3 +162,59 @@ async fn a_standalone_request_is_answered_by_its_client() {
     responder.abort();
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_command_reaches_a_subscriber_and_fails_on_a_refusal() {
+    let node = Node::standalone(&[]);
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    ws.subscribe("s", "/topic/cli").await;
+    let url = format!("http://{}", node.http);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+                .arg("publish")
+                .args(args)
+                .output()
+                .expect("run pushcenter publish")
+        })
+    };
+    let out = run(vec![
+        "--url".into(),
+        url.clone(),
+        "--destination".into(),
+        "/topic/cli".into(),
+        "--header".into(),
+        "kind=greeting".into(),
+        "hello".into(),
+    ])
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json answer");
+    let m = ws.frame().await.expect("MESSAGE");
+    assert_eq!(m.command, Command::Message);
+    assert_eq!(&m.body[..], b"hello");
+    assert_eq!(m.get("kind"), Some("greeting"));
+    assert_eq!(
+        Some(m.get("message-id").unwrap_or_default()),
+        answer["id"].as_str()
+    );
+
+    // Refused by the node: the reason is printed and the exit status says so.
+    let out = run(vec![
+        "--url".into(),
+        url,
+        "--destination".into(),
+        "nowhere".into(),
+        "x".into(),
+    ])
+    .await
+    .expect("join");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("error"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 400"),
+        "{out:?}"
+    );
+}
