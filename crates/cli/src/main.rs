@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod bench;
 mod publish;
 
 use anyhow::{Context, Result};
@@ -32,6 +33,8 @@ enum Command {
     CheckConfig(ClusterArgs),
     /// Publish one message through a node's HTTP API.
     Publish(publish::PublishArgs),
+    /// The load generator: `connections` or `fanout` against a STOMP-over-WebSocket URL.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -304,6 +307,7 @@ async fn main() -> Result<()> {
             println!("{text}");
         }
         Command::Publish(args) => publish::run(args).await?,
+        Command::Bench(args) => bench::run(args).await?,
     }
     Ok(())
 }

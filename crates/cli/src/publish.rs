@@ -69,8 +69,8 @@ pub(crate) async fn run(a: PublishArgs) -> Result<()> {
     let mut s = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to {authority}"))?;
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body.as_bytes()).await?;
+    // One write: a request split in two waits on the peer's delayed ACK.
+    s.write_all(format!("{head}{body}").as_bytes()).await?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await?;
     let text = String::from_utf8_lossy(&resp);

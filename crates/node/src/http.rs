@@ -456,7 +456,23 @@ async fn stats(State(node): State<Arc<Node>>) -> Response {
     let mut m = node.stats.snapshot();
     m.insert("node_id".into(), node.config.node_id.clone().into());
     m.insert("draining".into(), (*node.shutdown.borrow()).into());
+    if let Some(rss) = rss_bytes() {
+        m.insert("rss_bytes".into(), rss.into());
+    }
     Json(Value::Object(m)).into_response()
+}
+
+/// This process's resident memory (Linux: `VmRSS` of /proc/self/status).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {

@@ -1,0 +1,87 @@
+//! `pushcenter bench` against a standalone node: the load generator's reports say what
+//! happened (every connection made, every publish delivered to every subscriber).
+
+mod common;
+
+use common::*;
+
+async fn bench(args: &[&str]) -> serde_json::Value {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("run pushcenter bench")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_two_source_addresses_all_connect_and_cost_memory() {
+    let node = Node::standalone(&[]);
+    let url = node.ws_url();
+    let stats = format!("http://{}", node.http);
+    let r = bench(&[
+        "connections",
+        "--url",
+        &url,
+        "--count",
+        "400",
+        "--hold",
+        "200ms",
+        "--sources",
+        "127.0.0.1,127.0.0.2",
+        "--stats-url",
+        &stats,
+    ])
+    .await;
+    assert_eq!(r["scenario"], "connections");
+    assert_eq!(
+        (r["connected"].as_u64(), r["failed"].as_u64()),
+        (Some(400), Some(0)),
+        "{r}"
+    );
+    assert!(r["connect_rate"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    // Each connection holds some memory on the node, and not megabytes.
+    let per = r["server_rss_per_connection_bytes"]
+        .as_u64()
+        .expect("rss per connection");
+    assert!(per > 0 && per < 1 << 20, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_every_publish_to_every_subscriber_of_its_topic() {
+    let node = Node::standalone(&[]);
+    let url = node.ws_url();
+    let publish = format!("http://{}", node.http);
+    let r = bench(&[
+        "fanout",
+        "--url",
+        &url,
+        "--publish-url",
+        &publish,
+        "--subscribers",
+        "60",
+        "--topics",
+        "6",
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+    ])
+    .await;
+    assert_eq!(r["published"], 400, "{r}");
+    assert_eq!(r["publish_failed"], 0, "{r}");
+    // 6 topics of 10 subscribers each: every publish reaches 10.
+    assert_eq!(r["expected_deliveries"], 4000, "{r}");
+    assert_eq!(r["deliveries"], 4000, "{r}");
+    assert_eq!(r["missed"], 0, "{r}");
+    let p50 = r["latency_ms_p50"].as_f64().expect("p50");
+    let p99 = r["latency_ms_p99"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "{r}");
+}
