@@ -318,6 +318,8 @@ pub struct FanoutReport {
     pub topics: usize,
     pub published: u64,
     pub publish_failed: u64,
+    /// Publishes per second achieved (below `rate` when the target could not take more).
+    pub publish_rate: f64,
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub missed: u64,
@@ -373,12 +375,13 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
             lat
         }));
     }
-    // Publishers: a few keep-alive connections share the schedule.
-    const PUBLISHERS: u64 = 4;
+    // Publishers: keep-alive connections share the schedule, one per 250/s (a request
+    // waits for its answer before the next).
+    let publishers = (o.rate / 250).clamp(4, 64);
     let total = o.rate * o.duration.as_secs().max(1);
     let start = Instant::now();
     let mut pubs = Vec::new();
-    for p in 0..PUBLISHERS {
+    for p in 0..publishers {
         let url = o.publish_url.clone();
         let rate = o.rate.max(1);
         pubs.push(tokio::spawn(async move {
@@ -404,7 +407,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
                 if seq % 1000 == 0 {
                     progress("published", seq, total);
                 }
-                seq += PUBLISHERS;
+                seq += publishers;
             }
             Ok::<_, Error>((ok, bad, sent))
         }));
@@ -445,6 +448,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
         topics,
         published,
         publish_failed,
+        publish_rate: published as f64 / publish_time.as_secs_f64().max(1e-9),
         expected_deliveries: expected,
         deliveries,
         missed: expected.saturating_sub(deliveries),
