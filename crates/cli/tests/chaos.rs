@@ -254,16 +254,6 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
     }
 }
 
-async fn ready(n: &Node) {
-    for _ in 0..300 {
-        if http(n.http, "GET", "/readyz", "").await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node not ready");
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

@@ -320,16 +320,6 @@ async fn a_gap_before_the_window_is_read_back_from_kafka() {
     assert!(!stats.contains("\"resume_log_reads_total\":0,"), "{stats}");
 }
 
-async fn ready(n: &Node) {
-    for _ in 0..200 {
-        if http(n.http, "GET", "/readyz", "").await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node not ready");
-}
-
 /// Tansu cannot drop old records (no retention, no DeleteRecords), so this one runs on
 /// librdkafka's mock cluster: a Kafka-protocol broker in the test process, on a real TCP
 /// port, which keeps at most 5 MiB per partition and drops the oldest batches beyond.

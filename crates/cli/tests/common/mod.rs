@@ -159,6 +159,17 @@ impl Drop for Node {
     }
 }
 
+/// Waits until the node's `/readyz` answers 200 (30 s at most).
+pub async fn ready(n: &Node) {
+    for _ in 0..300 {
+        if http(n.http, "GET", "/readyz", "").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("node not ready");
+}
+
 /// A minimal HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect http");
