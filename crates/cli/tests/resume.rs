@@ -82,6 +82,34 @@ async fn resume_on_the_same_node_replays_what_was_missed_once_then_goes_live() {
     nothing_more(&mut ws).await;
 }
 
+/// More missed than the connection's outbound queue holds: the newest part comes, the
+/// rest is answered lost, and the client stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_outbound_queue_keeps_the_newest_and_says_lost() {
+    let config =
+        std::env::temp_dir().join(format!("pushcenter-bigreplay-{}.toml", std::process::id()));
+    std::fs::write(&config, "outbound_max_messages = 10\n").expect("config");
+    let node = Node::standalone(&["--config", config.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&config);
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/big", None).await;
+    let start = r.get("position").unwrap_or_default().to_string();
+    drop(ws);
+    for i in 0..30 {
+        publish(node.http, "/topic/big", &format!("m{i}")).await;
+    }
+    let mut ws = WsClient::connect(&node.ws_url()).await;
+    let r = subscribe(&mut ws, "a", "/topic/big", Some(&start)).await;
+    assert_eq!(r.get("resume"), Some("lost"), "{r:?}");
+    assert_eq!(r.get("resume-lost"), Some("node-1"), "{r:?}");
+    let (got, _) = bodies(&mut ws, 10).await;
+    let want: Vec<String> = (20..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    publish(node.http, "/topic/big", "live").await;
+    let (got, _) = bodies(&mut ws, 1).await;
+    assert_eq!(got, ["live"]);
+}
+
 /// The node a client moves to may be behind the one it left: what the client's position
 /// says it has must not come again when this node catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

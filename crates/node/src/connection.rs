@@ -688,17 +688,39 @@ impl<L: Link> Connection<L> {
                 }
             }
             replay.extend(r.replay.iter().map(|d| &**d));
-            for d in &replay {
-                if let Some(msg) = Shared::new(d) {
-                    self.outbox.push(Out::Replay {
-                        sub: slot,
-                        msg: Arc::new(msg),
-                    });
+            let replay: Vec<Arc<Shared>> = replay
+                .iter()
+                .filter_map(|d| Shared::new(d).map(Arc::new))
+                .collect();
+            // A replay larger than the outbound queue keeps its newest part; the
+            // partitions it had to cut are answered lost (the client reloads).
+            let (mut messages, mut bytes) = self.outbox.room();
+            let mut start = replay.len();
+            while start > 0 {
+                let cost = replay[start - 1].len() + 64;
+                if messages == 0 || cost > bytes {
+                    break;
                 }
+                messages -= 1;
+                bytes -= cost;
+                start -= 1;
+            }
+            for msg in &replay[..start] {
+                if let Some((stream, _)) = crate::replay::parse_id(msg.id()) {
+                    if !lost.iter().any(|s| s == stream) {
+                        lost.push(stream.to_string());
+                    }
+                }
+            }
+            for msg in &replay[start..] {
+                self.outbox.push(Out::Replay {
+                    sub: slot,
+                    msg: msg.clone(),
+                });
             }
             stats
                 .messages_replayed_total
-                .fetch_add(replay.len() as u64, Ordering::Relaxed);
+                .fetch_add((replay.len() - start) as u64, Ordering::Relaxed);
             if lost.is_empty() {
                 extra.push(("resume", "ok".to_string()));
             } else {

@@ -106,6 +106,17 @@ impl Outbox {
         true
     }
 
+    /// What still fits: (messages, bytes).
+    pub(crate) fn room(&self) -> (usize, usize) {
+        match self.queue.lock() {
+            Ok(q) => (
+                self.max_messages.saturating_sub(q.items.len()),
+                self.max_bytes.saturating_sub(q.bytes),
+            ),
+            Err(_) => (0, 0),
+        }
+    }
+
     /// Flags the connection as a slow consumer; its task closes it.
     pub(crate) fn mark_slow(&self) {
         if !self.slow.swap(true, Ordering::Relaxed) {
