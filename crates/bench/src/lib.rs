@@ -328,6 +328,50 @@ pub struct FanoutReport {
     pub latency_ms_p99: f64,
     pub latency_ms_p999: f64,
     pub latency_ms_max: f64,
+    /// Latency at each percentile 0, 1, ..., 99, 99.9, 99.99 (ms): the plot's data.
+    pub latency_ms_by_percentile: Vec<(f64, f64)>,
+}
+
+/// An SVG line chart of latency by percentile (log-scaled tail on the x axis: 0 to 99 in
+/// steps of 1, then 99.9 and 99.99), self-contained, no dependency.
+pub fn latency_svg(r: &FanoutReport) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 360.0;
+    const PAD: f64 = 48.0;
+    let pts = &r.latency_ms_by_percentile;
+    let max = pts.iter().map(|p| p.1).fold(0.0f64, f64::max).max(0.001);
+    let n = pts.len().max(2) as f64 - 1.0;
+    let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / n;
+    let y = |v: f64| H - PAD - (H - 2.0 * PAD) * v / max;
+    let line: Vec<String> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(p.1)))
+        .collect();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{PAD}\" y=\"24\">fanout: {} subscribers, {} topics, {:.0} deliveries/s, \
+         {} missed</text>\n\
+         <line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <text x=\"{r}\" y=\"{t}\" text-anchor=\"end\">percentile (0 .. 99, 99.9, 99.99)</text>\n\
+         <text x=\"4\" y=\"{PAD}\">{max:.1} ms</text>\n\
+         <text x=\"4\" y=\"{b}\">0 ms</text>\n",
+        r.subscribers,
+        r.topics,
+        r.deliveries_per_second,
+        r.missed,
+        b = H - PAD,
+        r = W - PAD,
+        t = H - PAD + 20.0,
+    );
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
+        line.join(" ")
+    ));
+    svg
 }
 
 fn unix_micros() -> u64 {
@@ -457,5 +501,10 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
         latency_ms_p99: q(0.99),
         latency_ms_p999: q(0.999),
         latency_ms_max: q(1.0),
+        latency_ms_by_percentile: (0..100)
+            .map(f64::from)
+            .chain([99.9, 99.99])
+            .map(|p| (p, q(p / 100.0)))
+            .collect(),
     })
 }

@@ -62,6 +62,9 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value = "10s", value_parser = humantime)]
         duration: Duration,
+        /// Also write the latency by percentile as an SVG chart here.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
 }
 
@@ -106,6 +109,7 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             publish_url,
             rate,
             duration,
+            plot,
         } => {
             let report = pushcenter_bench::fanout(FanoutOpts {
                 target: Target {
@@ -121,6 +125,10 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             })
             .await
             .map_err(|e| anyhow!("{e}"))?;
+            if let Some(path) = plot {
+                std::fs::write(&path, pushcenter_bench::latency_svg(&report))?;
+                eprintln!("plot: {}", path.display());
+            }
             serde_json::to_string_pretty(&report)?
         }
     };

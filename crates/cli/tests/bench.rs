@@ -59,6 +59,7 @@ async fn fanout_delivers_every_publish_to_every_subscriber_of_its_topic() {
     let node = Node::standalone(&[]);
     let url = node.ws_url();
     let publish = format!("http://{}", node.http);
+    let plot = std::env::temp_dir().join(format!("pushcenter-bench-{}.svg", std::process::id()));
     let r = bench(&[
         "fanout",
         "--url",
@@ -73,6 +74,8 @@ async fn fanout_delivers_every_publish_to_every_subscriber_of_its_topic() {
         "200",
         "--duration",
         "2s",
+        "--plot",
+        plot.to_str().expect("utf-8"),
     ])
     .await;
     assert_eq!(r["published"], 400, "{r}");
@@ -84,4 +87,21 @@ async fn fanout_delivers_every_publish_to_every_subscriber_of_its_topic() {
     let p50 = r["latency_ms_p50"].as_f64().expect("p50");
     let p99 = r["latency_ms_p99"].as_f64().expect("p99");
     assert!(p50 > 0.0 && p50 <= p99, "{r}");
+    // The chart: an SVG with one line through the 102 percentiles.
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    let _ = std::fs::remove_file(&plot);
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    let points = svg
+        .split("points=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("polyline points");
+    assert_eq!(points.split(' ').count(), 102);
+    assert_eq!(
+        r["latency_ms_by_percentile"].as_array().map(Vec::len),
+        Some(102)
+    );
 }
