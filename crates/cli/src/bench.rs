@@ -66,6 +66,26 @@ enum Scenario {
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
     },
+    /// Request/reply round trips (`POST /v1/requests` on a pushcenter node) answered by
+    /// clients; round trips per second and latency.
+    Request {
+        #[command(flatten)]
+        common: Common,
+        /// Answering clients (each request targets one client's session, in turn).
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// The node's HTTP base to call.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http_url: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value = "10s", value_parser = humantime)]
+        duration: Duration,
+        /// Each request's `timeout_ms`.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 fn humantime(s: &str) -> Result<Duration, String> {
@@ -129,6 +149,30 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
                 std::fs::write(&path, pushcenter_bench::latency_svg(&report))?;
                 eprintln!("plot: {}", path.display());
             }
+            serde_json::to_string_pretty(&report)?
+        }
+        Scenario::Request {
+            common,
+            clients,
+            http_url,
+            rate,
+            duration,
+            timeout_ms,
+        } => {
+            let report = pushcenter_bench::request(pushcenter_bench::RequestOpts {
+                target: Target {
+                    url: common.url,
+                    sources: common.sources,
+                },
+                http_url,
+                clients,
+                rate,
+                duration,
+                timeout_ms,
+                concurrency: common.concurrency,
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
             serde_json::to_string_pretty(&report)?
         }
     };

@@ -33,7 +33,7 @@ enum Command {
     CheckConfig(ClusterArgs),
     /// Publish one message through a node's HTTP API.
     Publish(publish::PublishArgs),
-    /// The load generator: `connections` or `fanout` against a STOMP-over-WebSocket URL.
+    /// The load generator: `connections`, `fanout` or `request`.
     Bench(bench::BenchArgs),
 }
 

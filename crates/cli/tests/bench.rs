@@ -105,3 +105,39 @@ async fn fanout_delivers_every_publish_to_every_subscriber_of_its_topic() {
         Some(102)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_round_trips_are_all_answered_by_the_clients() {
+    let node = Node::standalone(&[]);
+    let url = node.ws_url();
+    let api = format!("http://{}", node.http);
+    let r = bench(&[
+        "request",
+        "--url",
+        &url,
+        "--http-url",
+        &api,
+        "--clients",
+        "20",
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+    ])
+    .await;
+    assert_eq!(r["requests"], 200, "{r}");
+    assert_eq!(r["answered"], 200, "{r}");
+    assert_eq!(
+        (r["timed_out"].as_u64(), r["failed"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let p50 = r["latency_ms_p50"].as_f64().expect("p50");
+    assert!(
+        p50 > 0.0 && p50 <= r["latency_ms_p99"].as_f64().expect("p99"),
+        "{r}"
+    );
+    // The node saw them as answered requests.
+    let (_, stats) = http(node.http, "GET", "/v1/stats", "").await;
+    assert!(stats.contains("\"requests_answered_total\":200"), "{stats}");
+}
