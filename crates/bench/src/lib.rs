@@ -502,12 +502,7 @@ pub async fn request(o: RequestOpts) -> Result<RequestReport, Error> {
         let _ = a.await;
     }
     lat.sort_unstable();
-    let q = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        f64::from(lat[((lat.len() - 1) as f64 * p).round() as usize]) / 1000.0
-    };
+    let q = |p: f64| percentile_ms(&lat, p);
     Ok(RequestReport {
         scenario: "request",
         url: o.target.url,
@@ -522,6 +517,15 @@ pub async fn request(o: RequestOpts) -> Result<RequestReport, Error> {
         latency_ms_p999: q(0.999),
         latency_ms_max: q(1.0),
     })
+}
+
+/// The `p` quantile (0..=1) of sorted microsecond latencies, in milliseconds.
+fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
 }
 
 fn unix_micros() -> u64 {
@@ -627,13 +631,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
         lat.extend(r.await?);
     }
     lat.sort_unstable();
-    let q = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() - 1) as f64 * p).round() as usize;
-        f64::from(lat[i]) / 1000.0
-    };
+    let q = |p: f64| percentile_ms(&lat, p);
     let deliveries = lat.len() as u64;
     Ok(FanoutReport {
         scenario: "fanout",
