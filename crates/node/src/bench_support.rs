@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+
 use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
 
 use crate::bus::Delivery;
 use crate::config::NodeConfig;
 use crate::connection::{Rendered, render};
+use crate::link::NullLink;
 use crate::outbox::{Out, Outbox};
 use crate::router::Router;
 use crate::session::{Action, Session, SessionConfig};
@@ -27,7 +29,7 @@ struct Conn {
     session: Session,
     outbox: Arc<Outbox>,
     queued: Vec<Out>,
-    scratch: BytesMut,
+    sink: NullLink,
     /// MESSAGE frames rendered so far.
     rendered: u64,
     /// Of those, acknowledged (client ack modes only).
@@ -85,7 +87,7 @@ impl Fanout {
                 session,
                 outbox,
                 queued: Vec::new(),
-                scratch: BytesMut::new(),
+                sink: NullLink::default(),
                 rendered: 0,
                 acked: 0,
             });
@@ -111,10 +113,9 @@ impl Fanout {
         for c in &mut self.conns {
             c.outbox.drain(&mut c.queued);
             for out in c.queued.drain(..) {
-                if let Rendered::Frame(frame) =
-                    render(out, &mut c.session, Version::V1_2, &mut c.scratch)
-                {
-                    bytes += frame.len();
+                if let Rendered::Frame = render(out, &mut c.session, Version::V1_2, &mut c.sink) {
+                    bytes += c.sink.out.len();
+                    c.sink.out.clear();
                     c.rendered += 1;
                 }
             }

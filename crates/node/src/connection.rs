@@ -2,142 +2,28 @@
 //! the session; the session's actions are carried out in order; the outbox is written
 //! in batches; heart-beats and deadlines are kept here.
 
-use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::SinkExt;
+use bytes::{BufMut, BytesMut};
 use pushcenter_stomp::{
     DecodeError, Frame, HeartBeat, Item, Limits, Version, decode_version, encode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, trace};
 
+use crate::link::{Link, Sink};
 use crate::outbox::{Out, Outbox};
 use crate::replay::{Subscriber, format_positions};
 use crate::router::Shared;
 use crate::session::{Action, Head, Session, SessionConfig, error_frame};
 use crate::stats::Stats;
 use crate::{Admission, Node};
-
-/// WebSocket close code 1012: service restart (reconnect elsewhere).
-const CLOSE_RESTART: u16 = 1012;
-
-/// A transport that carries STOMP bytes.
-pub(crate) trait Link: Send {
-    /// Appends what the peer sent to `buf`; `false` when the peer closed.
-    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool>;
-    /// Buffers one whole frame (or a heart-beat) for sending.
-    async fn feed(&mut self, frame: Bytes) -> io::Result<()>;
-    async fn flush(&mut self) -> io::Result<()>;
-    /// Closes; `restart` asks WebSocket clients to reconnect elsewhere.
-    async fn close(&mut self, restart: bool);
-}
-
-pub(crate) struct WsLink(pub(crate) WebSocket);
-
-impl Link for WsLink {
-    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
-        loop {
-            match self.0.recv().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(false),
-                Some(Ok(Message::Text(t))) => buf.extend_from_slice(t.as_bytes()),
-                Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Err(e)) => {
-                    let e = e.into_inner();
-                    // Over the size limit: the peer gets an ERROR, like any other frame
-                    // over the limit, instead of a bare close.
-                    let too_big = e
-                        .downcast_ref::<tungstenite::Error>()
-                        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)));
-                    let kind = if too_big {
-                        io::ErrorKind::InvalidData
-                    } else {
-                        io::ErrorKind::Other
-                    };
-                    return Err(io::Error::new(kind, e));
-                }
-            }
-            return Ok(true);
-        }
-    }
-
-    async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
-        // Text when it is text: every STOMP client reads text; binary bodies stay binary.
-        let msg = match Utf8Bytes::try_from(frame.clone()) {
-            Ok(t) => Message::Text(t),
-            Err(_) => Message::Binary(frame),
-        };
-        self.0.feed(msg).await.map_err(io::Error::other)
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        self.0.flush().await.map_err(io::Error::other)
-    }
-
-    async fn close(&mut self, restart: bool) {
-        let frame = restart.then(|| CloseFrame {
-            code: CLOSE_RESTART,
-            reason: Utf8Bytes::from_static("service restart"),
-        });
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.0.send(Message::Close(frame))).await;
-    }
-}
-
-/// STOMP over a byte stream: plain TCP or TLS.
-pub(crate) struct TcpLink<S> {
-    stream: S,
-    out: BytesMut,
-}
-
-impl<S> TcpLink<S> {
-    pub(crate) fn new(stream: S) -> TcpLink<S> {
-        TcpLink {
-            stream,
-            out: BytesMut::new(),
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Link for TcpLink<S> {
-    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
-        buf.reserve(4096);
-        Ok(self.stream.read_buf(buf).await? > 0)
-    }
-
-    async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
-        self.out.extend_from_slice(&frame);
-        if self.out.len() >= 64 * 1024 {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            let out = self.out.split();
-            self.stream.write_all(&out).await?;
-        }
-        Ok(())
-    }
-
-    async fn close(&mut self, _restart: bool) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.flush().await;
-            let _ = self.stream.shutdown().await;
-        })
-        .await;
-    }
-}
 
 /// Why a connection ended, for the log.
 #[derive(Debug)]
@@ -188,7 +74,6 @@ struct Connection<L> {
     version: Version,
     send_every: Option<Duration>,
     recv_within: Option<Duration>,
-    scratch: BytesMut,
     /// Reachable by session id and user (after CONNECT).
     attached: bool,
     /// When the client's token runs out.
@@ -232,7 +117,6 @@ impl<L: Link> Connection<L> {
             version: Version::V1_2,
             send_every: None,
             recv_within: None,
-            scratch: BytesMut::new(),
             attached: false,
             expires: None,
             frame_budget: budget,
@@ -241,7 +125,8 @@ impl<L: Link> Connection<L> {
     }
 
     async fn run(&mut self) -> End {
-        let mut inbuf = BytesMut::with_capacity(4096);
+        // Holds memory only while a frame is partly read.
+        let mut inbuf = BytesMut::new();
         let mut actions = Vec::new();
         let mut queued = Vec::new();
         let mut shutdown = self.node.shutdown.clone();
@@ -318,6 +203,9 @@ impl<L: Link> Connection<L> {
                             }
                         }
                     }
+                    if inbuf.is_empty() {
+                        inbuf = BytesMut::new();
+                    }
                     if self.flush().await.is_err() {
                         return End::Closed;
                     }
@@ -385,7 +273,7 @@ impl<L: Link> Connection<L> {
                     return End::Closed;
                 }
                 _ = sleep_until(write_deadline) => {
-                    if self.feed(Bytes::from_static(b"\n")).await.is_err()
+                    if self.feed(b"\n").await.is_err()
                         || self.flush().await.is_err()
                     {
                         return End::Closed;
@@ -526,30 +414,36 @@ impl<L: Link> Connection<L> {
     }
 
     async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
-        self.scratch.clear();
+        let mut b = BytesMut::new();
         // Before CONNECTED the client cannot know the version, and clients (stompjs) only
         // unescape headers once they do: an early ERROR goes out unescaped (1.0) when it can.
-        let early = !self.attached && encode(frame, Version::V1_0, &mut self.scratch).is_ok();
+        let early = !self.attached && encode(frame, Version::V1_0, &mut b).is_ok();
         if !early {
-            self.scratch.clear();
-            if encode(frame, self.version, &mut self.scratch).is_err() {
+            b.clear();
+            if encode(frame, self.version, &mut b).is_err() {
                 return Ok(());
             }
         }
         Stats::inc(&self.node.stats.frames_out_total);
-        let bytes = self.scratch.split().freeze();
-        self.feed(bytes).await
+        self.feed(&b).await
+    }
+
+    /// Frames `bytes`; writes once a batch is large.
+    async fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.link.put(bytes);
+        self.flush_if_large().await
+    }
+
+    async fn flush_if_large(&mut self) -> io::Result<()> {
+        if self.link.buffered() >= 64 * 1024 {
+            self.flush().await
+        } else {
+            Ok(())
+        }
     }
 
     /// Socket writes are bounded: a peer that does not take a write within
     /// `write_timeout` is a slow consumer, and the task must not hang on it.
-    async fn feed(&mut self, bytes: Bytes) -> io::Result<()> {
-        let t = self.node.config.write_timeout;
-        tokio::time::timeout(t, self.link.feed(bytes))
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-    }
-
     async fn flush(&mut self) -> io::Result<()> {
         let t = self.node.config.write_timeout;
         tokio::time::timeout(t, self.link.flush())
@@ -577,15 +471,15 @@ impl<L: Link> Connection<L> {
                 b.put_slice(position.as_bytes());
                 b.put_slice(b"\n\n\0");
                 Stats::inc(&self.node.stats.frames_out_total);
-                self.feed(b.freeze()).await?;
+                self.feed(&b).await?;
             }
             return Ok(true);
         }
         let stats = &self.node.stats;
-        match render(out, &mut self.session, self.version, &mut self.scratch) {
-            Rendered::Frame(bytes) => {
+        match render(out, &mut self.session, self.version, &mut self.link) {
+            Rendered::Frame => {
                 Stats::inc(&stats.frames_out_total);
-                self.feed(bytes).await.map(|()| true)
+                self.flush_if_large().await.map(|()| true)
             }
             Rendered::Gone => Ok(true),
             Rendered::Unsendable => {
@@ -788,8 +682,8 @@ fn far_future() -> Instant {
 
 /// What one queued item becomes for this connection.
 pub(crate) enum Rendered {
-    /// A whole MESSAGE frame, ready for the link.
-    Frame(Bytes),
+    /// A whole MESSAGE frame, framed onto the sink.
+    Frame,
     /// The subscription is gone: nothing to send.
     Gone,
     /// The connection's STOMP version cannot carry the message's headers.
@@ -799,13 +693,13 @@ pub(crate) enum Rendered {
 }
 
 /// Turns a queued item into the frame this subscriber gets: `MESSAGE`, its own
-/// `subscription` (and `ack`) line, then the shared part encoded once for everyone.
-/// `scratch` is reused between calls; each frame is split off it.
+/// `subscription` (and `ack`) line, then the shared part encoded once for everyone,
+/// copied straight into the connection's output.
 pub(crate) fn render(
     out: Out,
     session: &mut Session,
     version: Version,
-    scratch: &mut BytesMut,
+    sink: &mut impl Sink,
 ) -> Rendered {
     let (sub, msg) = match out {
         Out::Message { sub, msg } => {
@@ -818,24 +712,33 @@ pub(crate) fn render(
         // Written by the connection itself (one RECEIPT per subscription).
         Out::Position { .. } => return Rendered::Gone,
     };
-    let Some(shared) = msg.for_version(version) else {
+    let Some((shared, shared_text)) = msg.for_version(version) else {
         return Rendered::Unsendable;
     };
     match session.message_head(sub, || msg.id().to_string()) {
         Head::Gone => Rendered::Gone,
         Head::WindowFull => Rendered::WindowFull,
         Head::Lines { subscription, ack } => {
-            let b = scratch;
-            b.clear();
-            b.reserve(shared.len() + subscription.len() + 32);
-            b.put_slice(b"MESSAGE\n");
+            // The ack line, formatted on the stack: no allocation per message.
+            let mut ack_line = [0u8; 32];
+            let ack_len = match ack {
+                Some(seq) => {
+                    let mut w = &mut ack_line[..];
+                    let _ = std::io::Write::write_fmt(&mut w, format_args!("ack:{seq}\n"));
+                    32 - w.len()
+                }
+                None => 0,
+            };
+            let len = PREFIX.len() + subscription.len() + ack_len + shared.len();
+            let text = shared_text && std::str::from_utf8(subscription).is_ok();
+            let b = sink.frame(len, text);
+            b.put_slice(PREFIX);
             b.put_slice(subscription);
-            if let Some(seq) = ack {
-                // Formatted in place: no String per message.
-                let _ = writeln!(b, "ack:{seq}");
-            }
+            b.put_slice(&ack_line[..ack_len]);
             b.put_slice(shared);
-            Rendered::Frame(b.split().freeze())
+            Rendered::Frame
         }
     }
 }
+
+const PREFIX: &[u8] = b"MESSAGE\n";

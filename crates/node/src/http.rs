@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,11 +19,13 @@ use crate::bus::{
     BusError, REPLY_PREFIX, Record, Reply, check_correlation_id, check_header_name,
     check_publish_destination, sanitize,
 };
-use crate::connection::{WsLink, serve};
+use crate::connection::serve;
+use crate::link::WsLink;
 use crate::registrar::NodeInfo;
 use crate::stats::Stats;
 use crate::waiters::RegisterError;
 use crate::{Node, Refused};
+use hyper_util::rt::TokioIo;
 
 pub(crate) fn routes(node: Arc<Node>) -> Router {
     let mut r = Router::new()
@@ -66,9 +68,9 @@ async fn ws(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
+    let headers = req.headers();
     // Browsers always send Origin; a page on another site must not open sessions with
     // its visitors' cookies or tokens.
     let origins = &node.config.allowed_origins;
@@ -80,6 +82,11 @@ async fn ws(
             return error(StatusCode::FORBIDDEN, "origin not allowed");
         }
     }
+    let accept = match websocket_accept(headers) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let protocol = pick_subprotocol(headers);
     let slot = match node.admit(Some(peer.ip())) {
         Ok(s) => s,
         Err(why @ Refused::NodeFull) => {
@@ -89,20 +96,74 @@ async fn ws(
     };
     let url_token = query.get("access_token").cloned();
     let limit = node.config.limits.max_frame_bytes;
-    let mut upgrade = upgrade
-        .max_frame_size(limit)
-        .max_message_size(limit)
-        // tungstenite allocates its read buffer up front (128 KiB by default): per
-        // connection that is most of the node's memory. Writes batch up to 8 KiB
-        // between flushes.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024);
-    if let Some(p) = pick_subprotocol(&headers) {
-        upgrade = upgrade.protocols([p]);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                // Plain TCP: the socket itself, without the upgrade's boxed wrapper.
+                match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                    Ok(parts) => {
+                        let link = WsLink::new(parts.io.into_inner(), limit, &parts.read_buf);
+                        drop(parts.read_buf);
+                        serve(link, node, Some(peer), slot, url_token).await;
+                    }
+                    Err(upgraded) => {
+                        let link = WsLink::new(TokioIo::new(upgraded), limit, &[]);
+                        serve(link, node, Some(peer), slot, url_token).await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    upgrade
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| serve(WsLink(socket), node, Some(peer), slot, url_token))
+    resp
+}
+
+/// Checks a WebSocket opening handshake (RFC 6455 4.2.1); the `Sec-WebSocket-Accept`
+/// value, or the response that refuses it.
+fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
+    let has_token = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(error(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send Connection: upgrade, Upgrade: websocket",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut resp = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version: 13 is supported",
+        );
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(resp);
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+    };
+    HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"))
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,7 @@ mod bus;
 mod config;
 mod connection;
 mod http;
+mod link;
 mod listener;
 mod outbox;
 mod registrar;

@@ -63,12 +63,12 @@ pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
                 tokio::spawn(async move {
                     match node.tls.clone() {
                         None => {
-                            let link = connection::TcpLink::new(stream);
+                            let link = crate::link::TcpLink::new(stream);
                             connection::serve(link, node, Some(peer), slot, None).await;
                         }
                         Some(tls) => {
                             if let Some(s) = handshake(&tls, stream, peer, &node).await {
-                                let link = connection::TcpLink::new(s);
+                                let link = crate::link::TcpLink::new(s);
                                 connection::serve(link, node, Some(peer), slot, None).await;
                             }
                         }

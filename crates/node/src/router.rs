@@ -22,6 +22,9 @@ pub(crate) struct Shared {
     escaped: Bytes,
     /// STOMP 1.0: `None` when 1.0 cannot carry these headers.
     plain: Option<Bytes>,
+    /// Whether each is UTF-8 (then it goes out as a WebSocket text message).
+    escaped_text: bool,
+    plain_text: bool,
 }
 
 const PREFIX: &[u8] = b"MESSAGE\n";
@@ -46,8 +49,11 @@ impl Shared {
             Some(p) if p == escaped => Some(escaped.clone()),
             other => other,
         };
+        let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
         Some(Shared {
             id: d.id.clone(),
+            escaped_text: utf8(&escaped),
+            plain_text: plain.as_deref().is_some_and(utf8),
             escaped,
             plain,
         })
@@ -61,11 +67,12 @@ impl Shared {
         self.escaped.len()
     }
 
-    /// The bytes that follow this connection's `subscription`/`ack` headers.
-    pub(crate) fn for_version(&self, v: Version) -> Option<&Bytes> {
+    /// The bytes that follow this connection's `subscription`/`ack` headers, and
+    /// whether they are UTF-8.
+    pub(crate) fn for_version(&self, v: Version) -> Option<(&Bytes, bool)> {
         match v {
-            Version::V1_0 => self.plain.as_ref(),
-            _ => Some(&self.escaped),
+            Version::V1_0 => self.plain.as_ref().map(|p| (p, self.plain_text)),
+            _ => Some((&self.escaped, self.escaped_text)),
         }
     }
 }
