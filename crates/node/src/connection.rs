@@ -14,7 +14,7 @@ use pushcenter_stomp::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, trace};
 
 use crate::link::{Link, Sink};
@@ -32,24 +32,28 @@ enum End {
     Shutdown,
 }
 
-/// Serves one STOMP connection; `_slot` (its place under the connection limits) is
-/// held until it ends.
-pub(crate) async fn serve<L: Link>(
+/// Serves one STOMP connection; `slot` (its place under the connection limits) is
+/// held until it ends. The connection is built before the task starts and lives in
+/// the task's future once, not as an argument plus a copy.
+pub(crate) fn serve<L: Link>(
     link: L,
     node: Arc<Node>,
     peer: Option<SocketAddr>,
-    _slot: Admission,
+    slot: Admission,
     url_token: Option<String>,
-) {
+) -> impl Future<Output = ()> {
     let conn_id = node.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
     let span = info_span!("conn", conn_id, peer = ?peer);
     Stats::add(&node.stats.connections, 1);
     Stats::inc(&node.stats.connections_total);
-    let mut conn = Connection::new(link, node.clone(), conn_id, url_token);
-    let end = conn.run().instrument(span.clone()).await;
-    conn.cleanup();
-    Stats::add(&node.stats.connections, -1);
-    span.in_scope(|| debug!(?end, "connection closed"));
+    let mut conn = Connection::new(link, node, conn_id, url_token);
+    async move {
+        let end = conn.run().instrument(span.clone()).await;
+        conn.cleanup();
+        drop(slot);
+        Stats::add(&conn.node.stats.connections, -1);
+        span.in_scope(|| debug!(?end, "connection closed"));
+    }
 }
 
 /// Refuses a STOMP-over-TCP connection over the limits: ERROR, then close.
@@ -130,14 +134,33 @@ impl<L: Link> Connection<L> {
         let mut actions = Vec::new();
         let mut queued = Vec::new();
         let mut shutdown = self.node.shutdown.clone();
-        let mut read_deadline = Instant::now() + self.node.config.connect_timeout;
-        let mut write_deadline = far_future();
+        // Deadlines: CONNECT (then the peer's heart-beats), our heart-beats, the token.
+        let mut read_deadline = Some(Instant::now() + self.node.config.connect_timeout);
+        let mut write_deadline: Option<Instant> = None;
+        // One timer for all three, armed for the earliest and re-armed only when it
+        // fires or a deadline comes earlier: deadlines that move later on every read
+        // or write cost no timer update.
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut armed: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
-                self.send_error("server shutting down: reconnect to another node")
-                    .await;
-                self.link.close(true).await;
-                return End::Shutdown;
+                return Box::pin(self.finish(
+                    Some("server shutting down: reconnect to another node"),
+                    true,
+                ))
+                .await;
+            }
+            let next = [read_deadline, write_deadline, self.expires]
+                .into_iter()
+                .flatten()
+                .min();
+            match (next, armed) {
+                (Some(n), Some(a)) if n >= a => {}
+                (Some(n), _) => {
+                    timer.as_mut().reset(n);
+                    armed = Some(n);
+                }
+                (None, _) => armed = None,
             }
             tokio::select! {
                 got = self.link.recv(&mut inbuf) => {
@@ -145,19 +168,17 @@ impl<L: Link> Connection<L> {
                         Ok(true) => {}
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             let limit = self.limits.max_frame_bytes;
-                            self.send_error(&format!(
+                            let message = format!(
                                 "frame too large: the limit is {limit} bytes per WebSocket message"
-                            ))
-                            .await;
-                            self.link.close(false).await;
-                            return End::Closed;
+                            );
+                            return Box::pin(self.finish(Some(&message), false)).await;
                         }
                         Ok(false) | Err(_) => return End::Closed,
                     }
                     if let Some(d) = self.recv_within {
-                        read_deadline = Instant::now() + d;
+                        read_deadline = Some(Instant::now() + d);
                     } else if self.session.is_connected() {
-                        read_deadline = far_future();
+                        read_deadline = None;
                     }
                     loop {
                         match decode_version(&mut inbuf, self.version, &self.limits) {
@@ -173,33 +194,25 @@ impl<L: Link> Connection<L> {
                                         None,
                                         &mut actions,
                                     );
-                                    if self.apply(&mut actions).await {
-                                        let _ = self.flush().await;
-                                        self.link.close(false).await;
-                                        return End::Closed;
-                                    }
-                                    continue;
+                                } else {
+                                    trace!(command = %frame.command, "frame in");
+                                    self.session.on_frame(frame, &mut actions);
                                 }
-                                trace!(command = %frame.command, "frame in");
-                                self.session.on_frame(frame, &mut actions);
                             }
                             Err(e) => {
                                 self.protocol_error(&e, &mut actions);
                             }
                         }
-                        if self.apply(&mut actions).await {
+                        // Boxed: the actions' futures (publish, resume) are large and
+                        // rare; a connection's task stays small while it waits.
+                        if Box::pin(self.apply(&mut actions)).await {
                             let _ = self.flush().await;
-                            self.link.close(false).await;
-                            return End::Closed;
+                            return Box::pin(self.finish(None, false)).await;
                         }
                         if self.session.is_connected() {
-                            if let Some(d) = self.recv_within {
-                                read_deadline = Instant::now() + d;
-                            } else {
-                                read_deadline = far_future();
-                            }
+                            read_deadline = self.recv_within.map(|d| Instant::now() + d);
                             if let Some(d) = self.send_every {
-                                write_deadline = Instant::now() + d;
+                                write_deadline = Some(Instant::now() + d);
                             }
                         }
                     }
@@ -213,9 +226,7 @@ impl<L: Link> Connection<L> {
                 _ = self.outbox.notified() => {
                     if self.outbox.is_slow() {
                         Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
-                        self.send_error("slow consumer").await;
-                        self.link.close(false).await;
-                        return End::Closed;
+                        return Box::pin(self.finish(Some("slow consumer"), false)).await;
                     }
                     self.outbox.drain(&mut queued);
                     if !queued.is_empty() {
@@ -230,6 +241,9 @@ impl<L: Link> Connection<L> {
                             written = self.write_out(out).await;
                         }
                     }
+                    if queued.capacity() > 64 {
+                        queued = Vec::new();
+                    }
                     let written = match written {
                         Ok(true) => self.flush().await.map(|()| true),
                         other => other,
@@ -240,49 +254,55 @@ impl<L: Link> Connection<L> {
                         // would not get through either.
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                             Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
-                            self.link.close(false).await;
-                            return End::Closed;
+                            return Box::pin(self.finish(None, false)).await;
                         }
                         Err(_) => return End::Closed,
                         // The ack window is full: the client stopped acknowledging.
                         Ok(false) => {
                             Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
-                            self.send_error("slow consumer").await;
-                            self.link.close(false).await;
-                            return End::Closed;
+                            return Box::pin(self.finish(Some("slow consumer"), false)).await;
                         }
                     }
                     if let Some(d) = self.send_every {
-                        write_deadline = Instant::now() + d;
+                        write_deadline = Some(Instant::now() + d);
                     }
                 }
-                _ = sleep_until(self.expires.unwrap_or_else(far_future)) => {
-                    Stats::inc(&self.node.stats.auth_failures_total);
-                    self.send_error("unauthorized: token expired").await;
-                    self.link.close(false).await;
-                    return End::Closed;
-                }
-                _ = sleep_until(read_deadline) => {
-                    if self.session.is_connected() {
-                        Stats::inc(&self.node.stats.heartbeat_timeouts_total);
-                        self.send_error("heart-beat timeout: no data from client").await;
-                    } else {
-                        self.send_error("timed out waiting for CONNECT").await;
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    let now = Instant::now();
+                    if self.expires.is_some_and(|t| t <= now) {
+                        Stats::inc(&self.node.stats.auth_failures_total);
+                        return Box::pin(self.finish(Some("unauthorized: token expired"), false))
+                            .await;
                     }
-                    self.link.close(false).await;
-                    return End::Closed;
-                }
-                _ = sleep_until(write_deadline) => {
-                    if self.feed(b"\n").await.is_err()
-                        || self.flush().await.is_err()
-                    {
-                        return End::Closed;
+                    if read_deadline.is_some_and(|t| t <= now) {
+                        let why = if self.session.is_connected() {
+                            Stats::inc(&self.node.stats.heartbeat_timeouts_total);
+                            "heart-beat timeout: no data from client"
+                        } else {
+                            "timed out waiting for CONNECT"
+                        };
+                        return Box::pin(self.finish(Some(why), false)).await;
                     }
-                    write_deadline = self.send_every.map_or_else(far_future, |d| Instant::now() + d);
+                    if write_deadline.is_some_and(|t| t <= now) {
+                        if self.feed(b"\n").await.is_err() || self.flush().await.is_err() {
+                            return End::Closed;
+                        }
+                        write_deadline = self.send_every.map(|d| now + d);
+                    }
                 }
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// Ends the connection: an ERROR with `error` if given, then the close.
+    async fn finish(&mut self, error: Option<&str>, restart: bool) -> End {
+        if let Some(message) = error {
+            self.send_error(message).await;
+        }
+        self.link.close(restart).await;
+        if restart { End::Shutdown } else { End::Closed }
     }
 
     /// Takes one frame from the per-second budget; false when it is spent.
@@ -674,10 +694,6 @@ fn instant_of(unix_secs: u64) -> Instant {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// What one queued item becomes for this connection.

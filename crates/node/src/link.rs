@@ -391,6 +391,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsLink<S> {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
         control(&mut self.out, 0x8, &payload);
+        self.send_framed_close().await;
+    }
+
+    /// Writes what is framed (a close frame last), then shuts the socket, within two
+    /// seconds.
+    async fn send_framed_close(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = write_out(&mut self.io, &mut self.out).await;
             let _ = self.io.shutdown().await;
@@ -413,16 +419,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for WsLink<S> {
                 Ok(Got::Data) => return Ok(true),
                 Ok(Got::Nothing) => {
                     if !self.out.is_empty() {
-                        // Pongs go out at once.
-                        write_out(&mut self.io, &mut self.out).await?;
+                        // Pongs go out at once. Rare paths are boxed: this future
+                        // lives in every idle connection's task.
+                        Box::pin(write_out(&mut self.io, &mut self.out)).await?;
                     }
                 }
                 Ok(Got::Close) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        let _ = write_out(&mut self.io, &mut self.out).await;
-                        let _ = self.io.shutdown().await;
-                    })
-                    .await;
+                    Box::pin(self.send_framed_close()).await;
                     return Ok(false);
                 }
                 Err(e) if e.code == CLOSE_TOO_BIG => {
@@ -431,7 +434,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for WsLink<S> {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.reason));
                 }
                 Err(e) => {
-                    self.send_close(e.code, e.reason).await;
+                    Box::pin(self.send_close(e.code, e.reason)).await;
                     return Err(io::Error::other(e.reason));
                 }
             }
