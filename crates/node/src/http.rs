@@ -84,7 +84,7 @@ async fn ws(
     }
     let accept = match websocket_accept(headers) {
         Ok(a) => a,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let protocol = pick_subprotocol(headers);
     let slot = match node.admit(Some(peer.ip())) {
@@ -130,7 +130,7 @@ async fn ws(
 
 /// Checks a WebSocket opening handshake (RFC 6455 4.2.1); the `Sec-WebSocket-Accept`
 /// value, or the response that refuses it.
-fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
+fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
     let has_token = |name, token: &str| {
         headers
             .get_all(name)
@@ -140,10 +140,10 @@ fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint speaks WebSocket: send Connection: upgrade, Upgrade: websocket",
-        ));
+        )));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -157,13 +157,16 @@ fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return Err(resp);
+        return Err(Box::new(resp));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key",
+        )));
     };
     HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"))
+        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key")))
 }
 
 #[derive(Deserialize)]
