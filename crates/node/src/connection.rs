@@ -47,12 +47,13 @@ pub(crate) fn serve<L: Link>(
     Stats::add(&node.stats.connections, 1);
     Stats::inc(&node.stats.connections_total);
     let mut conn = Connection::new(link, node, conn_id, url_token);
+    conn.span = span;
     async move {
-        let end = conn.run().instrument(span.clone()).await;
+        let end = conn.run().await;
         conn.cleanup();
         drop(slot);
         Stats::add(&conn.node.stats.connections, -1);
-        span.in_scope(|| debug!(?end, "connection closed"));
+        conn.span.in_scope(|| debug!(?end, "connection closed"));
     }
 }
 
@@ -70,6 +71,12 @@ pub(crate) async fn refuse(mut stream: TcpStream, why: &str) {
 
 struct Connection<L> {
     link: L,
+    /// Entered around what may log (client frames, the end), not around every
+    /// delivery: entering a span on each poll costs more than writing a message.
+    span: tracing::Span,
+    /// MESSAGE frames written since the counter was last updated (once per batch:
+    /// a shared atomic per delivery costs cache-line traffic between cores).
+    frames_out: u64,
     node: Arc<Node>,
     conn_id: u64,
     session: Session,
@@ -113,6 +120,8 @@ impl<L: Link> Connection<L> {
         ));
         Connection {
             link,
+            span: tracing::Span::none(),
+            frames_out: 0,
             limits: cfg.limits.into(),
             node,
             conn_id,
@@ -195,7 +204,9 @@ impl<L: Link> Connection<L> {
                                         &mut actions,
                                     );
                                 } else {
-                                    trace!(command = %frame.command, "frame in");
+                                    self.span.in_scope(|| {
+                                        trace!(command = %frame.command, "frame in");
+                                    });
                                     self.session.on_frame(frame, &mut actions);
                                 }
                             }
@@ -205,7 +216,8 @@ impl<L: Link> Connection<L> {
                         }
                         // Boxed: the actions' futures (publish, resume) are large and
                         // rare; a connection's task stays small while it waits.
-                        if Box::pin(self.apply(&mut actions)).await {
+                        let span = self.span.clone();
+                        if Box::pin(self.apply(&mut actions).instrument(span)).await {
                             let _ = self.flush().await;
                             return Box::pin(self.finish(None, false)).await;
                         }
@@ -244,6 +256,8 @@ impl<L: Link> Connection<L> {
                     if queued.capacity() > 64 {
                         queued = Vec::new();
                     }
+                    let n = std::mem::take(&mut self.frames_out);
+                    self.node.stats.frames_out_total.fetch_add(n, Ordering::Relaxed);
                     let written = match written {
                         Ok(true) => self.flush().await.map(|()| true),
                         other => other,
@@ -298,11 +312,16 @@ impl<L: Link> Connection<L> {
 
     /// Ends the connection: an ERROR with `error` if given, then the close.
     async fn finish(&mut self, error: Option<&str>, restart: bool) -> End {
-        if let Some(message) = error {
-            self.send_error(message).await;
+        let span = self.span.clone();
+        async {
+            if let Some(message) = error {
+                self.send_error(message).await;
+            }
+            self.link.close(restart).await;
+            if restart { End::Shutdown } else { End::Closed }
         }
-        self.link.close(restart).await;
-        if restart { End::Shutdown } else { End::Closed }
+        .instrument(span)
+        .await
     }
 
     /// Takes one frame from the per-second budget; false when it is spent.
@@ -498,7 +517,7 @@ impl<L: Link> Connection<L> {
         let stats = &self.node.stats;
         match render(out, &mut self.session, self.version, &mut self.link) {
             Rendered::Frame => {
-                Stats::inc(&stats.frames_out_total);
+                self.frames_out += 1;
                 self.flush_if_large().await.map(|()| true)
             }
             Rendered::Gone => Ok(true),
@@ -746,8 +765,8 @@ pub(crate) fn render(
                 None => 0,
             };
             let len = PREFIX.len() + subscription.len() + ack_len + shared.len();
-            let text = shared_text && std::str::from_utf8(subscription).is_ok();
-            let b = sink.frame(len, text);
+            // Header lines are UTF-8 (they are made of `str`s).
+            let b = sink.frame(len, shared_text);
             b.put_slice(PREFIX);
             b.put_slice(subscription);
             b.put_slice(&ack_line[..ack_len]);

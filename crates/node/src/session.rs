@@ -2,6 +2,7 @@
 //! carries the actions out, in order.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
@@ -107,7 +108,7 @@ pub(crate) struct Session {
     state: State,
     version: Version,
     /// By slot: a MESSAGE names its subscription by slot, once per subscriber.
-    subs: HashMap<u32, Subscription>,
+    subs: HashMap<u32, Subscription, BuildHasherDefault<SlotHasher>>,
     /// Client `id` → slot.
     ids: HashMap<String, u32>,
     next_slot: u32,
@@ -138,7 +139,7 @@ impl Session {
             cfg,
             state: State::AwaitConnect,
             version: Version::V1_2,
-            subs: HashMap::new(),
+            subs: HashMap::default(),
             ids: HashMap::new(),
             next_slot: 0,
             next_ack: 0,
@@ -566,6 +567,27 @@ impl Session {
             subscription: &s.header_line,
             ack: Some(seq),
         }
+    }
+}
+
+/// Slots are small sequential numbers looked up on every delivery: a multiplicative
+/// hash is enough, and much cheaper than SipHash.
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
