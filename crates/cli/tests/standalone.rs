@@ -218,3 +218,112 @@ async fn the_publish_command_reaches_a_subscriber_and_fails_on_a_refusal() {
         "{out:?}"
     );
 }
+
+/// Reads from a raw socket until `want` bytes arrived (or the peer closed).
+async fn read_at_least(s: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while got.len() < want {
+        let n = tokio::time::timeout(TIMEOUT, s.read(&mut chunk))
+            .await
+            .expect("read in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
+/// A client frame as the RFC wants it: masked.
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xA5, 0x3C, 0x5A, 0xC3];
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+const UPGRADE: &str = "GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\
+sec-websocket-protocol: v12.stomp\r\n\r\n";
+
+/// The WebSocket side as a client sees it on the wire: the handshake's answers, a
+/// CONNECT sent with the handshake request, ping/pong, a protocol violation's close code.
+#[tokio::test]
+async fn websocket_handshake_and_framing_on_the_wire() {
+    let node = Node::standalone(&[]);
+
+    // Not an upgrade, a wrong version, no key: HTTP answers with a JSON error.
+    let (status, body) = http(node.http, "GET", "/ws", "").await;
+    assert_eq!(status, 426, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).expect("json")["error"].is_string());
+    for (req, want) in [
+        (UPGRADE.replace("version: 13", "version: 8"), "426"),
+        (
+            UPGRADE.replace("sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            "400",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(node.http)
+            .await
+            .expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let head = String::from_utf8_lossy(&read_at_least(&mut s, 12).await).into_owned();
+        assert!(head.starts_with(&format!("HTTP/1.1 {want}")), "{head}");
+        if want == "426" {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("sec-websocket-version: 13"),
+                "{head}"
+            );
+        }
+    }
+
+    // The RFC's example key, and a CONNECT that does not wait for the 101.
+    let mut s = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    let mut first = UPGRADE.as_bytes().to_vec();
+    first.extend(masked(0x1, b"CONNECT\naccept-version:1.2\nhost:x\n\n\0"));
+    s.write_all(&first).await.expect("write");
+    let mut got = read_at_least(&mut s, 1).await;
+    while !String::from_utf8_lossy(&got).contains("\n\n\0") {
+        let more = read_at_least(&mut s, 1).await;
+        assert!(
+            !more.is_empty(),
+            "closed: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend(more);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+    assert!(text.contains("sec-websocket-protocol: v12.stomp"), "{text}");
+    let frames = &got[text.find("\r\n\r\n").expect("head end") + 4..];
+    // One unmasked text message holding CONNECTED.
+    assert_eq!(frames[0], 0x81, "{frames:?}");
+    assert!(String::from_utf8_lossy(frames).contains("CONNECTED\nversion:1.2"));
+
+    // A ping is answered with a pong carrying the same bytes.
+    s.write_all(&masked(0x9, b"are you there"))
+        .await
+        .expect("write");
+    let pong = read_at_least(&mut s, 15).await;
+    assert_eq!(&pong[..], b"\x8a\x0dare you there");
+
+    // An unmasked frame breaks the protocol: close 1002, then the socket closes.
+    s.write_all(b"\x81\x02hi").await.expect("write");
+    let close = read_at_least(&mut s, usize::MAX).await;
+    assert_eq!(close[0], 0x88, "{close:?}");
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002, "{close:?}");
+}
