@@ -69,12 +69,47 @@ where
     .await
 }
 
-/// Writes all of `out`, then releases its memory.
-async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, out: &mut BytesMut) -> io::Result<()> {
-    while out.has_remaining() {
-        io.write_all_buf(out).await?;
+/// Output buffers a worker thread has spare: a connection takes one when it has
+/// something to write and gives it back once the socket took it, so busy connections
+/// allocate nothing per message and idle ones hold no buffer.
+const SPARE_BUFFERS: usize = 256;
+const SPARE_MAX_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The output buffer, ready for `len` more bytes.
+fn out_buf(out: &mut BytesMut, len: usize) -> &mut BytesMut {
+    if out.capacity() == 0 {
+        if let Some(b) = SPARE.with(|s| s.borrow_mut().pop()) {
+            *out = b;
+        }
     }
-    *out = BytesMut::new();
+    out.reserve(len);
+    out
+}
+
+/// Writes all of `out`, then hands its buffer back to the thread's spares.
+async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, out: &mut BytesMut) -> io::Result<()> {
+    let mut at = 0;
+    while at < out.len() {
+        let n = io.write(&out[at..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += n;
+    }
+    let mut b = std::mem::take(out);
+    if b.capacity() > 0 && b.capacity() <= SPARE_MAX_BYTES {
+        b.clear();
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_BUFFERS {
+                s.push(b);
+            }
+        });
+    }
     io.flush().await
 }
 
@@ -100,8 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for TcpLink<S> {
     }
 
     fn frame(&mut self, len: usize, _text: bool) -> &mut BytesMut {
-        self.out.reserve(len);
-        &mut self.out
+        out_buf(&mut self.out, len)
     }
 
     fn buffered(&self) -> usize {
@@ -367,7 +401,7 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 
 /// Frames a server-to-client (unmasked) header for `len` payload bytes.
 fn header(out: &mut BytesMut, opcode: u8, len: usize) {
-    out.reserve(len + 10);
+    let out = out_buf(out, len + 10);
     out.put_u8(0x80 | opcode);
     if len < 126 {
         out.put_u8(len as u8);
