@@ -228,9 +228,11 @@ impl<L: Link> Connection<L> {
                             }
                         }
                     }
+                    // Idle connections keep no buffers.
                     if inbuf.is_empty() {
                         inbuf = BytesMut::new();
                     }
+                    actions = Vec::new();
                     if self.flush().await.is_err() {
                         return End::Closed;
                     }

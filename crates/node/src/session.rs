@@ -2,7 +2,6 @@
 //! carries the actions out, in order.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
@@ -96,6 +95,47 @@ struct Subscription {
     floor: Option<std::collections::HashMap<String, i64>>,
 }
 
+/// A session's subscriptions in slot order (slots grow, so a new one goes at the
+/// end): a binary search per delivery, and no hash table per connection.
+#[derive(Default)]
+struct Subs(Vec<Subscription>);
+
+impl Subs {
+    fn get(&self, slot: u32) -> Option<&Subscription> {
+        let i = self.0.binary_search_by_key(&slot, |s| s.slot).ok()?;
+        Some(&self.0[i])
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Subscription> {
+        let i = self.0.binary_search_by_key(&slot, |s| s.slot).ok()?;
+        Some(&mut self.0[i])
+    }
+
+    fn push(&mut self, s: Subscription) {
+        // At the end, unless the slot counter wrapped.
+        let i = self.0.partition_point(|x| x.slot < s.slot);
+        self.0.insert(i, s);
+    }
+
+    fn remove(&mut self, slot: u32) -> Option<Subscription> {
+        let i = self.0.binary_search_by_key(&slot, |s| s.slot).ok()?;
+        Some(self.0.remove(i))
+    }
+
+    /// The slot of the subscription with the client's `id`.
+    fn by_id(&self, id: &str) -> Option<u32> {
+        self.0.iter().find(|s| s.id == id).map(|s| s.slot)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Subscription> {
+        self.0.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum State {
     AwaitConnect,
@@ -108,9 +148,7 @@ pub(crate) struct Session {
     state: State,
     version: Version,
     /// By slot: a MESSAGE names its subscription by slot, once per subscriber.
-    subs: HashMap<u32, Subscription, BuildHasherDefault<SlotHasher>>,
-    /// Client `id` → slot.
-    ids: HashMap<String, u32>,
+    subs: Subs,
     next_slot: u32,
     next_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
@@ -139,8 +177,7 @@ impl Session {
             cfg,
             state: State::AwaitConnect,
             version: Version::V1_2,
-            subs: HashMap::default(),
-            ids: HashMap::new(),
+            subs: Subs::default(),
             next_slot: 0,
             next_ack: 0,
             transactions: HashMap::new(),
@@ -393,7 +430,7 @@ impl Session {
         if !self.identity.may_subscribe(destination) {
             return Err(format!("forbidden: cannot subscribe to {destination}"));
         }
-        if self.ids.contains_key(id) {
+        if self.subs.by_id(id).is_some() {
             return Err(format!("subscription id {id} already in use"));
         }
         if self.subs.len() >= self.cfg.max_subscriptions {
@@ -415,9 +452,7 @@ impl Session {
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
         let header_line = header_line(self.version, "subscription", id);
-        self.subs.insert(
-            slot,
-            Subscription {
+        self.subs.push(Subscription {
                 slot,
                 id: id.to_owned(),
                 destination: destination.to_owned(),
@@ -425,9 +460,7 @@ impl Session {
                 header_line,
                 unacked: VecDeque::new(),
                 floor: None,
-            },
-        );
-        self.ids.insert(id.to_owned(), slot);
+        });
         out.push(Action::Subscribe {
             slot,
             destination: destination.to_owned(),
@@ -443,9 +476,9 @@ impl Session {
             (None, _) => return Err("missing header: id".into()),
         };
         let sub = self
-            .ids
-            .remove(id)
-            .and_then(|slot| self.subs.remove(&slot))
+            .subs
+            .by_id(id)
+            .and_then(|slot| self.subs.remove(slot))
             .ok_or_else(|| format!("unknown subscription {id}"))?;
         out.push(Action::Unsubscribe {
             slot: sub.slot,
@@ -469,7 +502,7 @@ impl Session {
         } else {
             let message_id = required(frame, "message-id")?;
             let only = match frame.get("subscription") {
-                Some(s) if !self.ids.contains_key(s) => {
+                Some(s) if self.subs.by_id(s).is_none() => {
                     return Err(format!("unknown subscription {s}"));
                 }
                 Some(s) => Some(s.to_owned()),
@@ -483,7 +516,7 @@ impl Session {
                 None => return Ok(()),
             }
         };
-        let Some(s) = self.subs.get_mut(&sub) else {
+        let Some(s) = self.subs.get_mut(sub) else {
             return Ok(());
         };
         let n = if s.ack == AckMode::Client {
@@ -519,14 +552,14 @@ impl Session {
 
     /// Live messages of `slot` at or below `floor` (per stream) are skipped from now on.
     pub(crate) fn set_floor(&mut self, slot: u32, floor: &[(String, i64)]) {
-        if let Some(s) = self.subs.get_mut(&slot) {
+        if let Some(s) = self.subs.get_mut(slot) {
             s.floor = Some(floor.iter().cloned().collect());
         }
     }
 
     /// True when a live message for `slot` was already replayed to it.
     pub(crate) fn replayed_before(&self, slot: u32, message_id: &str) -> bool {
-        let Some(floor) = self.subs.get(&slot).and_then(|s| s.floor.as_ref()) else {
+        let Some(floor) = self.subs.get(slot).and_then(|s| s.floor.as_ref()) else {
             return false;
         };
         crate::replay::parse_id(message_id)
@@ -535,7 +568,7 @@ impl Session {
 
     /// The `subscription:<id>` line of a live subscription.
     pub(crate) fn subscription_line(&self, slot: u32) -> Option<&Bytes> {
-        self.subs.get(&slot).map(|s| &s.header_line)
+        self.subs.get(slot).map(|s| &s.header_line)
     }
 
     pub(crate) fn message_head(
@@ -543,7 +576,7 @@ impl Session {
         slot: u32,
         message_id: impl FnOnce() -> String,
     ) -> Head<'_> {
-        let Some(s) = self.subs.get_mut(&slot) else {
+        let Some(s) = self.subs.get_mut(slot) else {
             return Head::Gone;
         };
         if s.ack == AckMode::Auto {
@@ -567,27 +600,6 @@ impl Session {
             subscription: &s.header_line,
             ack: Some(seq),
         }
-    }
-}
-
-/// Slots are small sequential numbers looked up on every delivery: a multiplicative
-/// hash is enough, and much cheaper than SipHash.
-#[derive(Default)]
-struct SlotHasher(u64);
-
-impl Hasher for SlotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
