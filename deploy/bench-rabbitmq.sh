@@ -38,8 +38,12 @@ stomp.listeners.tcp.1 = 127.0.0.1:61613
 web_stomp.tcp.ip = 127.0.0.1
 web_stomp.tcp.port = 15674
 EOF
-grep -q '^NODE_IP_ADDRESS=' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null ||
-    echo 'NODE_IP_ADDRESS=127.0.0.1' >>/etc/rabbitmq/rabbitmq-env.conf
+for line in 'NODE_IP_ADDRESS=127.0.0.1' \
+    'SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"'; do
+    grep -qxF "$line" /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null ||
+        echo "$line" >>/etc/rabbitmq/rabbitmq-env.conf
+done
+export ERL_EPMD_ADDRESS=127.0.0.1
 
 rabbitmq-plugins --offline enable rabbitmq_web_stomp >/dev/null
 
@@ -48,6 +52,7 @@ if [ -z "$(pid || true)" ]; then
     rabbitmqctl stop >/dev/null 2>&1 || true
     mkdir -p /var/log/rabbitmq && chown rabbitmq:rabbitmq /var/log/rabbitmq
     su rabbitmq -s /bin/sh -c "ulimit -n $NOFILE && cd /var/lib/rabbitmq && \
+        export ERL_EPMD_ADDRESS=127.0.0.1 && \
         nohup /usr/lib/rabbitmq/bin/rabbitmq-server \
         >/var/log/rabbitmq/startup_log 2>/var/log/rabbitmq/startup_err &"
 fi
