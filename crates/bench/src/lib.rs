@@ -107,24 +107,39 @@ async fn open_range(
     for i in first..first + count {
         let (t, gate, done) = (t.clone(), gate.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.ok()?;
+            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
             let dest = format!("/topic/bench.{}", i % topics.max(1));
             // A server that stops answering fails the connection instead of the run.
-            let c = tokio::time::timeout(OPEN_TIMEOUT, Conn::open(&t, i, &dest)).await;
+            let c = match tokio::time::timeout(OPEN_TIMEOUT, Conn::open(&t, i, &dest)).await {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer in {OPEN_TIMEOUT:?}")),
+            };
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if show && (n % 500 == 0 || n == count as u64) {
                 progress("connected", n, count as u64);
             }
-            c.ok()?.ok()
+            c
         }));
     }
     let mut conns = Vec::with_capacity(count);
     let mut failed = 0;
+    let mut first_error = None;
     for task in tasks {
         match task.await {
-            Ok(Some(c)) => conns.push(c),
-            _ => failed += 1,
+            Ok(Ok(c)) => conns.push(c),
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+            }
         }
+    }
+    if let Some(e) = first_error {
+        eprintln!("\n{failed} of {count} connections failed; the first: {e}");
     }
     if show && count > 0 {
         eprintln!();
