@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use pushcenter_bench::{ConnectionsOpts, FanoutOpts, Target};
+use pushcenter_bench::{ChildCommand, ConnectionsOpts, FanoutOpts, Publish, Server, Target};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -29,12 +29,46 @@ struct Common {
     /// WebSocket + STOMP handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// CONNECT `login` (RabbitMQ: guest).
+    #[arg(long)]
+    login: Option<String>,
+    /// CONNECT `passcode` (RabbitMQ: guest).
+    #[arg(long)]
+    passcode: Option<String>,
+    /// CONNECT `host` header (RabbitMQ: the virtual host, `/`); default: the url's host.
+    #[arg(long)]
+    vhost: Option<String>,
+    /// The server's process id (any broker on this machine): its CPU time and RSS from
+    /// /proc over the measured phase.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+impl Common {
+    fn target(&self) -> Target {
+        Target {
+            url: self.url.clone(),
+            sources: self.sources.clone(),
+            login: self.login.clone(),
+            passcode: self.passcode.clone(),
+            vhost: self.vhost.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PublishVia {
+    /// `POST /v1/publish` on a pushcenter node (`--publish-url`).
+    Http,
+    /// STOMP SEND over WebSocket to `--url`: works with any broker.
+    Stomp,
 }
 
 #[derive(clap::Subcommand)]
 enum Scenario {
-    /// Ramp N subscribed connections, hold them idle, report the connect rate and the
-    /// server's memory per connection.
+    /// Ramp N subscribed connections (over several processes when one may not hold
+    /// them all), hold them idle, report the connect rate and the server's memory per
+    /// connection as the RSS slope between 1,000 and N.
     Connections {
         #[command(flatten)]
         common: Common,
@@ -43,20 +77,44 @@ enum Scenario {
         /// How long to hold them before closing.
         #[arg(long, default_value = "5s", value_parser = humantime)]
         hold: Duration,
-        /// The node's HTTP base for its memory (`/v1/stats`); omit for other brokers.
+        /// The node's HTTP base for its memory (`/v1/stats`); `--server-pid` works
+        /// for any broker.
         #[arg(long)]
         stats_url: Option<String>,
+        /// Connections per generator process; more are spread over child processes.
+        /// Default: this process's open-files limit less 200.
+        #[arg(long)]
+        per_process: Option<usize>,
+        /// The RSS slope's first mark: connections open at the first reading.
+        #[arg(long, default_value_t = 1000, hide = true)]
+        slope_from: usize,
+        /// Pause at the slope's first mark before reading the server's memory.
+        #[arg(long, default_value = "1s", value_parser = humantime)]
+        settle: Duration,
     },
-    /// S subscribers over T topics; HTTP publishes at a fixed rate; deliveries per
-    /// second, end-to-end latency, missed messages.
+    /// A child process of `connections` (reads its share on stdin).
+    #[command(hide = true)]
+    Child,
+    /// S subscribers over T topics; HTTP or STOMP publishes at a fixed rate; deliveries
+    /// per second, end-to-end latency, missed messages, CPU per delivery.
     Fanout {
         #[command(flatten)]
         common: Common,
         #[arg(long, default_value_t = 1000)]
         subscribers: usize,
-        /// A node's HTTP base to publish through.
+        /// How to publish.
+        #[arg(long, value_enum, default_value = "http")]
+        publish: PublishVia,
+        /// A node's HTTP base to publish through (`--publish http`).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         publish_url: String,
+        /// Message body size: the publish time in unix µs, padded to this many bytes.
+        #[arg(long, default_value_t = 0)]
+        body_size: usize,
+        /// Publisher connections. Default: HTTP one per 250/s (4 to 64); STOMP one per
+        /// 50/s (1 to 64), under pushcenter's 100 frames/s per connection.
+        #[arg(long)]
+        publishers: Option<u64>,
         /// Publishes per second.
         #[arg(long, default_value_t = 100)]
         rate: u64,
@@ -101,6 +159,20 @@ fn humantime(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Connections one process may hold: its open-files limit less a margin for the
+/// runtime, pipes and the HTTP client.
+fn default_per_process() -> usize {
+    let (soft, hard) = pushcenter_bench::nofile_limit();
+    if let (Some(s), Some(h)) = (soft, hard) {
+        if s < h {
+            eprintln!(
+                "open-files limit {s} (hard {h}): `ulimit -n {h}` lets one process hold more"
+            );
+        }
+    }
+    soft.map_or(1_000, |s| s.saturating_sub(200).max(100) as usize)
+}
+
 pub(crate) async fn run(a: BenchArgs) -> Result<()> {
     let json = match a.scenario {
         Scenario::Connections {
@@ -108,33 +180,51 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             count,
             hold,
             stats_url,
+            per_process,
+            slope_from,
+            settle,
         } => {
             let report = pushcenter_bench::connections(ConnectionsOpts {
-                target: Target {
-                    url: common.url,
-                    sources: common.sources,
-                },
+                target: common.target(),
                 count,
                 topics: common.topics,
                 concurrency: common.concurrency,
                 hold,
-                stats_url,
+                server: Server {
+                    pid: common.server_pid,
+                    stats_url,
+                },
+                slope_from,
+                settle,
+                per_process: per_process.unwrap_or_else(default_per_process),
+                child: Some(ChildCommand {
+                    program: std::env::current_exe()?,
+                    args: vec!["bench".into(), "child".into()],
+                }),
             })
-            .await;
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
             serde_json::to_string_pretty(&report)?
+        }
+        Scenario::Child => {
+            return pushcenter_bench::child().await.map_err(|e| anyhow!("{e}"));
         }
         Scenario::Fanout {
             common,
             subscribers,
+            publish,
             publish_url,
+            body_size,
+            publishers,
             rate,
             duration,
             plot,
         } => {
             let report = pushcenter_bench::fanout(FanoutOpts {
-                target: Target {
-                    url: common.url,
-                    sources: common.sources,
+                target: common.target(),
+                publish: match publish {
+                    PublishVia::Http => Publish::Http,
+                    PublishVia::Stomp => Publish::Stomp,
                 },
                 publish_url,
                 subscribers,
@@ -142,6 +232,12 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
                 rate,
                 duration,
                 concurrency: common.concurrency,
+                body_size,
+                publishers,
+                server: Server {
+                    pid: common.server_pid,
+                    stats_url: None,
+                },
             })
             .await
             .map_err(|e| anyhow!("{e}"))?;
@@ -160,16 +256,17 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             timeout_ms,
         } => {
             let report = pushcenter_bench::request(pushcenter_bench::RequestOpts {
-                target: Target {
-                    url: common.url,
-                    sources: common.sources,
-                },
+                target: common.target(),
                 http_url,
                 clients,
                 rate,
                 duration,
                 timeout_ms,
                 concurrency: common.concurrency,
+                server: Server {
+                    pid: common.server_pid,
+                    stats_url: None,
+                },
             })
             .await
             .map_err(|e| anyhow!("{e}"))?;

@@ -1,0 +1,312 @@
+//! One STOMP-over-WebSocket client connection on a plain `TcpStream`: the WebSocket
+//! handshake and framing are done here (see `ws`) so that the fan-out read path costs
+//! one read per batch of messages and no allocation per message. Frames are written and,
+//! outside the fan-out path, read with the project's codec.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BytesMut};
+use pushcenter_stomp::{Command, Frame, Item, Limits, Version, decode, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::scan::{Scanned, scan};
+use crate::{Error, Target, ws};
+
+/// Read in chunks of this much; idle connections give their buffers back.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub(crate) struct Conn {
+    stream: TcpStream,
+    /// Bytes from the socket not yet unwrapped from WebSocket frames.
+    raw: BytesMut,
+    /// The STOMP byte stream: data frame payloads, concatenated (STOMP framing does not
+    /// follow WebSocket message boundaries, so fragments need no other handling).
+    stomp: BytesMut,
+    /// Control replies (pong, close) waiting to be written.
+    out: BytesMut,
+    mask: u32,
+    closed: bool,
+    /// The CONNECTED frame's `session` (pushcenter: targets session pushes).
+    pub(crate) session: Option<String>,
+}
+
+/// `ws://host[:port]/path` split into what the handshake and CONNECT need.
+struct Url<'a> {
+    authority: &'a str,
+    host: &'a str,
+    path: &'a str,
+}
+
+fn parse_url(url: &str) -> Result<Url<'_>, Error> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("the STOMP url must start with ws://")?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    let host = if authority.starts_with('[') {
+        authority.split(']').next().map_or(authority, |h| &h[1..])
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    };
+    if host.is_empty() {
+        return Err("url without host".into());
+    }
+    Ok(Url {
+        authority,
+        host,
+        path,
+    })
+}
+
+impl Conn {
+    /// WebSocket handshake and STOMP CONNECT from the `i`-th source address.
+    pub(crate) async fn connect(t: &Target, i: usize) -> Result<Conn, Error> {
+        let url = parse_url(&t.url)?;
+        let lookup = if url.authority.ends_with(']') || !url.authority.contains(':') {
+            format!("{}:80", url.authority)
+        } else {
+            url.authority.to_string()
+        };
+        let server: SocketAddr = tokio::net::lookup_host(lookup.as_str())
+            .await?
+            .next()
+            .ok_or("host did not resolve")?;
+        let socket = if server.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(src) = t.sources.get(i % t.sources.len().max(1)) {
+            socket.bind(SocketAddr::new(*src, 0))?;
+        }
+        let stream = socket.connect(server).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            raw: BytesMut::new(),
+            stomp: BytesMut::new(),
+            out: BytesMut::new(),
+            mask: 0x9E37_79B9 ^ (i as u32).wrapping_mul(0x85EB_CA6B),
+            closed: false,
+            session: None,
+        };
+        c.handshake(&url).await?;
+        let mut connect = Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("host", t.vhost.as_deref().unwrap_or(url.host))
+            .header("heart-beat", "0,0");
+        if let Some(login) = &t.login {
+            connect = connect.header("login", login);
+        }
+        if let Some(passcode) = &t.passcode {
+            connect = connect.header("passcode", passcode);
+        }
+        c.send(&connect).await?;
+        let connected = c.expect(Command::Connected).await?;
+        c.session = connected.get("session").map(str::to_owned);
+        Ok(c)
+    }
+
+    /// `connect`, then SUBSCRIBE with a receipt.
+    pub(crate) async fn open(t: &Target, i: usize, destination: &str) -> Result<Conn, Error> {
+        let mut c = Conn::connect(t, i).await?;
+        c.send(
+            &Frame::new(Command::Subscribe)
+                .header("id", "0")
+                .header("destination", destination)
+                .header("receipt", "0"),
+        )
+        .await?;
+        c.expect(Command::Receipt).await?;
+        c.idle();
+        Ok(c)
+    }
+
+    async fn handshake(&mut self, url: &Url<'_>) -> Result<(), Error> {
+        // The key only has to be 16 bytes in base64; the bench does not check the accept
+        // hash, only the 101.
+        let req = format!(
+            "GET {} HTTP/1.1\r\nhost: {}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-protocol: v12.stomp\r\n\r\n",
+            url.path, url.authority
+        );
+        self.stream.write_all(req.as_bytes()).await?;
+        loop {
+            if let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let status = self.raw[..end].split(|&b| b == b' ').nth(1);
+                if status != Some(b"101") {
+                    let line = self.raw[..end].split(|&b| b == b'\r').next().unwrap_or(&[]);
+                    return Err(format!(
+                        "WebSocket handshake refused: {}",
+                        String::from_utf8_lossy(line)
+                    )
+                    .into());
+                }
+                self.raw.advance(end + 4);
+                return Ok(());
+            }
+            if self.raw.len() > 16 * 1024 {
+                return Err("WebSocket handshake answer too long".into());
+            }
+            if self.read_raw().await? == 0 {
+                return Err("closed during the WebSocket handshake".into());
+            }
+        }
+    }
+
+    /// Frees the buffers of a connection that has nothing buffered.
+    pub(crate) fn idle(&mut self) {
+        for b in [&mut self.raw, &mut self.stomp, &mut self.out] {
+            if b.is_empty() {
+                *b = BytesMut::new();
+            }
+        }
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masks need only differ, not be secret, for a load generator.
+        let mut x = self.mask;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask = x;
+        x.to_be_bytes()
+    }
+
+    /// Encodes `f` into one binary WebSocket message and writes it.
+    pub(crate) async fn send(&mut self, f: &Frame) -> Result<(), Error> {
+        let mut stomp = BytesMut::new();
+        encode(f, Version::V1_2, &mut stomp)?;
+        let mask = self.next_mask();
+        let mut msg = BytesMut::new();
+        ws::put_frame(&mut msg, ws::BINARY, &stomp, mask);
+        self.stream.write_all(&msg).await?;
+        Ok(())
+    }
+
+    async fn read_raw(&mut self) -> Result<usize, Error> {
+        if self.raw.capacity() - self.raw.len() < READ_CHUNK / 4 {
+            self.raw.reserve(READ_CHUNK);
+        }
+        Ok(self.stream.read_buf(&mut self.raw).await?)
+    }
+
+    /// Reads from the socket once and moves every whole WebSocket frame's payload into
+    /// the STOMP buffer, answering pings and closes. `false` once the stream ended.
+    async fn fill(&mut self) -> Result<bool, Error> {
+        if self.closed {
+            return Ok(false);
+        }
+        if self.read_raw().await? == 0 {
+            self.closed = true;
+            return Ok(false);
+        }
+        while let Some(h) = ws::head(&self.raw)? {
+            if self.raw.len() < h.total() {
+                break;
+            }
+            let payload = &mut self.raw[h.header_len..h.total()];
+            if let Some(mask) = h.mask {
+                ws::unmask(payload, mask);
+            }
+            match h.opcode {
+                ws::CONTINUATION | ws::TEXT | ws::BINARY => self.stomp.extend_from_slice(payload),
+                ws::PING => {
+                    let mask = self.next_mask();
+                    let payload = &self.raw[h.header_len..h.total()];
+                    ws::put_frame(&mut self.out, ws::PONG, payload, mask);
+                }
+                ws::CLOSE => {
+                    let mask = self.next_mask();
+                    let payload = &self.raw[h.header_len..h.total()];
+                    let code = payload.get(..2).unwrap_or(&[]).to_vec();
+                    ws::put_frame(&mut self.out, ws::CLOSE, &code, mask);
+                    self.closed = true;
+                }
+                _ => {}
+            }
+            self.raw.advance(h.total());
+        }
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(!self.closed || !self.stomp.is_empty())
+    }
+
+    /// The next STOMP frame (heart-beats skipped), decoded by the codec; `None` at the
+    /// end of the stream.
+    pub(crate) async fn frame(&mut self) -> Result<Option<Frame>, Error> {
+        loop {
+            match decode(&mut self.stomp, &Limits::default())? {
+                Some(Item::Frame(f)) => return Ok(Some(f)),
+                Some(Item::HeartBeat) => continue,
+                None => {}
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub(crate) async fn expect(&mut self, want: Command) -> Result<Frame, Error> {
+        match self.frame().await? {
+            Some(f) if f.command == want => Ok(f),
+            Some(f) => {
+                Err(format!("expected {want}, got {} {:?}", f.command, f.get("message")).into())
+            }
+            None => Err(format!("closed while waiting for {want}").into()),
+        }
+    }
+
+    /// The fan-out path: one socket read, then `on_body` for every whole MESSAGE now
+    /// buffered, in order. `Ok(false)` once the stream ended; an ERROR frame is an error.
+    pub(crate) async fn messages(&mut self, mut on_body: impl FnMut(&[u8])) -> Result<bool, Error> {
+        let open = self.fill().await?;
+        let mut at = 0;
+        loop {
+            match scan(&self.stomp[at..])? {
+                Scanned::Incomplete => break,
+                Scanned::Frame {
+                    len,
+                    message_body,
+                    other,
+                } => {
+                    if let Some(r) = message_body {
+                        on_body(&self.stomp[at + r.start..at + r.end]);
+                    } else if other && self.stomp[at..].starts_with(b"ERROR") {
+                        let end = (at + len).min(self.stomp.len());
+                        return Err(format!(
+                            "server sent {}",
+                            String::from_utf8_lossy(&self.stomp[at..end]).trim_end_matches('\0')
+                        )
+                        .into());
+                    }
+                    at += len;
+                }
+            }
+        }
+        self.stomp.advance(at);
+        Ok(open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_authority_host_and_path() {
+        let u = parse_url("ws://127.0.0.1:15674/ws").unwrap();
+        assert_eq!(
+            (u.authority, u.host, u.path),
+            ("127.0.0.1:15674", "127.0.0.1", "/ws")
+        );
+        let u = parse_url("ws://[::1]:8080/ws?x=1").unwrap();
+        assert_eq!((u.host, u.path), ("::1", "/ws?x=1"));
+        let u = parse_url("ws://localhost").unwrap();
+        assert_eq!((u.authority, u.path), ("localhost", "/"));
+        assert!(parse_url("wss://h/ws").is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! Fan-out: S subscribers over T topics, publishes at a fixed rate over HTTP or STOMP,
+//! deliveries per second, end-to-end latency, and what each delivery costs the server
+//! and the generator in CPU.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pushcenter_stomp::{Command, Frame};
+use serde::Serialize;
+
+use crate::scan::leading_micros;
+use crate::{
+    Conn, Error, Http, Server, Target, open_range, own_cpu, percentile_ms, progress, unix_micros,
+};
+
+/// How publishes reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Publish {
+    /// `POST /v1/publish` on a pushcenter node (`publish_url`).
+    Http,
+    /// STOMP SEND over WebSocket connections to the target url: any broker.
+    Stomp,
+}
+
+#[derive(Clone, Debug)]
+pub struct FanoutOpts {
+    pub target: Target,
+    pub publish: Publish,
+    /// For `Publish::Http`: a node's HTTP base, `http://host:port`.
+    pub publish_url: String,
+    pub subscribers: usize,
+    pub topics: usize,
+    /// Publishes per second, spread over the topics in turn.
+    pub rate: u64,
+    pub duration: Duration,
+    pub concurrency: usize,
+    /// Body size: the publish time in unix µs, padded to this many bytes.
+    pub body_size: usize,
+    /// Publisher connections; `None`: HTTP one per 250/s (4 to 64), STOMP one per 50/s
+    /// (1 to 64: pushcenter's default `max_frames_per_second` is 100 per connection).
+    pub publishers: Option<u64>,
+    pub server: Server,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FanoutReport {
+    pub scenario: &'static str,
+    pub url: String,
+    pub publish: Publish,
+    pub subscribers: usize,
+    pub topics: usize,
+    pub body_bytes: usize,
+    pub published: u64,
+    pub publish_failed: u64,
+    /// Publishes per second achieved (below `rate` when the target could not take more).
+    pub publish_rate: f64,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub missed: u64,
+    /// Subscribers whose connection closed or failed before the end.
+    pub subscribers_lost: u64,
+    pub deliveries_per_second: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_p999: f64,
+    pub latency_ms_max: f64,
+    /// Latency at each percentile 0, 1, ..., 99, 99.9, 99.99 (ms): the plot's data.
+    pub latency_ms_by_percentile: Vec<(f64, f64)>,
+    /// Seconds from the first publish until the last delivery came in (or stopped
+    /// coming): the span the CPU figures cover.
+    pub measured_seconds: f64,
+    /// The server process's user + system CPU over the measured span (`--server-pid`).
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    /// The generator's own CPU (publishers and subscribers) over the same span.
+    pub generator_cpu_seconds: f64,
+    pub generator_cpu_us_per_delivery: f64,
+}
+
+/// The publish time in unix µs, padded with `x` to `size` bytes.
+fn body(size: usize) -> String {
+    let mut b = unix_micros().to_string();
+    if b.len() < size {
+        b.extend(std::iter::repeat_n('x', size - b.len()));
+    }
+    b
+}
+
+/// Subscribers read MESSAGEs whose body starts with `<publish time in unix µs>`; the
+/// publishers send on a fixed schedule; latencies are publish → subscriber read.
+pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
+    let (conns, failed, _) =
+        open_range(&o.target, 0, o.subscribers, o.topics, o.concurrency, true).await;
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {} subscribers could not connect",
+            o.subscribers
+        )
+        .into());
+    }
+    let topics = o.topics.max(1);
+    let mut per_topic = vec![0u64; topics];
+    for i in 0..o.subscribers {
+        per_topic[i % topics] += 1;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::with_capacity(conns.len());
+    for mut c in conns {
+        let mut stop = stop_rx.clone();
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            // One clock reading per socket read: every message in it arrived then.
+            let mut lat: Vec<u32> = Vec::new();
+            loop {
+                let (mut now, mut n) = (None, 0u64);
+                let r = tokio::select! {
+                    biased;
+                    _ = stop.changed() => return (lat, false),
+                    r = c.messages(|b| {
+                        let now = *now.get_or_insert_with(unix_micros);
+                        let us = now.saturating_sub(leading_micros(b));
+                        lat.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        n += 1;
+                    }) => r,
+                };
+                if n > 0 {
+                    delivered.fetch_add(n, Ordering::Relaxed);
+                }
+                if !matches!(r, Ok(true)) {
+                    if let Err(e) = r {
+                        eprintln!("\nsubscriber: {e}");
+                    }
+                    return (lat, true);
+                }
+            }
+        }));
+    }
+    let cpu0 = (o.server.cpu(), own_cpu());
+    let start = Instant::now();
+    let pubs = match o.publish {
+        Publish::Http => publish_http(&o, start),
+        Publish::Stomp => publish_stomp(&o, start),
+    };
+    let (mut published, mut publish_failed) = (0, 0);
+    let mut sent = vec![0u64; topics];
+    for p in pubs {
+        let (ok, bad, s) = p.await??;
+        published += ok;
+        publish_failed += bad;
+        for (a, b) in sent.iter_mut().zip(s) {
+            *a += b;
+        }
+    }
+    let publish_time = start.elapsed();
+    eprintln!();
+    let expected: u64 = sent.iter().zip(&per_topic).map(|(m, s)| m * s).sum();
+    // Let the last deliveries arrive: until all are in or none came for 2 s.
+    let (mut seen, mut since) = (delivered.load(Ordering::Relaxed), Instant::now());
+    while seen < expected && since.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now > seen {
+            (seen, since) = (now, Instant::now());
+        }
+    }
+    let measured = start.elapsed();
+    let cpu1 = (o.server.cpu(), own_cpu());
+    let server_rss_bytes = o.server.rss().await;
+    let _ = stop_tx.send(true);
+    let mut lat: Vec<u32> = Vec::new();
+    let mut lost = 0;
+    for r in readers {
+        let (l, gone) = r.await?;
+        lat.extend(l);
+        lost += u64::from(gone);
+    }
+    lat.sort_unstable();
+    let q = |p: f64| percentile_ms(&lat, p);
+    let deliveries = lat.len() as u64;
+    let per_delivery = |s: f64| s * 1e6 / deliveries.max(1) as f64;
+    let server_cpu = cpu0.0.zip(cpu1.0).map(|(a, b)| b - a);
+    let generator_cpu = cpu1.1 - cpu0.1;
+    Ok(FanoutReport {
+        scenario: "fanout",
+        url: o.target.url,
+        publish: o.publish,
+        subscribers: o.subscribers,
+        topics,
+        body_bytes: body(o.body_size).len(),
+        published,
+        publish_failed,
+        publish_rate: published as f64 / publish_time.as_secs_f64().max(1e-9),
+        expected_deliveries: expected,
+        deliveries,
+        missed: expected.saturating_sub(deliveries),
+        subscribers_lost: lost,
+        deliveries_per_second: deliveries as f64 / publish_time.as_secs_f64().max(1e-9),
+        latency_ms_p50: q(0.5),
+        latency_ms_p99: q(0.99),
+        latency_ms_p999: q(0.999),
+        latency_ms_max: q(1.0),
+        latency_ms_by_percentile: (0..100)
+            .map(f64::from)
+            .chain([99.9, 99.99])
+            .map(|p| (p, q(p / 100.0)))
+            .collect(),
+        measured_seconds: measured.as_secs_f64(),
+        server_cpu_seconds: server_cpu,
+        server_cpu_us_per_delivery: server_cpu.map(per_delivery),
+        server_rss_bytes,
+        generator_cpu_seconds: generator_cpu,
+        generator_cpu_us_per_delivery: per_delivery(generator_cpu),
+    })
+}
+
+type Published = tokio::task::JoinHandle<Result<(u64, u64, Vec<u64>), Error>>;
+
+/// The publish schedule: publish `seq` is due at `seq / rate` s and goes to topic
+/// `seq % topics`; publisher `p` of `n` takes every n-th.
+fn schedule(o: &FanoutOpts, start: Instant) -> impl Fn(u64) -> (Instant, usize) + Send + 'static {
+    let (rate, topics) = (o.rate.max(1), o.topics.max(1));
+    move |seq| {
+        (
+            start + Duration::from_micros(seq * 1_000_000 / rate),
+            (seq as usize) % topics,
+        )
+    }
+}
+
+fn total(o: &FanoutOpts) -> u64 {
+    o.rate * o.duration.as_secs().max(1)
+}
+
+/// Keep-alive HTTP connections share the schedule (a request waits for its answer
+/// before the next).
+fn publish_http(o: &FanoutOpts, start: Instant) -> Vec<Published> {
+    let publishers = o.publishers.unwrap_or((o.rate / 250).clamp(4, 64)).max(1);
+    let total = total(o);
+    (0..publishers)
+        .map(|p| {
+            let (url, topics, size) = (o.publish_url.clone(), o.topics.max(1), o.body_size);
+            let due = schedule(o, start);
+            tokio::spawn(async move {
+                let mut h = Http::connect(&url).await?;
+                let (mut ok, mut bad) = (0u64, 0u64);
+                let mut sent = vec![0u64; topics];
+                let mut seq = p;
+                while seq < total {
+                    let (at, topic) = due(seq);
+                    tokio::time::sleep_until(at.into()).await;
+                    let json = format!(
+                        r#"{{"destination":"/topic/bench.{topic}","body":"{}"}}"#,
+                        body(size)
+                    );
+                    match h.request("POST", "/v1/publish", &json).await {
+                        Ok((202, _)) => {
+                            ok += 1;
+                            sent[topic] += 1;
+                        }
+                        _ => bad += 1,
+                    }
+                    if seq % 1000 == 0 {
+                        progress("published", seq, total);
+                    }
+                    seq += publishers;
+                }
+                Ok((ok, bad, sent))
+            })
+        })
+        .collect()
+}
+
+/// STOMP SENDs need no answer, but a server may limit the frames per connection.
+fn publish_stomp(o: &FanoutOpts, start: Instant) -> Vec<Published> {
+    let publishers = o.publishers.unwrap_or((o.rate / 50).clamp(1, 64)).max(1);
+    let total = total(o);
+    (0..publishers)
+        .map(|p| {
+            let (target, topics, size) = (o.target.clone(), o.topics.max(1), o.body_size);
+            let index = o.subscribers + p as usize;
+            let due = schedule(o, start);
+            tokio::spawn(async move {
+                let mut c = Conn::connect(&target, index).await?;
+                let (mut ok, mut bad) = (0u64, 0u64);
+                let mut sent = vec![0u64; topics];
+                let mut seq = p;
+                while seq < total {
+                    let (at, topic) = due(seq);
+                    tokio::time::sleep_until(at.into()).await;
+                    let send = Frame::new(Command::Send)
+                        .header("destination", format!("/topic/bench.{topic}"))
+                        .header("content-type", "text/plain")
+                        .body(body(size));
+                    match c.send(&send).await {
+                        Ok(()) => {
+                            ok += 1;
+                            sent[topic] += 1;
+                        }
+                        Err(_) => bad += 1,
+                    }
+                    if seq % 1000 == 0 {
+                        progress("published", seq, total);
+                    }
+                    seq += publishers;
+                }
+                Ok((ok, bad, sent))
+            })
+        })
+        .collect()
+}
+
+/// An SVG line chart of latency by percentile (log-scaled tail on the x axis: 0 to 99 in
+/// steps of 1, then 99.9 and 99.99), self-contained, no dependency.
+pub fn latency_svg(r: &FanoutReport) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 360.0;
+    const PAD: f64 = 48.0;
+    let pts = &r.latency_ms_by_percentile;
+    let max = pts.iter().map(|p| p.1).fold(0.0f64, f64::max).max(0.001);
+    let n = pts.len().max(2) as f64 - 1.0;
+    let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / n;
+    let y = |v: f64| H - PAD - (H - 2.0 * PAD) * v / max;
+    let line: Vec<String> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(p.1)))
+        .collect();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{PAD}\" y=\"24\">fanout: {} subscribers, {} topics, {:.0} deliveries/s, \
+         {} missed</text>\n\
+         <line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <text x=\"{r}\" y=\"{t}\" text-anchor=\"end\">percentile (0 .. 99, 99.9, 99.99)</text>\n\
+         <text x=\"4\" y=\"{PAD}\">{max:.1} ms</text>\n\
+         <text x=\"4\" y=\"{b}\">0 ms</text>\n",
+        r.subscribers,
+        r.topics,
+        r.deliveries_per_second,
+        r.missed,
+        b = H - PAD,
+        r = W - PAD,
+        t = H - PAD + 20.0,
+    );
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
+        line.join(" ")
+    ));
+    svg
+}
