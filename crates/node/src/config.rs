@@ -53,6 +53,11 @@ pub struct NodeConfig {
     /// A socket write the peer does not take within this closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// At most one socket write per connection per this interval: messages that
+    /// arrive sooner wait and go out together, one syscall for several (0: write at
+    /// once). A connection that was quiet for this long writes at once.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
     /// How often the node reports its load to the registry.
     #[serde(with = "humantime_serde")]
     pub report_interval: Duration,
@@ -159,6 +164,7 @@ impl Default for NodeConfig {
             connect_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            write_delay: Duration::ZERO,
             report_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             client_send: true,

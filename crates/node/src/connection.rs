@@ -77,6 +77,8 @@ struct Connection<L> {
     /// MESSAGE frames written since the counter was last updated (once per batch:
     /// a shared atomic per delivery costs cache-line traffic between cores).
     frames_out: u64,
+    /// When queued messages were last written (for `write_delay`).
+    last_write: Instant,
     node: Arc<Node>,
     conn_id: u64,
     session: Session,
@@ -122,6 +124,7 @@ impl<L: Link> Connection<L> {
             link,
             span: tracing::Span::none(),
             frames_out: 0,
+            last_write: Instant::now(),
             limits: cfg.limits.into(),
             node,
             conn_id,
@@ -242,6 +245,15 @@ impl<L: Link> Connection<L> {
                         Stats::inc(&self.node.stats.slow_consumer_disconnects_total);
                         return Box::pin(self.finish(Some("slow consumer"), false)).await;
                     }
+                    let delay = self.node.config.write_delay;
+                    if !delay.is_zero() {
+                        // Wait out the interval since the last write: what arrives
+                        // meanwhile goes out in the same syscall.
+                        let at = self.last_write + delay;
+                        if at > Instant::now() {
+                            tokio::time::sleep_until(at).await;
+                        }
+                    }
                     self.outbox.drain(&mut queued);
                     if !queued.is_empty() {
                         self.node
@@ -279,8 +291,10 @@ impl<L: Link> Connection<L> {
                             return Box::pin(self.finish(Some("slow consumer"), false)).await;
                         }
                     }
+                    let now = Instant::now();
+                    self.last_write = now;
                     if let Some(d) = self.send_every {
-                        write_deadline = Some(Instant::now() + d);
+                        write_deadline = Some(now + d);
                     }
                 }
                 () = &mut timer, if armed.is_some() => {
