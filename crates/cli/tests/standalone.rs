@@ -327,3 +327,24 @@ async fn websocket_handshake_and_framing_on_the_wire() {
     assert_eq!(close[0], 0x88, "{close:?}");
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002, "{close:?}");
 }
+
+/// With `write_delay`, messages that arrive close together are written together: every
+/// one still arrives, once, in order.
+#[tokio::test]
+async fn write_delay_batches_without_losing_or_reordering() {
+    let path = std::env::temp_dir().join(format!("pushcenter-wd-{}.toml", std::process::id()));
+    std::fs::write(&path, "write_delay = \"50ms\"\n").expect("write config");
+    let node = Node::standalone(&["--config", path.to_str().expect("utf-8 path")]);
+    let mut c = WsClient::connect(&node.ws_url()).await;
+    c.subscribe("s", "/topic/batch").await;
+    // In turn, so the publish order is the order the node sees.
+    for i in 0..50 {
+        let (status, body) = publish(node.http, "/topic/batch", &format!("m{i}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for i in 0..50 {
+        let m = c.frame().await.expect("MESSAGE");
+        assert_eq!(m.command, Command::Message);
+        assert_eq!(m.body[..], *format!("m{i}").as_bytes());
+    }
+}

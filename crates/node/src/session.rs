@@ -453,13 +453,13 @@ impl Session {
         self.next_slot = self.next_slot.wrapping_add(1);
         let header_line = header_line(self.version, "subscription", id);
         self.subs.push(Subscription {
-                slot,
-                id: id.to_owned(),
-                destination: destination.to_owned(),
-                ack,
-                header_line,
-                unacked: VecDeque::new(),
-                floor: None,
+            slot,
+            id: id.to_owned(),
+            destination: destination.to_owned(),
+            ack,
+            header_line,
+            unacked: VecDeque::new(),
+            floor: None,
         });
         out.push(Action::Subscribe {
             slot,
