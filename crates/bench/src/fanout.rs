@@ -22,6 +22,9 @@ pub enum Publish {
     Http,
     /// STOMP SEND over WebSocket connections to the target url: any broker.
     Stomp,
+    /// Records produced straight to Kafka, as a backend would (pushcenter's record
+    /// format: a `destination` header, the body as the value).
+    Kafka,
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +33,9 @@ pub struct FanoutOpts {
     pub publish: Publish,
     /// For `Publish::Http`: a node's HTTP base, `http://host:port`.
     pub publish_url: String,
+    /// For `Publish::Kafka`: bootstrap servers and the messages topic.
+    pub kafka_brokers: String,
+    pub kafka_topic: String,
     pub subscribers: usize,
     pub topics: usize,
     /// Publishes per second, spread over the topics in turn.
@@ -144,6 +150,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
     let pubs = match o.publish {
         Publish::Http => publish_http(&o, start),
         Publish::Stomp => publish_stomp(&o, start),
+        Publish::Kafka => publish_kafka(&o, start)?,
     };
     let (mut published, mut publish_failed) = (0, 0);
     let mut sent = vec![0u64; topics];
@@ -272,6 +279,60 @@ fn publish_http(o: &FanoutOpts, start: Instant) -> Vec<Published> {
             })
         })
         .collect()
+}
+
+/// One producer; a publish counts once the broker acknowledged it. Each topic's
+/// records share a key, so they keep their order in one partition.
+fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>, Error> {
+    use rdkafka::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &o.kafka_brokers)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let (topic, topics, size) = (o.kafka_topic.clone(), o.topics.max(1), o.body_size);
+    let (total, due) = (total(o), schedule(o, start));
+    Ok(vec![tokio::spawn(async move {
+        let mut acks = Vec::with_capacity(total as usize);
+        for seq in 0..total {
+            let (at, t) = due(seq);
+            tokio::time::sleep_until(at.into()).await;
+            let destination = format!("/topic/bench.{t}");
+            let key = t.to_string();
+            let body = body(size);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "destination",
+                value: Some(destination.as_str()),
+            });
+            let record = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&body)
+                .headers(headers);
+            acks.push((t, producer.send_result(record).map_err(|(e, _)| e)));
+            if seq % 1000 == 0 {
+                progress("published", seq, total);
+            }
+        }
+        let (mut ok, mut bad) = (0u64, 0u64);
+        let mut sent = vec![0u64; topics];
+        for (t, ack) in acks {
+            let acked = match ack {
+                Ok(f) => matches!(f.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            if acked {
+                ok += 1;
+                sent[t] += 1;
+            } else {
+                bad += 1;
+            }
+        }
+        Ok((ok, bad, sent))
+    })])
 }
 
 /// STOMP SENDs need no answer, but a server may limit the frames per connection.

@@ -62,6 +62,8 @@ enum PublishVia {
     Http,
     /// STOMP SEND over WebSocket to `--url`: works with any broker.
     Stomp,
+    /// Records produced to Kafka (`--kafka-brokers`), as a backend would.
+    Kafka,
 }
 
 #[derive(clap::Subcommand)]
@@ -95,7 +97,7 @@ enum Scenario {
     /// A child process of `connections` (reads its share on stdin).
     #[command(hide = true)]
     Child,
-    /// S subscribers over T topics; HTTP or STOMP publishes at a fixed rate; deliveries
+    /// S subscribers over T topics; HTTP, STOMP or Kafka publishes at a fixed rate; deliveries
     /// per second, end-to-end latency, missed messages, CPU per delivery.
     Fanout {
         #[command(flatten)]
@@ -108,6 +110,12 @@ enum Scenario {
         /// A node's HTTP base to publish through (`--publish http`).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         publish_url: String,
+        /// Kafka bootstrap servers (`--publish kafka`).
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_brokers: String,
+        /// The topic the nodes read (`kafka.messages_topic`).
+        #[arg(long, default_value = "pushcenter.messages")]
+        kafka_topic: String,
         /// Message body size: the publish time in unix µs, padded to this many bytes.
         #[arg(long, default_value_t = 0)]
         body_size: usize,
@@ -214,6 +222,8 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             subscribers,
             publish,
             publish_url,
+            kafka_brokers,
+            kafka_topic,
             body_size,
             publishers,
             rate,
@@ -225,8 +235,11 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
                 publish: match publish {
                     PublishVia::Http => Publish::Http,
                     PublishVia::Stomp => Publish::Stomp,
+                    PublishVia::Kafka => Publish::Kafka,
                 },
                 publish_url,
+                kafka_brokers,
+                kafka_topic,
                 subscribers,
                 topics: common.topics,
                 rate,

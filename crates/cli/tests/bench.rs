@@ -295,3 +295,41 @@ async fn request_round_trips_are_all_answered_by_the_clients() {
     let (_, stats) = http(node.http, "GET", "/v1/stats", "").await;
     assert!(stats.contains("\"requests_answered_total\":200"), "{stats}");
 }
+
+/// Publishing straight to Kafka, as a backend would: a node on a real broker delivers
+/// every record to every subscriber of its topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_published_to_kafka_reaches_every_subscriber() {
+    let broker = common::broker::Broker::start();
+    let node = Node::cluster("bench-k", &broker.brokers(), &[]);
+    ready(&node).await;
+    let url = node.ws_url();
+    let r = bench(&[
+        "fanout",
+        "--url",
+        &url,
+        "--publish",
+        "kafka",
+        "--kafka-brokers",
+        &broker.brokers(),
+        "--subscribers",
+        "20",
+        "--topics",
+        "4",
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--body-size",
+        "256",
+    ])
+    .await;
+    assert_eq!(r["publish"], "kafka", "{r}");
+    assert_eq!(r["published"], 200, "{r}");
+    assert_eq!(r["publish_failed"], 0, "{r}");
+    // 4 topics of 5 subscribers each: every record reaches 5.
+    assert_eq!(r["expected_deliveries"], 1000, "{r}");
+    assert_eq!(r["deliveries"], 1000, "{r}");
+    assert_eq!(r["missed"], 0, "{r}");
+    assert_eq!(r["body_bytes"], 256, "{r}");
+}
