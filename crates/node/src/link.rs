@@ -71,9 +71,10 @@ where
 
 /// Output buffers a worker thread has spare: a connection takes one when it has
 /// something to write and gives it back once the socket took it, so busy connections
-/// allocate nothing per message and idle ones hold no buffer.
+/// allocate nothing per message and idle ones hold no buffer. At most 256 of up to
+/// 16 KiB each are kept per thread (4 MiB); larger ones are freed.
 const SPARE_BUFFERS: usize = 256;
-const SPARE_MAX_BYTES: usize = 64 * 1024;
+const SPARE_MAX_BYTES: usize = 16 * 1024;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
