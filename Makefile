@@ -66,6 +66,7 @@ RR_RATE ?= 1000
 # Needs cargo-fuzz and a nightly toolchain; see docs/testing.md.
 FUZZ_SECONDS ?= 600
 fuzz:
-	mkdir -p fuzz/corpus/decode fuzz/corpus/session
+	mkdir -p fuzz/corpus/decode fuzz/corpus/session fuzz/corpus/websocket
 	cd fuzz && $(CARGO) +nightly fuzz run decode corpus/decode seeds -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && $(CARGO) +nightly fuzz run session corpus/session seeds/session -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && $(CARGO) +nightly fuzz run websocket corpus/websocket seeds/websocket -- -max_total_time=$(FUZZ_SECONDS)

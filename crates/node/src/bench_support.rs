@@ -232,3 +232,9 @@ pub fn fuzz_session(data: &[u8]) {
         }
     }
 }
+
+/// The WebSocket reader's promises under any input (the `websocket` fuzz target):
+/// no panic, the same result however the input is split, bounded buffering.
+pub fn fuzz_websocket(data: &[u8]) {
+    crate::link::fuzz_reader(data);
+}

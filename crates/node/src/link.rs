@@ -527,6 +527,51 @@ impl Sink for NullLink {
     }
 }
 
+/// For the `websocket` fuzz target: the reader must never panic, must give the same
+/// stream bytes, replies and verdict however the input is split, and must never hold
+/// more than a frame header plus the size limit.
+// A broken promise is a panic: that is how the fuzzer hears of it.
+#[allow(clippy::panic)]
+pub(crate) fn fuzz_reader(data: &[u8]) {
+    let Some((&split, input)) = data.split_first() else {
+        return;
+    };
+    let max = 256;
+    let run = |chunk: usize| {
+        let mut r = WsReader {
+            partial: BytesMut::new(),
+            message: None,
+            message_len: 0,
+            utf8_tail: 0,
+            max_message: max,
+        };
+        let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
+        let mut verdict = Ok(());
+        for piece in input.chunks(chunk.max(1)) {
+            match r.consume(piece, &mut buf, &mut out) {
+                Ok(Got::Close) => {
+                    verdict = Err(0);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    verdict = Err(e.code);
+                    break;
+                }
+            }
+            if r.partial.len() > max + 14 {
+                panic!("holds {} bytes of an unfinished frame", r.partial.len());
+            }
+        }
+        (buf, out, verdict)
+    };
+    let whole = run(input.len());
+    let split = run(usize::from(split));
+    if whole != split {
+        panic!("split changes the result: {whole:?} vs {split:?}");
+    }
+}
+
 /// The bytes of a client frame (masked with `mask`), for tests.
 #[cfg(test)]
 fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
