@@ -1,28 +1,27 @@
 //! The fuzz targets' seeds, regressions included, run on every `make test`
 //! (the fuzzer itself needs nightly; see docs/testing.md).
 
-#[test]
-fn session_fuzz_seeds_pass_the_oracle() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/session");
+/// Runs every seed in `fuzz/seeds/<target>` through `oracle` (which panics on a broken
+/// promise).
+fn seeds_pass(target: &str, oracle: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target);
     let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/session") {
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
         let path = entry.expect("entry").path();
-        let data = std::fs::read(&path).expect("seed");
-        pushcenter_node::bench_support::fuzz_session(&data);
+        oracle(&std::fs::read(&path).expect("seed"));
         n += 1;
     }
-    assert!(n >= 2, "seeds found: {n}");
+    assert!(n >= 2, "seeds found in {dir:?}: {n}");
+}
+
+#[test]
+fn session_fuzz_seeds_pass_the_oracle() {
+    seeds_pass("session", pushcenter_node::bench_support::fuzz_session);
 }
 
 #[test]
 fn websocket_fuzz_seeds_pass_the_oracle() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/websocket");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/websocket") {
-        let path = entry.expect("entry").path();
-        let data = std::fs::read(&path).expect("seed");
-        pushcenter_node::bench_support::fuzz_websocket(&data);
-        n += 1;
-    }
-    assert!(n >= 2, "seeds found: {n}");
+    seeds_pass("websocket", pushcenter_node::bench_support::fuzz_websocket);
 }
