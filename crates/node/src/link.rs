@@ -103,10 +103,10 @@ async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, out: &mut BytesMut) -> io:
         out.advance(n);
     }
     let mut b = std::mem::take(out);
-    // Written bytes were advanced over: whether the whole allocation is small is what
-    // reclaiming more than the limit tells (it succeeds only for a larger one).
-    if b.capacity() > 0 && !b.try_reclaim(SPARE_MAX_BYTES + 1) {
-        b.clear();
+    // Written bytes were advanced over: reclaiming gives the whole allocation back
+    // (false when there is none), and reclaiming more than the limit succeeds only
+    // for a larger one.
+    if b.try_reclaim(1) && !b.try_reclaim(SPARE_MAX_BYTES + 1) {
         SPARE.with(|s| {
             let mut s = s.borrow_mut();
             if s.len() < SPARE_BUFFERS {
@@ -738,9 +738,16 @@ mod tests {
             let mut got = Vec::new();
             far.read_to_end(&mut got).await.map(|_| got)
         });
+        let spares = SPARE.with(|s| s.borrow().len());
         write_out(&mut near, &mut out).await.expect("write");
         drop(near);
         assert_eq!(reader.await.expect("join").expect("read"), data);
+        // The connection keeps no buffer; the thread keeps it, whole, for the next one.
+        assert_eq!(out.capacity(), 0);
+        assert_eq!(SPARE.with(|s| s.borrow().len()), spares + 1);
+        let mut next = BytesMut::new();
+        assert!(out_buf(&mut next, 5000).capacity() >= 5000);
+        assert_eq!(SPARE.with(|s| s.borrow().len()), spares);
     }
 
     #[test]
