@@ -267,7 +267,8 @@ impl<L: Link> Connection<L> {
                             written = self.write_out(out).await;
                         }
                     }
-                    if queued.capacity() > 64 {
+                    // Small batches reuse it; after a burst it goes.
+                    if queued.capacity() > 8 {
                         queued = Vec::new();
                     }
                     let n = std::mem::take(&mut self.frames_out);

@@ -133,6 +133,10 @@ impl Outbox {
         if let Ok(mut q) = self.queue.lock() {
             let n = q.items.len();
             into.extend(q.items.drain(..));
+            // A burst must not leave a large queue allocated on a quiet connection.
+            if q.items.capacity() > 16 {
+                q.items = VecDeque::new();
+            }
             q.bytes = 0;
             Stats::add(&self.stats.queued_messages, -(n as i64));
         }
