@@ -38,17 +38,28 @@ fn every_toml_example_in_the_docs_is_valid() {
     assert!(checked > 0, "no TOML examples found in docs/");
 }
 
-#[test]
-fn unknown_keys_are_errors() {
-    let file = std::env::temp_dir().join(format!("pushcenter-bad-{}.toml", std::process::id()));
-    std::fs::write(&file, "http_adr = \"127.0.0.1:1\"\n").expect("write");
+/// `check-config` on `toml`: its error output, which must be a refusal.
+fn refused(name: &str, toml: &str) -> String {
+    let file = std::env::temp_dir().join(format!("pushcenter-{name}-{}.toml", std::process::id()));
+    std::fs::write(&file, toml).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
         .args(["check-config", "--config"])
         .arg(&file)
         .output()
         .expect("run check-config");
     let _ = std::fs::remove_file(&file);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{toml} accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let err = refused("bad", "http_adr = \"127.0.0.1:1\"\n");
     assert!(err.contains("http_adr"), "{err}");
+}
+
+#[test]
+fn a_write_delay_past_a_second_is_refused() {
+    let err = refused("write-delay", "write_delay = \"2s\"\n");
+    assert!(err.contains("write_delay must be at most 1s"), "{err}");
 }

@@ -224,6 +224,10 @@ impl NodeConfig {
                 "connect_timeout, write_timeout, publish_timeout and report_interval must be positive",
             );
         }
+        // The connection reads nothing while it waits: keep it short of heart-beats.
+        if self.write_delay > Duration::from_secs(1) {
+            return bad("write_delay must be at most 1s");
+        }
         let tokens = self.auth.hs256_secret.is_some()
             || self.auth.hs256_secret_file.is_some()
             || self.auth.rs256_public_key_file.is_some();
