@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pushcenter_node::{
-    BoxFuture, Bus, BusError, DeliverFn, Delivery, Record, Reply, ReplyFn, ReplyKind, StartedFn,
-    Stats,
+    BoxFuture, Bus, BusError, DeliverFn, Delivery, Record, Reply, ReplyFn, StartedFn, Stats,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -356,13 +355,22 @@ impl Bus for KafkaBus {
     }
 
     fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>> {
-        let mut headers = Vec::with_capacity(reply.headers.len() + 3);
+        let mut headers = Vec::with_capacity(reply.headers.len() + 7);
         headers.push(("correlation-id", reply.correlation_id.as_str()));
         if let Some(n) = &reply.node {
             headers.push(("reply-node", n));
         }
-        if reply.kind == ReplyKind::Delivered {
-            headers.push(("reply-kind", "delivered"));
+        // Always written: the first of a name wins when read, and these come first.
+        headers.push(("reply-kind", reply.kind.as_str()));
+        if let Some(a) = &reply.answerer {
+            headers.push(("reply-session", &a.session));
+            if let Some(u) = &a.user {
+                headers.push(("reply-user", u));
+            }
+        }
+        if let Some((node, id)) = &reply.confirm {
+            headers.push(("confirm-node", node));
+            headers.push(("confirm-id", id));
         }
         for (k, v) in &reply.headers {
             headers.push((k, v));

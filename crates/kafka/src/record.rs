@@ -4,8 +4,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use pushcenter_node::{
-    Delivery, NODE_HEADERS, Record, Reply, ReplyKind, check_correlation_id,
-    check_publish_destination, sanitize,
+    Answerer, Delivery, NODE_HEADERS, REPLY_HEADERS, Record, Reply, ReplyKind,
+    check_correlation_id, check_publish_destination, sanitize,
 };
 use rdkafka::Message;
 use rdkafka::message::Headers;
@@ -68,20 +68,23 @@ pub fn reply_from<M: Message>(m: &M) -> Result<Reply, &'static str> {
     let mut reply = Reply::default();
     let mut id = None;
     let mut kind = Ok(ReplyKind::Answer);
+    let (mut session, mut user) = (None, None);
+    let (mut confirm_node, mut confirm_id) = (None, None);
     headers(m, |k, value| match k {
         "correlation-id" => id = Some(value.to_owned()),
         "reply-node" => reply.node = Some(value.to_owned()),
-        "reply-kind" => {
-            kind = match value {
-                "answer" => Ok(ReplyKind::Answer),
-                "delivered" => Ok(ReplyKind::Delivered),
-                _ => Err("unknown reply-kind"),
-            }
-        }
-        k if NODE_HEADERS.contains(&k) => {}
+        "reply-kind" => kind = ReplyKind::parse(value).ok_or("unknown reply-kind"),
+        "reply-session" => session = Some(value.to_owned()),
+        "reply-user" => user = Some(value.to_owned()),
+        "confirm-node" => confirm_node = Some(value.to_owned()),
+        "confirm-id" => confirm_id = Some(value.to_owned()),
+        k if NODE_HEADERS.contains(&k) || REPLY_HEADERS.contains(&k) => {}
         k => reply.headers.push((k.to_owned(), sanitize(value))),
     })?;
     reply.kind = kind?;
+    // A client's answer, as its node vouches: the waiting node checks it.
+    reply.answerer = session.map(|session| Answerer { session, user });
+    reply.confirm = confirm_node.zip(confirm_id);
     let id = id.ok_or("no correlation-id header")?;
     check_correlation_id(&id).map_err(|_| "bad correlation-id")?;
     reply.correlation_id = id;
@@ -176,6 +179,36 @@ mod tests {
         ] {
             assert_eq!(reply_from(&message(headers, b"")).map(|_| ()), Err(why));
         }
+    }
+
+    #[test]
+    fn reply_records_say_who_answered_and_where_to_confirm() {
+        let m = message(
+            &[
+                ("correlation-id", b"order-7"),
+                ("reply-kind", b"answer"),
+                ("reply-session", b"n1-ab12-3"),
+                ("reply-user", b"alice"),
+                ("confirm-node", b"n3"),
+                ("confirm-id", b"c1"),
+                ("reply-kind", b"taken"),
+            ],
+            b"",
+        );
+        let r = reply_from(&m).expect("answer");
+        assert_eq!(r.kind, ReplyKind::Answer, "the first reply-kind wins");
+        let a = r.answerer.expect("answerer");
+        assert_eq!(
+            (a.session.as_str(), a.user.as_deref()),
+            ("n1-ab12-3", Some("alice"))
+        );
+        assert_eq!(r.confirm, Some(("n3".to_string(), "c1".to_string())));
+        assert!(r.headers.is_empty(), "{:?}", r.headers);
+        let m = message(
+            &[("correlation-id", b"c1"), ("reply-kind", b"no-waiter")],
+            b"",
+        );
+        assert_eq!(reply_from(&m).map(|r| r.kind), Ok(ReplyKind::NoWaiter));
     }
 
     #[test]

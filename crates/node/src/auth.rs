@@ -36,6 +36,12 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     pub api_keys_file: Option<PathBuf>,
     pub backend_role: String,
+    /// The `aud` each kind of token must name when it carries one (and always, with
+    /// `require_audience`): a token issued for one use is refused for the others.
+    pub client_audience: String,
+    pub backend_audience: String,
+    pub callback_audience: String,
+    pub require_audience: bool,
 }
 
 impl Default for AuthConfig {
@@ -53,6 +59,10 @@ impl Default for AuthConfig {
             api_keys: Vec::new(),
             api_keys_file: None,
             backend_role: "backend".into(),
+            client_audience: "pushcenter-client".into(),
+            backend_audience: "pushcenter-backend".into(),
+            callback_audience: "pushcenter-callback".into(),
+            require_audience: false,
         }
     }
 }
@@ -68,6 +78,46 @@ struct Claims {
     send: Option<Vec<String>>,
     #[serde(default)]
     role: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    /// A callback token may name the node whose caller waits.
+    #[serde(default)]
+    node: Option<String>,
+}
+
+/// `aud`: one string or a list (RFC 7519 4.1.3).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, want: &str) -> bool {
+        match self {
+            Audience::One(a) => a == want,
+            Audience::Many(list) => list.iter().any(|a| a == want),
+        }
+    }
+}
+
+/// What a token was issued for: its `role` decides, its `aud` must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Client,
+    Backend,
+    Callback,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Client => "client",
+            Kind::Backend => "backend",
+            Kind::Callback => "callback",
+        }
+    }
 }
 
 /// A connection's identity and rights.
@@ -204,6 +254,42 @@ impl Auth {
         self.hs.is_some() || self.rs.is_some()
     }
 
+    /// The token's claims if it verifies and was issued as a `kind` token.
+    fn verify_as(&self, token: &str, kind: Kind) -> Result<Claims, String> {
+        let c = self.verify(token)?;
+        let role = c.role.as_deref();
+        let is = if role == Some(self.cfg.backend_role.as_str()) {
+            Kind::Backend
+        } else {
+            match role {
+                None | Some("client") => Kind::Client,
+                Some("callback") => Kind::Callback,
+                Some(_) => return Err("unauthorized: unknown token role".into()),
+            }
+        };
+        if is != kind {
+            return Err(format!(
+                "unauthorized: a {} token cannot be used as a {} token",
+                is.name(),
+                kind.name()
+            ));
+        }
+        let audience = match kind {
+            Kind::Client => &self.cfg.client_audience,
+            Kind::Backend => &self.cfg.backend_audience,
+            Kind::Callback => &self.cfg.callback_audience,
+        };
+        match &c.aud {
+            Some(aud) if !aud.names(audience) => {
+                Err(format!("unauthorized: token audience is not {audience}"))
+            }
+            None if self.cfg.require_audience => Err(format!(
+                "unauthorized: token has no audience ({audience} required)"
+            )),
+            _ => Ok(c),
+        }
+    }
+
     fn verify(&self, token: &str) -> Result<Claims, String> {
         let header = decode_header(token).map_err(|e| reason(e.kind()))?;
         // The key follows from the algorithm, and each key only serves its own: an
@@ -216,6 +302,8 @@ impl Auth {
         .ok_or("unauthorized: token algorithm not accepted")?;
         let mut v = Validation::new(header.alg);
         v.leeway = self.cfg.leeway.as_secs();
+        v.validate_nbf = true;
+        // Checked by `verify_as`, per kind of token.
         v.validate_aud = false;
         decode::<Claims>(token, key, &v)
             .map(|d| d.claims)
@@ -239,7 +327,7 @@ impl Auth {
             }
             return Err("unauthorized: a token is required".into());
         };
-        let c = self.verify(token)?;
+        let c = self.verify_as(token, Kind::Client)?;
         let user = c
             .sub
             .filter(|s| !s.is_empty() && !s.contains(['\r', '\n', '\0']))
@@ -262,20 +350,25 @@ impl Auth {
         {
             return true;
         }
-        self.verify(b)
-            .is_ok_and(|c| c.role.as_deref() == Some(self.cfg.backend_role.as_str()))
+        self.verify_as(b, Kind::Backend).is_ok()
     }
 
-    /// True when `bearer` may complete request `id`: a backend credential, or a token
+    /// Whether `bearer` may complete request `id`: a backend credential, or a token
     /// with `role: callback` and `sub` = the correlation id (what a backend hands a
-    /// third party in the callback URL).
-    pub(crate) fn callback(&self, bearer: Option<&str>, id: &str) -> bool {
-        self.backend(bearer)
-            || bearer.is_some_and(|b| {
-                self.verify(b).is_ok_and(|c| {
-                    c.role.as_deref() == Some("callback") && c.sub.as_deref() == Some(id)
-                })
-            })
+    /// third party in the callback URL). `Some(node)` when the token names the node
+    /// whose caller waits; `None` when it may complete the request but names no node;
+    /// `Err` when it may not.
+    pub(crate) fn callback(&self, bearer: Option<&str>, id: &str) -> Result<Option<String>, ()> {
+        if self.backend(bearer) {
+            return Ok(None);
+        }
+        let c = bearer
+            .and_then(|b| self.verify_as(b, Kind::Callback).ok())
+            .ok_or(())?;
+        if c.sub.as_deref() != Some(id) {
+            return Err(());
+        }
+        Ok(c.node.filter(|n| !n.is_empty()))
     }
 }
 
@@ -325,6 +418,86 @@ mod tests {
         assert!(!id.may_subscribe("/topic/x"));
         assert!(!id.may_send("/topic/x"));
         assert!(Identity::open(None).may_send("/topic/x"));
+    }
+
+    fn auth() -> Auth {
+        let cfg = AuthConfig {
+            hs256_secret: Some("s".repeat(32)),
+            leeway: Duration::ZERO,
+            ..AuthConfig::default()
+        };
+        Auth::load(&cfg).expect("load").expect("auth on")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret("s".repeat(32).as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+    }
+
+    fn now() -> u64 {
+        crate::bus::unix_ms() / 1000
+    }
+
+    #[test]
+    fn each_kind_of_token_serves_only_its_own_use() {
+        let a = auth();
+        let exp = now() + 600;
+        let client = token(serde_json::json!({"sub": "alice", "exp": exp}));
+        let backend = token(serde_json::json!({"sub": "svc", "exp": exp, "role": "backend"}));
+        let callback = token(serde_json::json!({"sub": "order-1", "exp": exp, "role": "callback"}));
+        assert!(a.client(Some(&client)).is_ok());
+        let e = a
+            .client(Some(&backend))
+            .expect_err("backend token as a login");
+        assert!(
+            e.contains("a backend token cannot be used as a client token"),
+            "{e}"
+        );
+        assert!(a.client(Some(&callback)).is_err());
+        assert!(a.backend(Some(&backend)) && !a.backend(Some(&client)));
+        assert!(!a.backend(Some(&callback)));
+        assert_eq!(a.callback(Some(&callback), "order-1"), Ok(None));
+        assert_eq!(a.callback(Some(&callback), "order-2"), Err(()));
+        assert_eq!(a.callback(Some(&client), "alice"), Err(()));
+        let named = token(
+            serde_json::json!({"sub": "order-1", "exp": exp, "role": "callback", "node": "n2"}),
+        );
+        assert_eq!(a.callback(Some(&named), "order-1"), Ok(Some("n2".into())));
+        let odd = token(serde_json::json!({"sub": "x", "exp": exp, "role": "admin"}));
+        assert!(a.client(Some(&odd)).is_err() && !a.backend(Some(&odd)));
+    }
+
+    #[test]
+    fn audience_and_not_before_are_checked() {
+        let a = auth();
+        let exp = now() + 600;
+        let aud =
+            |aud: serde_json::Value| token(serde_json::json!({"sub": "u", "exp": exp, "aud": aud}));
+        assert!(a.client(Some(&aud("pushcenter-client".into()))).is_ok());
+        assert!(
+            a.client(Some(&aud(serde_json::json!(["x", "pushcenter-client"]))))
+                .is_ok()
+        );
+        let e = a
+            .client(Some(&aud("pushcenter-backend".into())))
+            .expect_err("wrong aud");
+        assert!(e.contains("audience"), "{e}");
+        let later = token(serde_json::json!({"sub": "u", "exp": exp, "nbf": now() + 300}));
+        assert!(a.client(Some(&later)).is_err(), "nbf in the future");
+        let strict = Auth::load(&AuthConfig {
+            hs256_secret: Some("s".repeat(32)),
+            require_audience: true,
+            ..AuthConfig::default()
+        })
+        .expect("load")
+        .expect("auth on");
+        let plain = token(serde_json::json!({"sub": "u", "exp": exp}));
+        assert!(strict.client(Some(&plain)).is_err());
+        assert!(
+            strict
+                .client(Some(&aud("pushcenter-client".into())))
+                .is_ok()
+        );
     }
 
     #[test]

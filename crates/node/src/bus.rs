@@ -36,8 +36,61 @@ pub const NODE_HEADERS: [&str; 6] = [
 ];
 
 /// Headers that make a message a request (`POST /v1/requests` sets them): plain
-/// publishes and client SENDs cannot carry them.
-pub const REQUEST_HEADERS: [&str; 2] = ["correlation-id", "reply-to"];
+/// publishes and client SENDs cannot carry them. `request-deadline` is the caller's
+/// deadline in unix milliseconds: an expired request is delivered to nobody.
+pub const REQUEST_HEADERS: [&str; 3] = ["correlation-id", "reply-to", "request-deadline"];
+
+/// Headers of a reply record that the node writes and reads itself (who answered,
+/// where to confirm a callback): a client's answer cannot carry them.
+pub const REPLY_HEADERS: [&str; 7] = [
+    "correlation-id",
+    "reply-node",
+    "reply-kind",
+    "reply-session",
+    "reply-user",
+    "confirm-node",
+    "confirm-id",
+];
+
+/// Milliseconds since the unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A request that a targeted record carries: its correlation id, the node whose
+/// caller waits, and the caller's deadline (unix ms) when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub correlation_id: String,
+    pub node: String,
+    pub deadline_ms: Option<u64>,
+}
+
+impl Record {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The request this record is, if it is one: only targeted records are (a
+    /// broadcast that names a correlation id is an ordinary message).
+    pub fn request(&self) -> Option<RequestInfo> {
+        if self.user.is_none() && self.session.is_none() {
+            return None;
+        }
+        let id = self.header("correlation-id")?;
+        let node = self.header("reply-to")?.strip_prefix(REPLY_PREFIX)?;
+        Some(RequestInfo {
+            correlation_id: id.to_owned(),
+            node: node.to_owned(),
+            deadline_ms: self.header("request-deadline").and_then(|d| d.parse().ok()),
+        })
+    }
+}
 
 /// Where a client's answer to a request goes: `/reply/<node that waits>`.
 pub const REPLY_PREFIX: &str = "/reply/";
@@ -82,7 +135,7 @@ pub fn sanitize(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
 }
 
-/// What the node holding a request's target sends back to the node whose caller waits.
+/// What travels on the replies stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReplyKind {
     /// The answer (a client's SEND to `reply-to`, or a third party's callback).
@@ -90,6 +143,41 @@ pub enum ReplyKind {
     Answer,
     /// Not an answer: a client received the request (so a timeout can say so).
     Delivered,
+    /// To the node that received a callback: a waiter took it (`correlation_id` is
+    /// the callback's confirmation id).
+    Taken,
+    /// To the node that received a callback addressed to one node: nobody waits for it.
+    NoWaiter,
+}
+
+impl ReplyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyKind::Answer => "answer",
+            ReplyKind::Delivered => "delivered",
+            ReplyKind::Taken => "taken",
+            ReplyKind::NoWaiter => "no-waiter",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReplyKind> {
+        [
+            ReplyKind::Answer,
+            ReplyKind::Delivered,
+            ReplyKind::Taken,
+            ReplyKind::NoWaiter,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// The client session that answered a request (a STOMP SEND to `reply-to`), as the
+/// node that holds it vouches: the waiting node checks it against the request's target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answerer {
+    pub session: String,
+    pub user: Option<String>,
 }
 
 /// A reply on its way to the waiting caller.
@@ -99,6 +187,10 @@ pub struct Reply {
     /// The node whose caller waits; `None` when unknown (a callback): every node looks.
     pub node: Option<String>,
     pub kind: ReplyKind,
+    /// `Some` for a client's answer; `None` for a callback or a backend's record.
+    pub answerer: Option<Answerer>,
+    /// A callback that wants to hear whether a waiter took it: (node, confirmation id).
+    pub confirm: Option<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
@@ -152,6 +244,11 @@ pub trait Bus: Send + Sync + 'static {
     fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>>;
     /// True when publishing and receiving work.
     fn ready(&self) -> bool;
+    /// True when this node is the whole cluster (standalone): a reply for no local
+    /// waiter has nobody else to reach.
+    fn is_local(&self) -> bool {
+        false
+    }
     /// The records of `stream` with offsets `from..=to`, from the bus's log: for a
     /// client resuming from before the node's replay window. `Ok(None)` when the log
     /// no longer holds them all (retention), or when the bus keeps no log.
@@ -220,5 +317,9 @@ impl Bus for MemoryBus {
 
     fn ready(&self) -> bool {
         self.deliver.get().is_some()
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 }

@@ -80,6 +80,10 @@ pub struct NodeConfig {
     pub request_timeout_max: Duration,
     /// Requests one node may have waiting at once; more get 503.
     pub max_waiters: usize,
+    /// How long a callback (`POST /v1/requests/{id}/reply`) waits for the waiting node
+    /// to say it took it; then 404.
+    #[serde(with = "humantime_serde")]
+    pub callback_timeout: Duration,
     /// The replay window (resume after reconnect): records kept at most this long ...
     #[serde(with = "humantime_serde")]
     pub replay_window: Duration,
@@ -173,6 +177,7 @@ impl Default for NodeConfig {
             request_timeout_default: Duration::from_secs(10),
             request_timeout_max: Duration::from_secs(60),
             max_waiters: 100_000,
+            callback_timeout: Duration::from_secs(5),
             replay_window: Duration::from_secs(300),
             replay_window_bytes: 64 * 1024 * 1024,
             position_updates: Duration::from_secs(10),
@@ -233,6 +238,13 @@ impl NodeConfig {
             || self.auth.rs256_public_key_file.is_some();
         if self.insecure_login_as_user && tokens {
             return bad("insecure_login_as_user cannot be combined with token authentication");
+        }
+        if self.callback_timeout.is_zero() {
+            return bad("callback_timeout must be positive");
+        }
+        let role = self.auth.backend_role.as_str();
+        if role.is_empty() || role == "client" || role == "callback" {
+            return bad("auth.backend_role must be non-empty and neither client nor callback");
         }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1");

@@ -108,7 +108,7 @@ impl<L: Link> Connection<L> {
             ack_window: cfg.ack_window,
             client_send: cfg.client_send,
             heart_beat: hb,
-            session_id: format!("{}-{}", cfg.node_id, conn_id),
+            session_id: format!("{}-{}-{}", cfg.node_id, node.boot_id, conn_id),
             insecure_login_as_user: cfg.insecure_login_as_user,
             auth: node.auth.clone(),
             url_token,
@@ -451,6 +451,13 @@ impl<L: Link> Connection<L> {
             }
         }
         actions.clear();
+        let refused = self.session.take_refused_answers();
+        if refused > 0 {
+            self.node
+                .stats
+                .replies_refused_total
+                .fetch_add(refused, Ordering::Relaxed);
+        }
         let nacks = self.session.take_nacks();
         if nacks > 0 {
             self.node
@@ -538,6 +545,10 @@ impl<L: Link> Connection<L> {
                 self.flush_if_large().await.map(|()| true)
             }
             Rendered::Gone => Ok(true),
+            Rendered::Expired => {
+                Stats::inc(&stats.requests_expired_total);
+                Ok(true)
+            }
             Rendered::Unsendable => {
                 Stats::inc(&stats.messages_dropped_total);
                 Ok(true)
@@ -742,6 +753,8 @@ pub(crate) enum Rendered {
     Unsendable,
     /// The subscription's ack window is full.
     WindowFull,
+    /// A request whose caller's deadline has passed: nobody gets it.
+    Expired,
 }
 
 /// Turns a queued item into the frame this subscriber gets: `MESSAGE`, its own
@@ -767,7 +780,14 @@ pub(crate) fn render(
     let Some((shared, shared_text)) = msg.for_version(version) else {
         return Rendered::Unsendable;
     };
-    match session.message_head(sub, || msg.id().to_string()) {
+    // Only requests pay for the clock.
+    let now_ms = msg.request().map(|_| crate::bus::unix_ms());
+    if let (Some(r), Some(now)) = (msg.request(), now_ms) {
+        if r.deadline_ms.is_some_and(|d| d <= now) {
+            return Rendered::Expired;
+        }
+    }
+    let rendered = match session.message_head(sub, || msg.id().to_string()) {
         Head::Gone => Rendered::Gone,
         Head::WindowFull => Rendered::WindowFull,
         Head::Lines { subscription, ack } => {
@@ -790,7 +810,11 @@ pub(crate) fn render(
             b.put_slice(shared);
             Rendered::Frame
         }
+    };
+    if let (Rendered::Frame, Some(r), Some(now)) = (&rendered, msg.request(), now_ms) {
+        session.note_request(r, now);
     }
+    rendered
 }
 
 const PREFIX: &[u8] = b"MESSAGE\n";

@@ -23,7 +23,7 @@ use crate::connection::serve;
 use crate::link::WsLink;
 use crate::registrar::NodeInfo;
 use crate::stats::Stats;
-use crate::waiters::RegisterError;
+use crate::waiters::{Completion, RegisterError, Target};
 use crate::{Node, Refused};
 use hyper_util::rt::TokioIo;
 
@@ -362,6 +362,11 @@ async fn request(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
             "reply-to".into(),
             format!("{REPLY_PREFIX}{}", node.config.node_id),
         ));
+        // No node delivers it past the caller's deadline (a client that resumes later
+        // does not get it either).
+        let deadline = crate::bus::unix_ms()
+            .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        headers.push(("request-deadline".into(), deadline.to_string()));
         Some(Record {
             destination,
             headers,
@@ -388,8 +393,13 @@ async fn request(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
     {
         return too_large();
     }
+    // Who may answer: the target's sessions, or (always) a callback or a backend.
+    let target = Target {
+        user: record.as_ref().and_then(|r| r.user.clone()),
+        session: record.as_ref().and_then(|r| r.session.clone()),
+    };
     // Registered before the request goes out: the answer cannot overtake it.
-    let pending = match node.waiters.register(&id) {
+    let pending = match node.waiters.register(&id, target) {
         Ok(p) => p,
         Err(RegisterError::Pending) => {
             return error(
@@ -449,6 +459,8 @@ async fn request(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
 
 /// `POST /v1/requests/{correlation_id}/reply`: a third party's callback. The body and
 /// its content type become the answer of the call waiting for this id, on any node.
+/// 200 once a waiter took it; 404 when none did (none waits yet, or any more): the
+/// caller may retry, nothing was kept.
 async fn callback(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -459,21 +471,23 @@ async fn callback(
     if let Err(e) = check_correlation_id(&id) {
         return error(StatusCode::BAD_REQUEST, &e);
     }
-    // A third party gets a callback URL carrying a token for this one request.
+    // A third party gets a callback URL carrying a token for this one request; the
+    // token may name the node whose caller waits.
     let credential = bearer(&headers).or(query.get("token").map(String::as_str));
-    if node
-        .auth
-        .as_ref()
-        .is_some_and(|a| !a.callback(credential, &id))
-    {
-        return unauthorized(
-            &node,
-            "unauthorized: a callback token for this request is required",
-        );
-    }
+    let waiting_node = match node.auth.as_ref().map(|a| a.callback(credential, &id)) {
+        None => None,
+        Some(Ok(n)) => n,
+        Some(Err(())) => {
+            return unauthorized(
+                &node,
+                "unauthorized: a callback token for this request is required",
+            );
+        }
+    };
     if body.len() > node.config.limits.max_body_bytes {
         return too_large();
     }
+    Stats::inc(&node.stats.callbacks_total);
     let mut reply_headers = Vec::new();
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
@@ -481,17 +495,71 @@ async fn callback(
     {
         reply_headers.push(("content-type".to_string(), sanitize(ct)));
     }
-    let reply = Reply {
+    let mut reply = Reply {
         correlation_id: id.clone(),
-        node: None,
+        node: waiting_node,
         headers: reply_headers,
         body,
         ..Reply::default()
     };
-    match node.reply(reply).await {
-        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"correlation_id": id}))).into_response(),
-        Err(e) => bus_error(&e),
+    let here = reply.node.as_deref() == Some(node.config.node_id.as_str())
+        || (reply.node.is_none() && (node.bus.is_local() || node.waiters.contains(&id)));
+    if here {
+        return match node.waiters.complete(reply) {
+            Completion::Taken => callback_taken(&id),
+            Completion::NoWaiter | Completion::Refused => callback_unclaimed(&node, &id),
+        };
     }
+    // Elsewhere: the waiting node says whether it took it.
+    let confirm_id = crate::random_hex::<16>();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    {
+        let mut confirms = node.confirms.lock().unwrap_or_else(|e| e.into_inner());
+        if confirms.len() >= node.config.max_waiters {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many callbacks waiting for confirmation on this node (max_waiters)",
+            );
+        }
+        confirms.insert(confirm_id.clone(), tx);
+    }
+    reply.confirm = Some((node.config.node_id.clone(), confirm_id.clone()));
+    let outcome = match node.send_reply(reply).await {
+        Ok(()) => tokio::time::timeout(node.config.callback_timeout, rx).await,
+        Err(e) => {
+            node.confirms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&confirm_id);
+            return bus_error(&e);
+        }
+    };
+    node.confirms
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&confirm_id);
+    match outcome {
+        Ok(Ok(true)) => callback_taken(&id),
+        _ => callback_unclaimed(&node, &id),
+    }
+}
+
+fn callback_taken(id: &str) -> Response {
+    Json(json!({"correlation_id": id, "completed": true})).into_response()
+}
+
+fn callback_unclaimed(node: &Node, id: &str) -> Response {
+    Stats::inc(&node.stats.callbacks_unclaimed_total);
+    let ms = node.config.callback_timeout.as_millis();
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({
+            "error": format!("no request waits for {id}: none took this callback within {ms} ms; nothing was kept, retry later"),
+            "correlation_id": id,
+            "completed": false,
+        })),
+    )
+        .into_response()
 }
 
 /// Standard base64 with padding, for reply bodies that are not UTF-8.

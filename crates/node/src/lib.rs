@@ -33,9 +33,10 @@ use std::time::Duration;
 
 pub use auth::AuthConfig;
 pub use bus::{
-    BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS, REPLY_PREFIX,
-    REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, StartedFn, check_correlation_id,
-    check_header_name, check_publish_destination, sanitize,
+    Answerer, BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS,
+    REPLY_HEADERS, REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, RequestInfo,
+    StartedFn, check_correlation_id, check_header_name, check_publish_destination, sanitize,
+    unix_ms,
 };
 pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy, TlsConfig};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::router::Router;
-use crate::waiters::Waiters;
+use crate::waiters::{Completion, Waiters};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,6 +75,12 @@ pub(crate) struct Node {
     pub(crate) http_bound: SocketAddr,
     pub(crate) tcp_bound: Option<SocketAddr>,
     pub(crate) waiters: Arc<Waiters>,
+    /// Callbacks received here that wait to hear whether a waiter (on some node) took
+    /// them: confirmation id -> the HTTP handler.
+    pub(crate) confirms:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<bool>>>,
+    /// Random, fresh at every start: session ids never repeat across restarts.
+    pub(crate) boot_id: String,
     /// Recent records, for clients that resume (`resume-from` on SUBSCRIBE).
     pub(crate) window: std::sync::Mutex<replay::Window>,
     /// Held from a record's entry into the window until it is routed (and a position
@@ -169,24 +176,23 @@ impl Node {
     /// `<node>-<random>`: unique in the cluster (node ids are), and not guessable by
     /// another client that would like to answer in its place.
     pub(crate) fn next_correlation_id(&self) -> String {
-        use std::hash::{BuildHasher, RandomState};
-        // Each RandomState has fresh keys (random per thread, then incremented).
-        let a = RandomState::new().hash_one(std::time::Instant::now());
-        let b = RandomState::new().hash_one(a);
-        format!("{}-{a:016x}{b:016x}", self.config.node_id)
+        format!("{}-{}", self.config.node_id, random_hex::<16>())
     }
 
     /// Sends a reply to the node whose caller waits; straight to the waiter when that
-    /// is this node.
-    pub(crate) async fn reply(&self, reply: Reply) -> Result<(), BusError> {
+    /// is this node (then `Some` says what became of it).
+    pub(crate) async fn reply(&self, reply: Reply) -> Result<Option<Completion>, BusError> {
         let here = match reply.node.as_deref() {
             Some(n) => n == self.config.node_id,
             None => self.waiters.contains(&reply.correlation_id),
         };
         if here {
-            self.waiters.complete(reply);
-            return Ok(());
+            return Ok(Some(self.waiters.complete(reply)));
         }
+        self.send_reply(reply).await.map(|()| None)
+    }
+
+    async fn send_reply(&self, reply: Reply) -> Result<(), BusError> {
         match tokio::time::timeout(self.config.publish_timeout, self.bus.reply(reply)).await {
             Ok(r) => r,
             Err(_) => Err(BusError::Unavailable("timed out".into())),
@@ -209,26 +215,30 @@ impl Node {
             Stats::inc(&self.stats.messages_history_total);
             return;
         }
+        // A request whose caller gave up reaches nobody (nor does it in a resume).
+        let request = d.record.request();
+        if request
+            .as_ref()
+            .and_then(|r| r.deadline_ms)
+            .is_some_and(|deadline| deadline <= bus::unix_ms())
+        {
+            drop(routing);
+            Stats::inc(&self.stats.requests_expired_total);
+            return;
+        }
         let n = self.router.deliver(&d);
         drop(routing);
         let r = &d.record;
         // `RUST_LOG=pushcenter::delivery=trace`: every record and how many got it.
         tracing::trace!(target: "pushcenter::delivery", node = %self.config.node_id,
             id = %d.id, destination = %r.destination, subscribers = n, "record routed");
-        if n == 0 || (r.user.is_none() && r.session.is_none()) {
-            return;
-        }
-        let header = |name: &str| r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let (Some(id), Some(to)) = (header("correlation-id"), header("reply-to")) else {
-            return;
-        };
-        let Some(waiting) = to.strip_prefix(REPLY_PREFIX) else {
+        let Some(request) = request.filter(|_| n > 0) else {
             return;
         };
         Stats::inc(&self.stats.requests_delivered_total);
         let report = Reply {
-            correlation_id: id.clone(),
-            node: Some(waiting.to_owned()),
+            correlation_id: request.correlation_id,
+            node: Some(request.node),
             kind: ReplyKind::Delivered,
             ..Reply::default()
         };
@@ -264,19 +274,82 @@ impl Node {
     }
 
     /// A reply from the bus: for a waiter here, or for another node.
-    fn on_reply(&self, reply: Reply) {
-        if reply
-            .node
-            .as_deref()
-            .is_none_or(|n| n == self.config.node_id)
-        {
-            // A callback goes to every node: only the one that waits takes it (the
-            // others do not count it late).
-            if reply.node.is_some() || self.waiters.contains(&reply.correlation_id) {
-                self.waiters.complete(reply);
+    fn on_reply(self: &Arc<Self>, reply: Reply) {
+        let addressed = reply.node.as_deref() == Some(self.config.node_id.as_str());
+        if !addressed && reply.node.is_some() {
+            return;
+        }
+        match reply.kind {
+            ReplyKind::Taken | ReplyKind::NoWaiter => {
+                if addressed {
+                    self.confirmed(&reply.correlation_id, reply.kind == ReplyKind::Taken);
+                }
+                return;
             }
+            ReplyKind::Answer | ReplyKind::Delivered => {}
+        }
+        // A callback without a node goes to every node: only the one that waits takes
+        // it (the others do not count it late, nor answer).
+        if !addressed && !self.waiters.contains(&reply.correlation_id) {
+            return;
+        }
+        let confirm = reply.confirm.clone();
+        let outcome = self.waiters.complete(reply);
+        if let Some((to, id)) = confirm {
+            let kind = match outcome {
+                Completion::Taken => ReplyKind::Taken,
+                Completion::NoWaiter | Completion::Refused => ReplyKind::NoWaiter,
+            };
+            self.confirm(to, id, kind);
         }
     }
+
+    /// Tells the node that received a callback what became of it.
+    fn confirm(self: &Arc<Self>, to: String, id: String, kind: ReplyKind) {
+        if to == self.config.node_id {
+            self.confirmed(&id, kind == ReplyKind::Taken);
+            return;
+        }
+        let node = self.clone();
+        self.runtime.spawn(async move {
+            let note = Reply {
+                correlation_id: id,
+                node: Some(to),
+                kind,
+                ..Reply::default()
+            };
+            if let Err(e) = node.send_reply(note).await {
+                tracing::debug!(error = %e, "cannot confirm a callback");
+            }
+        });
+    }
+
+    /// A confirmation for a callback received here.
+    fn confirmed(&self, id: &str, taken: bool) {
+        let tx = self
+            .confirms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(tx) = tx {
+            let _ = tx.send(taken);
+        }
+    }
+}
+
+/// `N` random bytes from the operating system, in hex.
+pub(crate) fn random_hex<const N: usize>() -> String {
+    let mut b = [0u8; N];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness (never seen on Linux): hash the clock with std's random keys.
+        use std::hash::{BuildHasher, RandomState};
+        for chunk in b.chunks_mut(8) {
+            let h = RandomState::new().hash_one(std::time::SystemTime::now());
+            let h = h.to_le_bytes();
+            chunk.copy_from_slice(&h[..chunk.len()]);
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Accept queue length (the kernel caps it at `net.core.somaxconn`): bursts of new
@@ -335,6 +408,8 @@ impl Server {
         })?;
         let tcp_bound = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let node = Arc::new(Node {
+            confirms: std::sync::Mutex::new(std::collections::HashMap::new()),
+            boot_id: random_hex::<6>(),
             http_bound,
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 use pushcenter_stomp::{Command, Frame, Version, encode};
 
-use crate::bus::Delivery;
+use crate::bus::{Delivery, RequestInfo};
 use crate::outbox::{Out, Outbox};
 use crate::stats::Stats;
 
@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     /// Whether each is UTF-8 (then it goes out as a WebSocket text message).
     escaped_text: bool,
     plain_text: bool,
+    /// Set when the message is a request: who may answer it, and until when it may
+    /// be delivered.
+    request: Option<Box<RequestInfo>>,
 }
 
 const PREFIX: &[u8] = b"MESSAGE\n";
@@ -51,6 +54,7 @@ impl Shared {
         };
         let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
         Some(Shared {
+            request: r.request().map(Box::new),
             id: d.id.clone(),
             escaped_text: utf8(&escaped),
             plain_text: plain.as_deref().is_some_and(utf8),
@@ -65,6 +69,10 @@ impl Shared {
 
     pub(crate) fn len(&self) -> usize {
         self.escaped.len()
+    }
+
+    pub(crate) fn request(&self) -> Option<&RequestInfo> {
+        self.request.as_deref()
     }
 
     /// The bytes that follow this connection's `subscription`/`ack` headers, and

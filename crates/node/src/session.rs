@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::auth::{Auth, Identity};
 use crate::bus::{
-    REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, check_correlation_id, check_publish_destination,
-    sanitize,
+    Answerer, REPLY_HEADERS, REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, RequestInfo,
+    check_correlation_id, check_publish_destination, sanitize, unix_ms,
 };
 
 #[derive(Debug, Clone)]
@@ -36,6 +36,22 @@ pub(crate) const TOKEN_DESTINATION: &str = "/session/token";
 /// Transactions one session may have open, and frames one transaction may hold.
 const MAX_TRANSACTIONS: usize = 16;
 const MAX_TRANSACTION_FRAMES: usize = 1000;
+
+/// Requests a session remembers having received, so it may answer them: the oldest
+/// is forgotten past this many.
+const MAX_DELIVERED_REQUESTS: usize = 1024;
+/// A delivered request stays answerable this long after its deadline (the answer is
+/// then late: the waiting node counts it), or this long after delivery without one.
+const ANSWER_GRACE_MS: u64 = 60_000;
+const NO_DEADLINE_KEEP_MS: u64 = 600_000;
+
+/// A request delivered to this session: it may answer it until `until` (unix ms).
+#[derive(Debug)]
+struct DeliveredRequest {
+    correlation_id: String,
+    node: String,
+    until: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AckMode {
@@ -153,7 +169,12 @@ pub(crate) struct Session {
     next_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
     nacks: u64,
+    /// Answers refused since the last call (no such request was delivered here).
+    refused_answers: u64,
     identity: Identity,
+    /// Requests delivered to this session, oldest first; boxed: most sessions never
+    /// get one, and an idle session pays one pointer.
+    delivered: Option<Box<VecDeque<DeliveredRequest>>>,
 }
 
 /// The per-subscriber head of a MESSAGE, or why it cannot be sent.
@@ -182,11 +203,14 @@ impl Session {
             next_ack: 0,
             transactions: HashMap::new(),
             nacks: 0,
+            refused_answers: 0,
             identity: Identity::default(),
+            delivered: None,
         }
     }
 
-    /// The session id (`<node>-<connection>`), as CONNECTED tells the client.
+    /// The session id (`<node>-<process start>-<connection>`), as CONNECTED tells the
+    /// client.
     pub(crate) fn id(&self) -> &str {
         &self.cfg.session_id
     }
@@ -198,6 +222,48 @@ impl Session {
     /// NACKs seen since the last call.
     pub(crate) fn take_nacks(&mut self) -> u64 {
         std::mem::take(&mut self.nacks)
+    }
+
+    /// Answers refused since the last call.
+    pub(crate) fn take_refused_answers(&mut self) -> u64 {
+        std::mem::take(&mut self.refused_answers)
+    }
+
+    /// A request went out to this client: it may answer it from now on.
+    pub(crate) fn note_request(&mut self, r: &RequestInfo, now_ms: u64) {
+        let until = r
+            .deadline_ms
+            .map_or(now_ms.saturating_add(NO_DEADLINE_KEEP_MS), |d| {
+                d.saturating_add(ANSWER_GRACE_MS)
+            });
+        let list = self.delivered.get_or_insert_with(Default::default);
+        while list.front().is_some_and(|d| d.until < now_ms) {
+            list.pop_front();
+        }
+        if list.len() >= MAX_DELIVERED_REQUESTS {
+            list.pop_front();
+        }
+        list.push_back(DeliveredRequest {
+            correlation_id: r.correlation_id.clone(),
+            node: r.node.clone(),
+            until,
+        });
+    }
+
+    /// True when request `id` of node `node` was delivered to this session and may
+    /// still be answered.
+    fn may_answer(&mut self, id: &str, node: &str, now_ms: u64) -> bool {
+        let Some(list) = self.delivered.as_mut() else {
+            return false;
+        };
+        list.retain(|d| d.until >= now_ms);
+        let found = list
+            .iter()
+            .any(|d| d.correlation_id == id && d.node == node);
+        if list.is_empty() {
+            self.delivered = None;
+        }
+        found
     }
 
     /// Subscriptions still open, for cleanup when the connection ends.
@@ -380,9 +446,21 @@ impl Session {
                     if node.is_empty() {
                         return Err(format!("cannot send to {destination}: no node"));
                     }
+                    // Only the sessions a request went to may answer it: checked here,
+                    // where the delivery is known (docs/request-reply.md).
+                    if !self.may_answer(id, node, unix_ms()) {
+                        self.refused_answers += 1;
+                        return Err(format!(
+                            "forbidden: no request {id} from {destination} was delivered to this session"
+                        ));
+                    }
                     out.push(Action::Answer(Reply {
                         correlation_id: id.to_owned(),
                         node: Some(node.to_owned()),
+                        answerer: Some(Answerer {
+                            session: self.cfg.session_id.clone(),
+                            user: self.identity.user.clone(),
+                        }),
                         headers: passed_headers(frame),
                         body: frame.body.clone(),
                         ..Reply::default()
@@ -641,7 +719,7 @@ fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
         let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
             continue;
         };
-        if RESERVED.contains(&n) || REQUEST_HEADERS.contains(&n) {
+        if RESERVED.contains(&n) || REQUEST_HEADERS.contains(&n) || REPLY_HEADERS.contains(&n) {
             continue;
         }
         out.push((sanitize(n), sanitize(v)));

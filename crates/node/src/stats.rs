@@ -110,6 +110,10 @@ stats! {
     counter requests_timed_out_total: "Requests that reached their deadline without a reply (504).",
     counter requests_delivered_total: "Requests this node handed to at least one local client.",
     counter replies_late_total: "Replies for no waiting request (late, duplicate or unknown): counted and dropped.",
+    counter replies_refused_total: "Answers refused: a client answered a request it was not sent (here, or vouched for by its node), or any client answered a rendezvous-only wait.",
+    counter requests_expired_total: "Requests past their caller's deadline: delivered to nobody (live or in a resume).",
+    counter callbacks_total: "Callbacks (POST /v1/requests/{id}/reply) received on this node.",
+    counter callbacks_unclaimed_total: "Callbacks answered 404: no waiting request took them.",
 }
 
 impl Stats {

@@ -355,15 +355,83 @@ fn user_queues_can_be_subscribed_but_not_sent_to() {
     assert!(error_message(&out).unwrap().contains("cannot subscribe"));
 }
 
+fn request(id: &str, node: &str, deadline_ms: Option<u64>) -> RequestInfo {
+    RequestInfo {
+        correlation_id: id.into(),
+        node: node.into(),
+        deadline_ms,
+    }
+}
+
+fn answer(id: &str, node: &str) -> Frame {
+    Frame::new(Command::Send)
+        .header("destination", format!("/reply/{node}"))
+        .header("correlation-id", id)
+}
+
+#[test]
+fn only_a_request_delivered_to_the_session_can_be_answered() {
+    let now = unix_ms();
+    let mut s = connected();
+    // Never delivered here: ERROR, close, counted.
+    let out = run(&mut s, answer("order-1001", "n2"));
+    let m = error_message(&out).expect("refused");
+    assert!(m.starts_with("forbidden: no request order-1001"), "{m}");
+    assert!(closes(&out));
+    assert_eq!(s.take_refused_answers(), 1);
+
+    let mut s = connected();
+    s.note_request(&request("n2-abc", "n2", Some(now + 10_000)), now);
+    // The same id from another node: refused.
+    let mut other = connected();
+    other.note_request(&request("n2-abc", "n2", Some(now + 10_000)), now);
+    assert!(error_message(&run(&mut other, answer("n2-abc", "n3"))).is_some());
+    let out = run(&mut s, answer("n2-abc", "n2"));
+    let Action::Answer(r) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let a = r.answerer.as_ref().expect("the answering session");
+    assert_eq!(a.session, "n1-1");
+    // A second answer is late, not forbidden: the waiting node counts it.
+    assert!(matches!(
+        run(&mut s, answer("n2-abc", "n2"))[0],
+        Action::Answer(_)
+    ));
+    assert!(error_message(&run(&mut s, answer("n2-other", "n2"))).is_some());
+
+    // Long past its deadline (and the grace for late answers): forgotten.
+    let mut s = connected();
+    s.note_request(&request("old", "n2", Some(now - ANSWER_GRACE_MS - 1)), now);
+    assert!(error_message(&run(&mut s, answer("old", "n2"))).is_some());
+}
+
+#[test]
+fn the_delivered_requests_a_session_remembers_are_bounded() {
+    let now = unix_ms();
+    let mut s = connected();
+    for i in 0..MAX_DELIVERED_REQUESTS + 10 {
+        s.note_request(&request(&format!("r{i}"), "n2", Some(now + 60_000)), now);
+    }
+    assert_eq!(
+        s.delivered.as_ref().map(|d| d.len()),
+        Some(MAX_DELIVERED_REQUESTS)
+    );
+    // The oldest were forgotten.
+    assert!(error_message(&run(&mut s, answer("r0", "n2"))).is_some());
+}
+
 #[test]
 fn a_send_to_reply_to_answers_a_request() {
     let mut s = connected();
+    s.note_request(&request("n2-abc", "n2", None), unix_ms());
     let out = run(
         &mut s,
         Frame::new(Command::Send)
             .header("destination", "/reply/n2")
             .header("correlation-id", "n2-abc")
             .header("status", "ok")
+            .header("reply-session", "forged")
+            .header("reply-kind", "taken")
             .body(Bytes::from_static(b"yes")),
     );
     let Action::Answer(r) = &out[0] else {
