@@ -200,6 +200,15 @@ pub async fn publish(addr: SocketAddr, destination: &str, body: &str) -> (u16, S
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a client saw next.
+#[derive(Debug)]
+pub enum Event {
+    Frame(Frame),
+    Closed,
+    /// Nothing within the time given: the connection is still open.
+    Silent,
+}
+
 /// A STOMP client over WebSocket using the project's codec.
 pub struct WsClient {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
@@ -311,6 +320,53 @@ impl WsClient {
         .await
         .ok()
         .flatten()
+    }
+
+    /// What comes next within `t`: a frame (heart-beats skipped), the close, or
+    /// silence; unlike [`WsClient::frame_within`] a close and a timeout differ.
+    pub async fn event_within(&mut self, t: Duration) -> Event {
+        let got = tokio::time::timeout(t, async {
+            loop {
+                match decode(&mut self.buf, &Limits::default()) {
+                    Ok(Some(Item::Frame(f))) => return Event::Frame(f),
+                    Ok(Some(Item::HeartBeat)) => continue,
+                    Ok(None) => {}
+                    Err(e) => panic!("bad frame from server: {e}"),
+                }
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => self.buf.extend_from_slice(t.as_bytes()),
+                    Some(Ok(Message::Binary(b))) => self.buf.extend_from_slice(&b),
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return Event::Closed,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        got.unwrap_or(Event::Silent)
+    }
+
+    /// Asserts an ERROR whose `message` holds `message`, then the close (a timeout
+    /// fails: it is not a close).
+    pub async fn expect_error_then_close(&mut self, message: &str) {
+        match self.event_within(TIMEOUT).await {
+            Event::Frame(f) if f.command == Cmd::Error => {
+                let got = f.get("message").unwrap_or_default();
+                assert!(got.contains(message), "ERROR {got:?}, expected {message:?}");
+            }
+            other => panic!("expected ERROR {message:?}, got {other:?}"),
+        }
+        match self.event_within(TIMEOUT).await {
+            Event::Closed => {}
+            other => panic!("expected the close after ERROR, got {other:?}"),
+        }
+    }
+
+    /// Asserts the connection stays open and quiet for `t`.
+    pub async fn expect_silence(&mut self, t: Duration) {
+        match self.event_within(t).await {
+            Event::Silent => {}
+            other => panic!("expected nothing for {t:?}, got {other:?}"),
+        }
     }
 
     /// Waits for the close; returns the close code if any.
