@@ -502,8 +502,9 @@ async fn callback(
         body,
         ..Reply::default()
     };
-    let here = reply.node.as_deref() == Some(node.config.node_id.as_str())
-        || (reply.node.is_none() && (node.bus.is_local() || node.waiters.contains(&id)));
+    let here = node.bus.is_local()
+        || node.waiters.contains(&id)
+        || reply.node.as_deref() == Some(node.config.node_id.as_str());
     if here {
         return match node.waiters.complete(reply) {
             Completion::Taken => callback_taken(&id),
