@@ -99,7 +99,7 @@ pushcenter cluster up (logs in $DIR)
   stomp/tcp   127.0.0.1:$((BASE + 21)) ...
   kafka       $BROKER   (topic pushcenter.messages)
   etcd        $ETCD_URL
-publish:  curl -s -XPOST http://127.0.0.1:$((BASE + 11))/v1/publish -d '{"destination":"/topic/demo","body":"hi"}'
+publish:  curl -s -XPOST http://127.0.0.1:$((BASE + 11))/v1/publish -H 'content-type: application/json' -d '{"destination":"/topic/demo","body":"hi"}'
 Ctrl-C stops everything.
 EOF
 

@@ -26,13 +26,15 @@ pub struct Record {
 }
 
 /// Headers only the node writes on a MESSAGE: a publisher cannot set them.
-pub const NODE_HEADERS: [&str; 6] = [
+pub const NODE_HEADERS: [&str; 7] = [
     "destination",
     "message-id",
     "subscription",
     "ack",
     "content-length",
     "session",
+    // On Kafka `user` is the record's target: a publisher names it in its own field.
+    "user",
 ];
 
 /// Headers that make a message a request (`POST /v1/requests` sets them): plain

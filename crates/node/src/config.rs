@@ -44,6 +44,14 @@ pub struct NodeConfig {
     pub heartbeat_send: Duration,
     #[serde(with = "humantime_serde")]
     pub heartbeat_receive: Duration,
+    /// A connection without heart-beats from the client (it asked for none) that sends
+    /// nothing for this long is closed; 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// TCP keepalive on every accepted socket: probes start after this much silence
+    /// (then every 10 s, 5 of them), so a vanished peer's socket goes; 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
     /// Time a new connection has to complete the WebSocket handshake and send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -95,6 +103,9 @@ pub struct NodeConfig {
     pub position_updates: Duration,
     /// STOMP connections (WebSocket and TCP) one node accepts; more are refused.
     pub max_connections: usize,
+    /// HTTP connections (API calls, handshakes before the upgrade) one node holds at
+    /// once; more are closed at once.
+    pub max_http_connections: usize,
     /// STOMP connections from one IP address; 0 turns the limit off (behind a proxy
     /// that hides client addresses every client has the proxy's).
     pub max_connections_per_ip: usize,
@@ -165,6 +176,8 @@ impl Default for NodeConfig {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             heartbeat_send: Duration::from_secs(10),
             heartbeat_receive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            tcp_keepalive: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
@@ -183,6 +196,7 @@ impl Default for NodeConfig {
             position_updates: Duration::from_secs(10),
             max_connections: 1_000_000,
             max_connections_per_ip: 10_000,
+            max_http_connections: 50_000,
             max_frames_per_second: 100,
             allowed_origins: Vec::new(),
             auth: AuthConfig::default(),
@@ -246,8 +260,8 @@ impl NodeConfig {
         if role.is_empty() || role == "client" || role == "callback" {
             return bad("auth.backend_role must be non-empty and neither client nor callback");
         }
-        if self.max_connections == 0 {
-            return bad("max_connections must be at least 1");
+        if self.max_connections == 0 || self.max_http_connections == 0 {
+            return bad("max_connections and max_http_connections must be at least 1");
         }
         if self.request_timeout_default.is_zero()
             || self.request_timeout_default > self.request_timeout_max

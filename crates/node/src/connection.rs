@@ -187,16 +187,37 @@ impl<L: Link> Connection<L> {
                         }
                         Ok(false) | Err(_) => return End::Closed,
                     }
-                    if let Some(d) = self.recv_within {
-                        read_deadline = Some(Instant::now() + d);
-                    } else if self.session.is_connected() {
-                        read_deadline = None;
+                    if self.session.is_connected() {
+                        read_deadline = self.read_window().map(|d| Instant::now() + d);
                     }
+                    // Pings, pongs and a read of nothing but heart-beats each cost a
+                    // frame of the rate too (EOLs after a frame are free).
+                    let mut free = self.link.take_controls();
+                    let mut frames = 0u32;
+                    let mut beats = false;
                     loop {
+                        if free > 0 {
+                            let n = std::mem::take(&mut free);
+                            if self.session_closed_by_rate(n, &mut actions) {
+                                let span = self.span.clone();
+                                Box::pin(self.apply(&mut actions).instrument(span)).await;
+                                let _ = self.flush().await;
+                                return Box::pin(self.finish(None, false)).await;
+                            }
+                        }
                         match decode_version(&mut inbuf, self.version, &self.limits) {
+                            Ok(None) if frames == 0 && beats => {
+                                beats = false;
+                                free = 1;
+                                continue;
+                            }
                             Ok(None) => break,
-                            Ok(Some(Item::HeartBeat)) => continue,
+                            Ok(Some(Item::HeartBeat)) => {
+                                beats = true;
+                                continue;
+                            }
                             Ok(Some(Item::Frame(frame))) => {
+                                frames += 1;
                                 Stats::inc(&self.node.stats.frames_in_total);
                                 if !self.frame_allowed() {
                                     let limit = self.node.config.max_frames_per_second;
@@ -225,7 +246,7 @@ impl<L: Link> Connection<L> {
                             return Box::pin(self.finish(None, false)).await;
                         }
                         if self.session.is_connected() {
-                            read_deadline = self.recv_within.map(|d| Instant::now() + d);
+                            read_deadline = self.read_window().map(|d| Instant::now() + d);
                             if let Some(d) = self.send_every {
                                 write_deadline = Some(Instant::now() + d);
                             }
@@ -307,11 +328,14 @@ impl<L: Link> Connection<L> {
                             .await;
                     }
                     if read_deadline.is_some_and(|t| t <= now) {
-                        let why = if self.session.is_connected() {
+                        let why = if !self.session.is_connected() {
+                            "timed out waiting for CONNECT"
+                        } else if self.recv_within.is_some() {
                             Stats::inc(&self.node.stats.heartbeat_timeouts_total);
                             "heart-beat timeout: no data from client"
                         } else {
-                            "timed out waiting for CONNECT"
+                            Stats::inc(&self.node.stats.idle_timeouts_total);
+                            "idle timeout: nothing from client (no heart-beats); reconnect"
                         };
                         return Box::pin(self.finish(Some(why), false)).await;
                     }
@@ -339,6 +363,31 @@ impl<L: Link> Connection<L> {
         }
         .instrument(span)
         .await
+    }
+
+    /// How long the client may stay silent: twice its heart-beat, or the idle limit
+    /// when it sends none.
+    fn read_window(&self) -> Option<Duration> {
+        let idle = self.node.config.idle_timeout;
+        self.recv_within.or((!idle.is_zero()).then_some(idle))
+    }
+
+    /// Takes `n` frames' worth of non-frame input (pings, heart-beat-only reads) from
+    /// the budget; true, with the session failed into `actions`, when it is spent.
+    fn session_closed_by_rate(&mut self, n: u32, actions: &mut Vec<Action>) -> bool {
+        for _ in 0..n {
+            if !self.frame_allowed() {
+                let limit = self.node.config.max_frames_per_second;
+                Stats::inc(&self.node.stats.protocol_errors_total);
+                self.session.fail(
+                    &format!("too many frames: the limit is {limit} per second"),
+                    None,
+                    actions,
+                );
+                return true;
+            }
+        }
+        false
     }
 
     /// Takes one frame from the per-second budget; false when it is spent.
@@ -451,6 +500,13 @@ impl<L: Link> Connection<L> {
             }
         }
         actions.clear();
+        let late = self.session.take_late_answers();
+        if late > 0 {
+            self.node
+                .stats
+                .replies_late_total
+                .fetch_add(late, Ordering::Relaxed);
+        }
         let refused = self.session.take_refused_answers();
         if refused > 0 {
             self.node

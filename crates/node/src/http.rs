@@ -257,10 +257,80 @@ fn check_backend(node: &Node, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Reads a request body after its credentials were checked: at most `limit` bytes
+/// (413 JSON past it, told by `content-length` before anything is read), within
+/// `connect_timeout` (408 JSON); with `json`, only a JSON content type (415 JSON: a
+/// browser's cross-site "simple request" cannot send one without a CORS preflight).
+async fn read_body(
+    node: &Node,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    json: bool,
+) -> Result<Bytes, Response> {
+    if json {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        let is_json = essence.eq_ignore_ascii_case("application/json")
+            || essence.to_ascii_lowercase().ends_with("+json");
+        if !is_json {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content-type must be application/json",
+            ));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(body_too_large(limit));
+    }
+    use http_body_util::BodyExt;
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(node.config.connect_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(body_too_large(limit))
+        }
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the request body: {e}"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive within connect_timeout",
+        )),
+    }
+}
+
+fn body_too_large(limit: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body larger than {limit} bytes (limits.max_frame_bytes)"),
+    )
+}
+
+async fn publish(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     if let Some(r) = check_backend(&node, &headers) {
         return r;
     }
+    let limit = node.config.limits.max_frame_bytes;
+    let body = match read_body(&node, &headers, body, limit, true).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -314,10 +384,19 @@ struct RequestRequest {
 
 /// `POST /v1/requests`: hands the body to a client (or to nobody: a rendezvous with a
 /// callback) and waits for the answer.
-async fn request(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn request(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     if let Some(r) = check_backend(&node, &headers) {
         return r;
     }
+    let limit = node.config.limits.max_frame_bytes;
+    let body = match read_body(&node, &headers, body, limit, true).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req: RequestRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -466,7 +545,7 @@ async fn callback(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Err(e) = check_correlation_id(&id) {
         return error(StatusCode::BAD_REQUEST, &e);
@@ -484,9 +563,19 @@ async fn callback(
             );
         }
     };
-    if body.len() > node.config.limits.max_body_bytes {
-        return too_large();
-    }
+    // Any content type: the body is the third party's, passed on as it is.
+    let body = match read_body(
+        &node,
+        &headers,
+        body,
+        node.config.limits.max_body_bytes,
+        false,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     Stats::inc(&node.stats.callbacks_total);
     let mut reply_headers = Vec::new();
     if let Some(ct) = headers
@@ -524,24 +613,28 @@ async fn callback(
         }
         confirms.insert(confirm_id.clone(), tx);
     }
+    // Removed however this handler ends (a caller that hangs up drops it mid-wait).
+    let _entry = ConfirmEntry(&node, &confirm_id);
     reply.confirm = Some((node.config.node_id.clone(), confirm_id.clone()));
-    let outcome = match node.send_reply(reply).await {
-        Ok(()) => tokio::time::timeout(node.config.callback_timeout, rx).await,
-        Err(e) => {
-            node.confirms
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&confirm_id);
-            return bus_error(&e);
-        }
-    };
-    node.confirms
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&confirm_id);
-    match outcome {
+    if let Err(e) = node.send_reply(reply).await {
+        return bus_error(&e);
+    }
+    match tokio::time::timeout(node.config.callback_timeout, rx).await {
         Ok(Ok(true)) => callback_taken(&id),
         _ => callback_unclaimed(&node, &id),
+    }
+}
+
+/// A callback's place in `Node::confirms`, given back when dropped.
+struct ConfirmEntry<'a>(&'a Node, &'a str);
+
+impl Drop for ConfirmEntry<'_> {
+    fn drop(&mut self) {
+        self.0
+            .confirms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.1);
     }
 }
 
@@ -555,7 +648,7 @@ fn callback_unclaimed(node: &Node, id: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(json!({
-            "error": format!("no request waits for {id}: none took this callback within {ms} ms; nothing was kept, retry later"),
+            "error": format!("no request waits for {id}: no node took this callback within {ms} ms; nothing was kept, retry later"),
             "correlation_id": id,
             "completed": false,
         })),

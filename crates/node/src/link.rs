@@ -40,6 +40,11 @@ pub(crate) trait Link: Send {
     async fn flush(&mut self) -> io::Result<()>;
     /// Closes; `restart` asks WebSocket clients to reconnect elsewhere.
     async fn close(&mut self, restart: bool);
+    /// Control frames (pings, pongs) received since the last call: they count against
+    /// the connection's frame rate like STOMP frames.
+    fn take_controls(&mut self) -> u32 {
+        0
+    }
 
     /// Frames `bytes` whole.
     fn put(&mut self, bytes: &[u8]) {
@@ -179,10 +184,8 @@ impl<S> WsLink<S> {
             close_code: CLOSE_NORMAL,
             rx: WsReader {
                 partial: BytesMut::from(pending),
-                message: None,
-                message_len: 0,
-                utf8_tail: 0,
                 max_message,
+                ..WsReader::default()
             },
         }
     }
@@ -211,6 +214,7 @@ fn fail(code: u16, reason: &'static str) -> WsError {
 }
 
 /// The receiving half of the WebSocket protocol, sans I/O.
+#[derive(Default)]
 struct WsReader {
     /// Bytes of a frame not complete yet.
     partial: BytesMut,
@@ -222,6 +226,15 @@ struct WsReader {
     /// fragment completes.
     utf8_tail: usize,
     max_message: usize,
+    /// The peer's close code, once its close frame came: nothing after it is read.
+    closed: Option<u16>,
+    /// Pings and pongs received, for the frame rate.
+    controls: u32,
+}
+
+/// Close codes a peer may send (RFC 6455 7.4.1, 7.4.2; 1012-1014 are registered since).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 struct Header {
@@ -242,6 +255,9 @@ impl WsReader {
         buf: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<Got, WsError> {
+        if self.closed.is_some() {
+            return Ok(Got::Close);
+        }
         if self.partial.is_empty() {
             let (got, used) = self.frames(data, buf, out)?;
             if used < data.len() {
@@ -309,15 +325,29 @@ impl WsReader {
                         1 => return Err(fail(CLOSE_PROTOCOL, "bad close frame")),
                         _ => u16::from_be_bytes([body[0], body[1]]),
                     };
-                    control(out, 0x8, &code.to_be_bytes());
-                    return Ok((Got::Close, at));
+                    if body.len() >= 2 && !valid_close_code(code) {
+                        return Err(fail(CLOSE_PROTOCOL, "invalid close code"));
+                    }
+                    if std::str::from_utf8(body.get(2..).unwrap_or_default()).is_err() {
+                        return Err(fail(CLOSE_INVALID_DATA, "close reason is not UTF-8"));
+                    }
+                    // Data that came before the close is handed on first (its frames
+                    // are answered); the close is echoed after that.
+                    self.closed = Some(code);
+                    let got = if got == Got::Data {
+                        Got::Data
+                    } else {
+                        Got::Close
+                    };
+                    return Ok((got, at));
                 }
                 0x9 => {
                     let mut body = payload.to_vec();
                     unmask(&mut body, h.mask);
                     control(out, 0xA, &body);
+                    self.controls = self.controls.saturating_add(1);
                 }
-                _ => {} // pong
+                _ => self.controls = self.controls.saturating_add(1), // pong
             }
         }
         Ok((got, at))
@@ -445,8 +475,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsLink<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for WsLink<S> {
     async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
-        // Frames that came with the handshake request.
-        let mut got = if self.rx.partial.is_empty() {
+        // Frames that came with the handshake request (or the close after data).
+        let mut got = if self.rx.closed.is_some() {
+            Ok(Got::Close)
+        } else if self.rx.partial.is_empty() {
             Ok(Got::Nothing)
         } else {
             let pending = std::mem::take(&mut self.rx.partial);
@@ -461,8 +493,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for WsLink<S> {
                         // lives in every idle connection's task.
                         Box::pin(write_out(&mut self.io, &mut self.out)).await?;
                     }
+                    // Let the connection count pings against the frame rate.
+                    if self.rx.controls > 0 {
+                        return Ok(true);
+                    }
                 }
                 Ok(Got::Close) => {
+                    let code = self.rx.closed.unwrap_or(CLOSE_NORMAL);
+                    control(&mut self.out, 0x8, &code.to_be_bytes());
                     Box::pin(self.send_framed_close()).await;
                     return Ok(false);
                 }
@@ -498,11 +536,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for WsLink<S> {
     }
 
     async fn close(&mut self, restart: bool) {
-        if restart {
+        if let Some(code) = self.rx.closed {
+            // The peer closed first: echo its code.
+            self.send_close(code, "").await;
+        } else if restart {
             self.send_close(CLOSE_RESTART, "service restart").await;
         } else {
             self.send_close(self.close_code, "").await;
         }
+    }
+
+    fn take_controls(&mut self) -> u32 {
+        std::mem::take(&mut self.rx.controls)
     }
 }
 
@@ -542,11 +587,8 @@ pub(crate) fn fuzz_reader(data: &[u8]) {
     let max = 256;
     let run = |chunk: usize| {
         let mut r = WsReader {
-            partial: BytesMut::new(),
-            message: None,
-            message_len: 0,
-            utf8_tail: 0,
             max_message: max,
+            ..WsReader::default()
         };
         let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
         let mut verdict = Ok(());
@@ -565,6 +607,9 @@ pub(crate) fn fuzz_reader(data: &[u8]) {
             if r.partial.len() > max + 14 {
                 panic!("holds {} bytes of an unfinished frame", r.partial.len());
             }
+        }
+        if verdict.is_ok() && r.closed.is_some() {
+            verdict = Err(0);
         }
         (buf, out, verdict)
     };
@@ -595,11 +640,8 @@ mod tests {
 
     fn reader(max: usize) -> WsReader {
         WsReader {
-            partial: BytesMut::new(),
-            message: None,
-            message_len: 0,
-            utf8_tail: 0,
             max_message: max,
+            ..WsReader::default()
         }
     }
 
@@ -638,12 +680,78 @@ mod tests {
     }
 
     #[test]
-    fn a_close_frame_is_answered_with_its_code() {
+    fn a_close_frame_ends_the_input_after_the_data_before_it() {
         let mut r = reader(1024);
         let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
         let f = client_frame(true, 0x8, &[0x03, 0xE8, b'b', b'y', b'e'], MASK);
         assert_eq!(r.consume(&f, &mut buf, &mut out), Ok(Got::Close));
-        assert_eq!(&out[..], &[0x88, 0x02, 0x03, 0xE8]);
+        assert_eq!(r.closed, Some(1000));
+        // Data then the close in one read: the data first, the close on the next call.
+        let mut r = reader(1024);
+        let mut input = client_frame(true, 0x1, b"SEND\n\n\0", MASK);
+        input.extend(client_frame(true, 0x8, &[0x03, 0xE9], MASK));
+        input.extend(client_frame(true, 0x1, b"after", MASK));
+        assert_eq!(r.consume(&input, &mut buf, &mut out), Ok(Got::Data));
+        assert_eq!(&buf[..], b"SEND\n\n\0");
+        assert_eq!(r.closed, Some(1001));
+        assert_eq!(r.consume(b"more", &mut buf, &mut out), Ok(Got::Close));
+        assert_eq!(&buf[..], b"SEND\n\n\0", "nothing after the close is read");
+        assert!(
+            out.is_empty(),
+            "the echo is the link's to send, after the replies"
+        );
+    }
+
+    #[test]
+    fn close_codes_are_checked() {
+        for (code, ok) in [
+            (1000, true),
+            (1001, true),
+            (1003, true),
+            (1007, true),
+            (1011, true),
+            (1012, true),
+            (3000, true),
+            (4999, true),
+            (0, false),
+            (999, false),
+            (1004, false),
+            (1005, false),
+            (1006, false),
+            (1015, false),
+            (1016, false),
+            (2999, false),
+            (5000, false),
+            (65535, false),
+        ] {
+            let mut r = reader(1024);
+            let f = client_frame(true, 0x8, &u16::to_be_bytes(code), MASK);
+            let got = r.consume(&f, &mut BytesMut::new(), &mut BytesMut::new());
+            if ok {
+                assert_eq!(got, Ok(Got::Close), "{code}");
+            } else {
+                assert_eq!(got.map_err(|e| e.code), Err(CLOSE_PROTOCOL), "{code}");
+            }
+        }
+        let mut r = reader(1024);
+        let f = client_frame(true, 0x8, &[0x03, 0xE8, 0xFF], MASK);
+        let got = r.consume(&f, &mut BytesMut::new(), &mut BytesMut::new());
+        assert_eq!(got.map_err(|e| e.code), Err(CLOSE_INVALID_DATA));
+    }
+
+    #[test]
+    fn pings_and_pongs_are_counted() {
+        let mut r = reader(1024);
+        let mut input = client_frame(true, 0x9, b"a", MASK);
+        input.extend(client_frame(true, 0xA, b"b", MASK));
+        input.extend(client_frame(true, 0x9, b"c", MASK));
+        let mut out = BytesMut::new();
+        assert_eq!(
+            r.consume(&input, &mut BytesMut::new(), &mut out),
+            Ok(Got::Nothing)
+        );
+        assert_eq!(r.controls, 3);
+        assert_eq!(&out[..], b"\x8a\x01a\x8a\x01c");
     }
 
     #[test]

@@ -14,14 +14,36 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use std::sync::atomic::Ordering;
+
 use crate::Node;
 use crate::connection;
+use crate::stats::Stats;
+
+/// Gives the HTTP connection's place back however its task ends.
+struct HttpSlot(Arc<Node>);
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        Stats::add(&self.0.stats.http_connections, -1);
+    }
+}
 
 /// Serves HTTP (and WebSocket upgrades) until the node shuts down.
 pub(crate) async fn http(listener: TcpListener, app: Router, node: Arc<Node>) {
     accept(listener, node, move |stream, peer, node| {
+        // HTTP connections (requests, handshakes not yet upgraded) have their own limit:
+        // over it the socket is closed at once.
+        let open = node.stats.http_connections.load(Ordering::Relaxed);
+        if usize::try_from(open).unwrap_or(usize::MAX) >= node.config.max_http_connections {
+            Stats::inc(&node.stats.http_connections_refused_total);
+            drop(stream);
+            return;
+        }
         let app = app.clone();
         tokio::spawn(async move {
+            Stats::add(&node.stats.http_connections, 1);
+            let _open = HttpSlot(node.clone());
             match node.tls.clone() {
                 None => http_conn(stream, peer, app, node).await,
                 Some(tls) => {
@@ -100,6 +122,7 @@ async fn accept(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                keepalive(&stream, node.config.tcp_keepalive);
                 spawn(stream, peer, node.clone());
             }
             // Out of descriptors and the like: back off instead of spinning.
@@ -108,6 +131,21 @@ async fn accept(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// TCP keepalive: a peer that vanished (half-open socket) is found within about
+/// `idle` + 50 s even when the protocol above is silent.
+fn keepalive(stream: &TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(5);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "cannot set tcp keepalive");
     }
 }
 

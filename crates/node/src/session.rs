@@ -51,6 +51,16 @@ struct DeliveredRequest {
     correlation_id: String,
     node: String,
     until: u64,
+    /// Answered once: later answers are late (dropped here, not forwarded).
+    answered: bool,
+}
+
+/// Whether a session may answer a request.
+enum MayAnswer {
+    Yes,
+    /// It did already: the answer is dropped and counted late.
+    Again,
+    No,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +179,10 @@ pub(crate) struct Session {
     next_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
     nacks: u64,
-    /// Answers refused since the last call (no such request was delivered here).
+    /// Answers refused since the last call (no such request was delivered here), and
+    /// repeated answers dropped.
     refused_answers: u64,
+    late_answers: u64,
     identity: Identity,
     /// Requests delivered to this session, oldest first; boxed: most sessions never
     /// get one, and an idle session pays one pointer.
@@ -204,6 +216,7 @@ impl Session {
             transactions: HashMap::new(),
             nacks: 0,
             refused_answers: 0,
+            late_answers: 0,
             identity: Identity::default(),
             delivered: None,
         }
@@ -237,8 +250,13 @@ impl Session {
                 d.saturating_add(ANSWER_GRACE_MS)
             });
         let list = self.delivered.get_or_insert_with(Default::default);
-        while list.front().is_some_and(|d| d.until < now_ms) {
-            list.pop_front();
+        list.retain(|d| d.until >= now_ms);
+        // Once per request, however many of the session's subscriptions it matched.
+        if list
+            .iter()
+            .any(|d| d.correlation_id == r.correlation_id && d.node == r.node)
+        {
+            return;
         }
         if list.len() >= MAX_DELIVERED_REQUESTS {
             list.pop_front();
@@ -247,23 +265,37 @@ impl Session {
             correlation_id: r.correlation_id.clone(),
             node: r.node.clone(),
             until,
+            answered: false,
         });
     }
 
-    /// True when request `id` of node `node` was delivered to this session and may
-    /// still be answered.
-    fn may_answer(&mut self, id: &str, node: &str, now_ms: u64) -> bool {
+    /// Whether request `id` of node `node` was delivered to this session and may still
+    /// be answered (the first answer only goes on).
+    fn may_answer(&mut self, id: &str, node: &str, now_ms: u64) -> MayAnswer {
         let Some(list) = self.delivered.as_mut() else {
-            return false;
+            return MayAnswer::No;
         };
         list.retain(|d| d.until >= now_ms);
-        let found = list
-            .iter()
-            .any(|d| d.correlation_id == id && d.node == node);
+        let found = match list
+            .iter_mut()
+            .find(|d| d.correlation_id == id && d.node == node)
+        {
+            Some(d) if d.answered => MayAnswer::Again,
+            Some(d) => {
+                d.answered = true;
+                MayAnswer::Yes
+            }
+            None => MayAnswer::No,
+        };
         if list.is_empty() {
             self.delivered = None;
         }
         found
+    }
+
+    /// Repeated answers dropped since the last call.
+    pub(crate) fn take_late_answers(&mut self) -> u64 {
+        std::mem::take(&mut self.late_answers)
     }
 
     /// Subscriptions still open, for cleanup when the connection ends.
@@ -448,11 +480,18 @@ impl Session {
                     }
                     // Only the sessions a request went to may answer it: checked here,
                     // where the delivery is known (docs/request-reply.md).
-                    if !self.may_answer(id, node, unix_ms()) {
-                        self.refused_answers += 1;
-                        return Err(format!(
-                            "forbidden: no request {id} from {destination} was delivered to this session"
-                        ));
+                    match self.may_answer(id, node, unix_ms()) {
+                        MayAnswer::Yes => {}
+                        MayAnswer::Again => {
+                            self.late_answers += 1;
+                            return Ok(());
+                        }
+                        MayAnswer::No => {
+                            self.refused_answers += 1;
+                            return Err(format!(
+                                "forbidden: no request {id} from {destination} was delivered to this session"
+                            ));
+                        }
                     }
                     out.push(Action::Answer(Reply {
                         correlation_id: id.to_owned(),
@@ -699,7 +738,7 @@ fn required<'f>(frame: &'f Frame, name: &str) -> Result<&'f str, String> {
 
 /// Headers a client's SEND passes on to subscribers.
 fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
-    const RESERVED: [&str; 8] = [
+    const RESERVED: [&str; 9] = [
         "destination",
         "content-length",
         "receipt",
@@ -708,6 +747,8 @@ fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
         "subscription",
         "ack",
         "session",
+        // A record's target on Kafka: a client's SEND cannot aim at one user.
+        "user",
     ];
     let mut seen: Vec<&[u8]> = Vec::new();
     let mut out = Vec::new();
@@ -719,6 +760,10 @@ fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
         let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
             continue;
         };
+        // An escaped `\c` unescapes to `:`: such a name cannot travel on a record.
+        if n.is_empty() || n.contains([':', '\r', '\n', '\0']) {
+            continue;
+        }
         if RESERVED.contains(&n) || REQUEST_HEADERS.contains(&n) || REPLY_HEADERS.contains(&n) {
             continue;
         }

@@ -392,11 +392,14 @@ fn only_a_request_delivered_to_the_session_can_be_answered() {
     };
     let a = r.answerer.as_ref().expect("the answering session");
     assert_eq!(a.session, "n1-1");
-    // A second answer is late, not forbidden: the waiting node counts it.
-    assert!(matches!(
-        run(&mut s, answer("n2-abc", "n2"))[0],
-        Action::Answer(_)
-    ));
+    // A second answer is late, not forbidden: dropped here and counted.
+    let out = run(&mut s, answer("n2-abc", "n2"));
+    assert!(
+        out.iter().all(|a| !matches!(a, Action::Answer(_))),
+        "{out:?}"
+    );
+    assert!(error_message(&out).is_none(), "{out:?}");
+    assert_eq!(s.take_late_answers(), 1);
     assert!(error_message(&run(&mut s, answer("n2-other", "n2"))).is_some());
 
     // Long past its deadline (and the grace for late answers): forgotten.
@@ -416,6 +419,16 @@ fn the_delivered_requests_a_session_remembers_are_bounded() {
         s.delivered.as_ref().map(|d| d.len()),
         Some(MAX_DELIVERED_REQUESTS)
     );
+    // The same request again (another subscription it matched) is noted once.
+    s.note_request(&request("r20", "n2", Some(now + 60_000)), now);
+    assert_eq!(
+        s.delivered.as_ref().map(|d| d.len()),
+        Some(MAX_DELIVERED_REQUESTS)
+    );
+    assert!(matches!(
+        run(&mut s, answer("r20", "n2"))[0],
+        Action::Answer(_)
+    ));
     // The oldest were forgotten.
     assert!(error_message(&run(&mut s, answer("r0", "n2"))).is_some());
 }
