@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use bytes::Bytes;
 use pushcenter_node::{
     Answerer, Delivery, NODE_HEADERS, REPLY_HEADERS, Record, Reply, ReplyKind,
-    check_correlation_id, check_publish_destination, sanitize,
+    check_correlation_id, check_publish_destination, header_value,
 };
 use rdkafka::Message;
 use rdkafka::message::Headers;
@@ -50,7 +50,7 @@ pub fn delivery_from<M: Message>(m: &M) -> Result<Delivery, &'static str> {
         "session" => record.session = Some(value.to_owned()),
         // The node writes these itself.
         k if NODE_HEADERS.contains(&k) => {}
-        k => record.headers.push((k.to_owned(), sanitize(value))),
+        k => record.headers.push((k.to_owned(), header_value(value))),
     })?;
     let destination = destination.ok_or("no destination header")?;
     let targeted = record.user.is_some() || record.session.is_some();
@@ -79,7 +79,7 @@ pub fn reply_from<M: Message>(m: &M) -> Result<Reply, &'static str> {
         "confirm-node" => confirm_node = Some(value.to_owned()),
         "confirm-id" => confirm_id = Some(value.to_owned()),
         k if NODE_HEADERS.contains(&k) || REPLY_HEADERS.contains(&k) => {}
-        k => reply.headers.push((k.to_owned(), sanitize(value))),
+        k => reply.headers.push((k.to_owned(), header_value(value))),
     })?;
     reply.kind = kind?;
     // A client's answer, as its node vouches: the waiting node checks it.
@@ -141,7 +141,7 @@ mod tests {
             d.record.headers,
             vec![
                 ("content-type".to_string(), "application/json".to_string()),
-                ("priority".to_string(), "high level".to_string()),
+                ("priority".to_string(), "high\nlevel".to_string()),
             ]
         );
     }

@@ -49,6 +49,7 @@ impl Fanout {
         for conn_id in 1..=subscribers as u64 {
             let mut session = Session::new(SessionConfig {
                 max_subscriptions: cfg.max_subscriptions,
+                max_patterns: cfg.max_patterns_per_connection,
                 ack_window: cfg.ack_window,
                 client_send: cfg.client_send,
                 heart_beat: HeartBeat::default(),
@@ -75,7 +76,7 @@ impl Fanout {
                     Action::Subscribe {
                         slot, destination, ..
                     } => {
-                        router.subscribe(&destination, conn_id, slot, outbox.clone());
+                        let _ = router.subscribe(&destination, conn_id, slot, outbox.clone());
                     }
                     Action::Reply(f) if f.command == Command::Error => {
                         return Err(format!("subscription refused: {:?}", f.get("message")));
@@ -172,6 +173,7 @@ pub fn fuzz_session(data: &[u8]) {
     };
     let mut session = Session::new(SessionConfig {
         max_subscriptions: 4,
+        max_patterns: 4,
         ack_window: usize::from(knobs % 4) + 1,
         client_send: knobs & 0x10 != 0,
         heart_beat: HeartBeat {

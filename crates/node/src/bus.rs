@@ -132,9 +132,21 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Record header values never hold CR or LF, so one encoding serves 1.1 and 1.2.
+/// CR and LF replaced by spaces: for STOMP 1.0, which cannot carry them in a header,
+/// and for texts that go out before a version is known.
 pub fn sanitize(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
+}
+
+/// A header value as a record keeps it: as given (1.1 and 1.2 subscribers get it
+/// escaped, losslessly; 1.0 ones get CR and LF as spaces), but NUL, which ends a STOMP
+/// frame, becomes a space.
+pub fn header_value(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', " ")
+    } else {
+        s.to_owned()
+    }
 }
 
 /// What travels on the replies stream.

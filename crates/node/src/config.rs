@@ -33,6 +33,10 @@ pub struct NodeConfig {
     pub limits: LimitsConfig,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Distinct wildcard patterns (`*`, `#`) on one node, and wildcard subscriptions of
+    /// one connection: every record is matched against each distinct pattern.
+    pub max_patterns: usize,
+    pub max_patterns_per_connection: usize,
     /// Unacknowledged messages per `client`/`client-individual` subscription.
     pub ack_window: usize,
     /// Outbound queue per connection: messages and bytes.
@@ -170,6 +174,8 @@ impl Default for NodeConfig {
             advertise_url: None,
             limits: LimitsConfig::default(),
             max_subscriptions: 256,
+            max_patterns: 1000,
+            max_patterns_per_connection: 16,
             ack_window: 1000,
             outbound_max_messages: 1024,
             outbound_max_bytes: 4 * 1024 * 1024,

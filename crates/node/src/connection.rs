@@ -49,10 +49,10 @@ pub(crate) fn serve<L: Link>(
     let mut conn = Connection::new(link, node, conn_id, url_token);
     conn.span = span;
     async move {
+        // The connection's cleanup runs when it is dropped: after `run`, and also when
+        // the task unwinds from a panic (router entries and counts never leak).
         let end = conn.run().await;
-        conn.cleanup();
         drop(slot);
-        Stats::add(&conn.node.stats.connections, -1);
         conn.span.in_scope(|| debug!(?end, "connection closed"));
     }
 }
@@ -105,6 +105,7 @@ impl<L: Link> Connection<L> {
         };
         let session = Session::new(SessionConfig {
             max_subscriptions: cfg.max_subscriptions,
+            max_patterns: cfg.max_patterns_per_connection,
             ack_window: cfg.ack_window,
             client_send: cfg.client_send,
             heart_beat: hb,
@@ -470,10 +471,16 @@ impl<L: Link> Connection<L> {
                     slot,
                     destination,
                     resume,
-                } => {
-                    receipt_extra =
-                        Some(self.subscribe(slot, &destination, resume.as_deref()).await);
-                }
+                } => match self.node.router.can_subscribe(&destination) {
+                    Ok(()) => {
+                        receipt_extra =
+                            Some(self.subscribe(slot, &destination, resume.as_deref()).await);
+                    }
+                    Err(message) => {
+                        self.session.forget(slot);
+                        self.fail_at(&message, actions, i);
+                    }
+                },
                 Action::Unsubscribe { slot, destination } => {
                     self.node
                         .router
@@ -746,8 +753,15 @@ impl<L: Link> Connection<L> {
                 extra.push(("resume-lost", lost.join(",")));
             }
         }
-        node.router
-            .subscribe(destination, self.conn_id, slot, self.outbox.clone());
+        if node
+            .router
+            .subscribe(destination, self.conn_id, slot, self.outbox.clone())
+            .is_err()
+        {
+            // Another connection took the last pattern meanwhile: this one stays
+            // unregistered, so nothing is delivered to it (it gets no RECEIPT either).
+            self.session.forget(slot);
+        }
         let frontier = window.frontier();
         drop(window);
         if let Some(positions) = resume {
@@ -773,8 +787,10 @@ impl<L: Link> Connection<L> {
             session: self.session.id(),
         }
     }
+}
 
-    fn cleanup(&mut self) {
+impl<L> Drop for Connection<L> {
+    fn drop(&mut self) {
         for (slot, destination) in self.session.subscriptions() {
             self.node
                 .router
@@ -784,6 +800,7 @@ impl<L: Link> Connection<L> {
             self.node.router.detach(self.conn_id, self.session.id());
         }
         self.outbox.clear();
+        Stats::add(&self.node.stats.connections, -1);
     }
 }
 

@@ -198,7 +198,7 @@ fn headers_from(map: serde_json::Map<String, Value>) -> Result<Vec<(String, Stri
             }
         };
         check_header_name(&k)?;
-        headers.push((k, sanitize(&value)));
+        headers.push((k, crate::bus::header_value(&value)));
     }
     Ok(headers)
 }

@@ -35,8 +35,8 @@ pub use auth::AuthConfig;
 pub use bus::{
     Answerer, BoxFuture, Bus, BusError, DeliverFn, Delivery, MemoryBus, NODE_HEADERS,
     REPLY_HEADERS, REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, ReplyFn, ReplyKind, RequestInfo,
-    StartedFn, check_correlation_id, check_header_name, check_publish_destination, sanitize,
-    unix_ms,
+    StartedFn, check_correlation_id, check_header_name, check_publish_destination, header_value,
+    sanitize, unix_ms,
 };
 pub use config::{ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy, TlsConfig};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
@@ -206,6 +206,22 @@ impl Node {
     }
 
     fn on_delivery(self: &Arc<Self>, d: Delivery) {
+        // A record larger than a client may be sent would fill every subscriber's
+        // queue at once (and disconnect them all as slow): it is skipped, counted.
+        let l = &self.config.limits;
+        let headers: usize = d
+            .record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        if d.record.body.len() > l.max_body_bytes
+            || d.record.body.len() + headers > l.max_frame_bytes
+        {
+            Stats::inc(&self.stats.bus_records_oversized_total);
+            tracing::debug!(id = %d.id, body = d.record.body.len(), headers, "oversized record skipped");
+            return;
+        }
         let d = Arc::new(d);
         let routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
         // Into the window first, then routed: a subscription that resumes under the
@@ -422,7 +438,7 @@ impl Server {
             tls,
             per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
-            router: Router::new(stats.clone()),
+            router: Router::new(stats.clone()).limit_patterns(config.max_patterns),
             config,
             bus,
             registrar,

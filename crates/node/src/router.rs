@@ -14,16 +14,20 @@ use crate::stats::Stats;
 pub(crate) type ConnId = u64;
 
 /// The part of a MESSAGE that every subscriber shares: every header but `subscription`
-/// and `ack`, the body and the NUL, encoded once per escaping flavour.
+/// and `ack`, the body and the NUL, encoded once per STOMP version that needs its own.
 #[derive(Debug)]
 pub(crate) struct Shared {
     id: String,
-    /// STOMP 1.1 and 1.2 (identical: record header values never hold CR).
+    /// STOMP 1.2: every header value as it is, escaped.
     escaped: Bytes,
-    /// STOMP 1.0: `None` when 1.0 cannot carry these headers.
+    /// STOMP 1.1 when it differs (1.1 has no escape for CR: CR becomes a space).
+    v11: Option<Bytes>,
+    /// STOMP 1.0, with CR and LF in values as spaces; `None` when 1.0 cannot carry the
+    /// headers at all.
     plain: Option<Bytes>,
     /// Whether each is UTF-8 (then it goes out as a WebSocket text message).
     escaped_text: bool,
+    v11_text: bool,
     plain_text: bool,
     /// Set when the message is a request: who may answer it, and until when it may
     /// be delivered.
@@ -35,30 +39,50 @@ const PREFIX: &[u8] = b"MESSAGE\n";
 impl Shared {
     pub(crate) fn new(d: &Delivery) -> Option<Shared> {
         let r = &d.record;
-        let mut frame = Frame::new(Command::Message)
-            .header("destination", &r.destination)
-            .header("message-id", &d.id);
-        for (k, v) in &r.headers {
-            frame.push_header(k, v);
-        }
-        let frame = frame.body(r.body.clone());
-        let encoded = |v| {
+        let frame = |rewrite: fn(&str) -> std::borrow::Cow<'_, str>| {
+            let mut frame = Frame::new(Command::Message)
+                .header("destination", &r.destination)
+                .header("message-id", &d.id);
+            for (k, v) in &r.headers {
+                frame.push_header(k, rewrite(v).as_ref());
+            }
+            frame.body(r.body.clone())
+        };
+        let encoded = |frame: &Frame, v| {
             let mut buf = BytesMut::new();
-            encode(&frame, v, &mut buf).ok()?;
+            encode(frame, v, &mut buf).ok()?;
             Some(buf.freeze().slice(PREFIX.len()..))
         };
-        let escaped = encoded(Version::V1_2)?;
-        let plain = match encoded(Version::V1_0) {
-            Some(p) if p == escaped => Some(escaped.clone()),
-            other => other,
+        let lossless = frame(|v| std::borrow::Cow::Borrowed(v));
+        let escaped = encoded(&lossless, Version::V1_2)?;
+        let has = |c: char| r.headers.iter().any(|(_, v)| v.contains(c));
+        let (cr, lf) = (has('\r'), has('\n'));
+        let v11 = if cr {
+            let f = frame(|v| std::borrow::Cow::Owned(v.replace('\r', " ")));
+            encoded(&f, Version::V1_1)
+        } else {
+            None
+        };
+        let plain = if cr || lf {
+            encoded(
+                &frame(|v| std::borrow::Cow::Owned(crate::bus::sanitize(v))),
+                Version::V1_0,
+            )
+        } else {
+            match encoded(&lossless, Version::V1_0) {
+                Some(p) if p == escaped => Some(escaped.clone()),
+                other => other,
+            }
         };
         let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
         Some(Shared {
             request: r.request().map(Box::new),
             id: d.id.clone(),
             escaped_text: utf8(&escaped),
+            v11_text: v11.as_deref().is_some_and(utf8),
             plain_text: plain.as_deref().is_some_and(utf8),
             escaped,
+            v11,
             plain,
         })
     }
@@ -80,7 +104,11 @@ impl Shared {
     pub(crate) fn for_version(&self, v: Version) -> Option<(&Bytes, bool)> {
         match v {
             Version::V1_0 => self.plain.as_ref().map(|p| (p, self.plain_text)),
-            _ => Some((&self.escaped, self.escaped_text)),
+            Version::V1_1 => match &self.v11 {
+                Some(b) => Some((b, self.v11_text)),
+                None => Some((&self.escaped, self.escaped_text)),
+            },
+            Version::V1_2 => Some((&self.escaped, self.escaped_text)),
         }
     }
 }
@@ -102,11 +130,42 @@ struct Conn {
     positions: bool,
 }
 
+/// One destination's (or pattern's) subscribers: a Vec to fan out over, and where each
+/// one sits in it, so that an unsubscribe is O(1) however many share the destination.
+#[derive(Default)]
+struct SubList {
+    list: Vec<SubRef>,
+    at: HashMap<(ConnId, u32), usize>,
+}
+
+impl SubList {
+    fn push(&mut self, r: SubRef) {
+        self.at.insert((r.conn, r.sub), self.list.len());
+        self.list.push(r);
+    }
+
+    /// True when it was there.
+    fn remove(&mut self, conn: ConnId, sub: u32) -> bool {
+        let Some(i) = self.at.remove(&(conn, sub)) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.at.insert((moved.conn, moved.sub), i);
+        }
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct Topics {
-    exact: HashMap<String, Vec<SubRef>>,
+    exact: HashMap<String, SubList>,
     /// Pattern → its subscribers: a message tests each distinct pattern once.
-    patterns: HashMap<String, Vec<SubRef>>,
+    patterns: HashMap<String, SubList>,
     conns: HashMap<ConnId, Conn>,
     /// Session id → connection, user → connections: a targeted record costs one
     /// lookup on every node, and nothing more on the nodes that do not hold it.
@@ -115,7 +174,7 @@ struct Topics {
 }
 
 impl Topics {
-    fn map(&mut self, destination: &str) -> &mut HashMap<String, Vec<SubRef>> {
+    fn map(&mut self, destination: &str) -> &mut HashMap<String, SubList> {
         if is_pattern(destination) {
             &mut self.patterns
         } else {
@@ -127,6 +186,9 @@ impl Topics {
 pub(crate) struct Router {
     topics: RwLock<Topics>,
     stats: Arc<Stats>,
+    /// Distinct wildcard patterns the node holds at most: each costs a match per
+    /// record on the consumer's thread.
+    max_patterns: usize,
 }
 
 /// True when `destination` matches `pattern`: `*` is one segment (segments are split by
@@ -154,7 +216,24 @@ impl Router {
         Router {
             topics: RwLock::new(Topics::default()),
             stats,
+            max_patterns: usize::MAX,
         }
+    }
+
+    /// At most `n` distinct wildcard patterns on this node.
+    pub(crate) fn limit_patterns(mut self, n: usize) -> Router {
+        self.max_patterns = n;
+        self
+    }
+
+    // A panic under these locks leaves the maps consistent (every change is one map
+    // operation), so a poisoned lock is taken over rather than skipped.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Topics> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Topics> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes a connection reachable by its session id and user.
@@ -166,9 +245,7 @@ impl Router {
         positions: bool,
         outbox: Arc<Outbox>,
     ) {
-        let Ok(mut t) = self.topics.write() else {
-            return;
-        };
+        let mut t = self.write();
         t.sessions.insert(session.to_owned(), conn);
         if let Some(u) = user {
             t.users.entry(u.to_owned()).or_default().push(conn);
@@ -186,9 +263,7 @@ impl Router {
 
     /// Forgets a connection (its subscriptions go with [`Router::unsubscribe`]).
     pub(crate) fn detach(&self, conn: ConnId, session: &str) {
-        let Ok(mut t) = self.topics.write() else {
-            return;
-        };
+        let mut t = self.write();
         t.sessions.remove(session);
         let Some(c) = t.conns.remove(&conn) else {
             return;
@@ -203,43 +278,85 @@ impl Router {
         }
     }
 
-    pub(crate) fn subscribe(&self, destination: &str, conn: ConnId, sub: u32, outbox: Arc<Outbox>) {
+    /// Why `destination` cannot be subscribed to now, if it cannot: a new wildcard
+    /// pattern past the node's limit.
+    pub(crate) fn can_subscribe(&self, destination: &str) -> Result<(), String> {
+        if !is_pattern(destination) || destination.starts_with("/user/") {
+            return Ok(());
+        }
+        let t = self.read();
+        if t.patterns.contains_key(destination) || t.patterns.len() < self.max_patterns {
+            return Ok(());
+        }
+        drop(t);
+        Stats::inc(&self.stats.patterns_refused_total);
+        Err(format!(
+            "too many distinct wildcard patterns on this node (limit {})",
+            self.max_patterns
+        ))
+    }
+
+    /// Registers a subscription; refused when it would be a new wildcard pattern past
+    /// the node's limit.
+    pub(crate) fn subscribe(
+        &self,
+        destination: &str,
+        conn: ConnId,
+        sub: u32,
+        outbox: Arc<Outbox>,
+    ) -> Result<(), String> {
         let r = SubRef { conn, sub, outbox };
-        if let Ok(mut t) = self.topics.write() {
-            if let Some(c) = t.conns.get_mut(&conn) {
-                c.subs.push((sub, destination.to_owned()));
-            }
-            // `/user/queue/...` only ever receives targeted records.
-            if destination.starts_with("/user/") {
-                Stats::add(&self.stats.subscriptions, 1);
-                return;
-            }
+        let mut t = self.write();
+        let pattern = is_pattern(destination) && !destination.starts_with("/user/");
+        if pattern && !t.patterns.contains_key(destination) && t.patterns.len() >= self.max_patterns
+        {
+            Stats::inc(&self.stats.patterns_refused_total);
+            return Err(format!(
+                "too many distinct wildcard patterns on this node (limit {})",
+                self.max_patterns
+            ));
+        }
+        if let Some(c) = t.conns.get_mut(&conn) {
+            c.subs.push((sub, destination.to_owned()));
+        }
+        // `/user/queue/...` only ever receives targeted records.
+        if !destination.starts_with("/user/") {
             let map = t.map(destination);
             match map.get_mut(destination) {
                 Some(list) => list.push(r),
                 None => {
-                    map.insert(destination.to_string(), vec![r]);
+                    let mut list = SubList::default();
+                    list.push(r);
+                    map.insert(destination.to_string(), list);
                 }
             }
         }
+        drop(t);
         Stats::add(&self.stats.subscriptions, 1);
+        Ok(())
     }
 
     pub(crate) fn unsubscribe(&self, destination: &str, conn: ConnId, sub: u32) {
-        let same = |r: &SubRef| r.conn == conn && r.sub == sub;
-        if let Ok(mut t) = self.topics.write() {
-            if let Some(c) = t.conns.get_mut(&conn) {
-                c.subs.retain(|(s, _)| *s != sub);
-            }
+        let mut t = self.write();
+        let mut was = false;
+        if let Some(c) = t.conns.get_mut(&conn) {
+            let before = c.subs.len();
+            c.subs.retain(|(s, _)| *s != sub);
+            was = c.subs.len() < before;
+        }
+        if !destination.starts_with("/user/") {
             let map = t.map(destination);
             if let Some(list) = map.get_mut(destination) {
-                list.retain(|r| !same(r));
+                was |= list.remove(conn, sub);
                 if list.is_empty() {
                     map.remove(destination);
                 }
             }
         }
-        Stats::add(&self.stats.subscriptions, -1);
+        drop(t);
+        if was {
+            Stats::add(&self.stats.subscriptions, -1);
+        }
     }
 
     /// Queues `position` for every subscription of the connections that asked for
@@ -248,9 +365,7 @@ impl Router {
     /// up to it queued before this (a resuming one registers under the same lock,
     /// after its replay).
     pub(crate) fn position_update(&self, position: &Arc<str>) {
-        let Ok(t) = self.topics.read() else {
-            return;
-        };
+        let t = self.read();
         for c in t
             .conns
             .values()
@@ -268,19 +383,17 @@ impl Router {
     /// session's connections only, when it names one); returns how many got it.
     pub(crate) fn deliver(&self, d: &Delivery) -> u64 {
         Stats::inc(&self.stats.messages_received_total);
-        let Ok(t) = self.topics.read() else {
-            return 0;
-        };
+        let t = self.read();
         if d.record.user.is_some() || d.record.session.is_some() {
             return self.deliver_targeted(&t, d);
         }
         let dest = d.record.destination.as_str();
-        let exact = t.exact.get(dest).map_or(&[][..], Vec::as_slice);
+        let exact = t.exact.get(dest).map_or(&[][..], |l| l.list.as_slice());
         let mut wild = t
             .patterns
             .iter()
             .filter(|(p, _)| matches(p, dest))
-            .map(|(_, list)| list.as_slice())
+            .map(|(_, l)| l.list.as_slice())
             .peekable();
         if exact.is_empty() && wild.peek().is_none() {
             drop(t);
@@ -361,6 +474,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn headers_reach_each_version_as_losslessly_as_it_can_carry_them() {
+        use crate::bus::Record;
+        let d = Delivery {
+            id: "0-7".into(),
+            record: Record {
+                destination: "/topic/t".into(),
+                headers: vec![("note".into(), "a:b\\c\nd\re".into())],
+                body: Bytes::from_static(b"x"),
+                ..Record::default()
+            },
+        };
+        let shared = Shared::new(&d).expect("encodable");
+        let note = |v: Version| {
+            let (bytes, _) = shared.for_version(v).expect("sendable");
+            let mut b = BytesMut::from(&b"MESSAGE\nsubscription:s\n"[..]);
+            b.extend_from_slice(bytes);
+            let limits = pushcenter_stomp::Limits::default();
+            match pushcenter_stomp::decode_version(&mut b, v, &limits) {
+                Ok(Some(pushcenter_stomp::Item::Frame(f))) => f.get("note").map(str::to_owned),
+                other => panic!("{v:?}: {other:?}"),
+            }
+        };
+        assert_eq!(note(Version::V1_2).as_deref(), Some("a:b\\c\nd\re"));
+        assert_eq!(note(Version::V1_1).as_deref(), Some("a:b\\c\nd e"));
+        assert_eq!(note(Version::V1_0).as_deref(), Some("a:b\\c d e"));
+    }
+
+    #[test]
     fn wildcards() {
         assert!(matches("/topic/a.*", "/topic/a.b"));
         assert!(!matches("/topic/a.*", "/topic/a.b.c"));
@@ -386,10 +527,16 @@ mod tests {
             Arc::new(Outbox::new(16, 1 << 20, policy, stats.clone()))
         };
         let (exact, wild, wild2, other) = (outbox(), outbox(), outbox(), outbox());
-        router.subscribe("/topic/a.b", 1, 0, exact.clone());
-        router.subscribe("/topic/a.*", 2, 0, wild.clone());
-        router.subscribe("/topic/a.*", 3, 7, wild2.clone());
-        router.subscribe("/topic/x.*", 4, 0, other.clone());
+        for (dest, conn, sub, outbox) in [
+            ("/topic/a.b", 1, 0, &exact),
+            ("/topic/a.*", 2, 0, &wild),
+            ("/topic/a.*", 3, 7, &wild2),
+            ("/topic/x.*", 4, 0, &other),
+        ] {
+            router
+                .subscribe(dest, conn, sub, outbox.clone())
+                .expect("subscribed");
+        }
         let to = |destination: &str| Delivery {
             id: "n-1".into(),
             record: Record {
@@ -442,8 +589,12 @@ mod tests {
         for (i, (b, u)) in boxes.iter().zip(users).enumerate() {
             let conn = i as u64 + 1;
             router.attach(conn, &format!("n1-{conn}"), u, false, b.clone());
-            router.subscribe("/user/queue/q", conn, 0, b.clone());
-            router.subscribe("/topic/t", conn, 1, b.clone());
+            router
+                .subscribe("/user/queue/q", conn, 0, b.clone())
+                .expect("subscribed");
+            router
+                .subscribe("/topic/t", conn, 1, b.clone())
+                .expect("subscribed");
         }
         let count = |o: &Outbox| {
             let mut v = Vec::new();

@@ -17,6 +17,8 @@ use crate::bus::{
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
     pub(crate) max_subscriptions: usize,
+    /// Wildcard subscriptions this session may hold.
+    pub(crate) max_patterns: usize,
     pub(crate) ack_window: usize,
     pub(crate) client_send: bool,
     /// What the server offers: send every `send_ms`, wants to hear every `recv_ms`.
@@ -36,6 +38,8 @@ pub(crate) const TOKEN_DESTINATION: &str = "/session/token";
 /// Transactions one session may have open, and frames one transaction may hold.
 const MAX_TRANSACTIONS: usize = 16;
 const MAX_TRANSACTION_FRAMES: usize = 1000;
+/// Bytes (bodies and headers) all of a connection's open transactions may hold.
+const MAX_TRANSACTION_BYTES: usize = 1024 * 1024;
 
 /// Requests a session remembers having received, so it may answer them: the oldest
 /// is forgotten past this many.
@@ -178,6 +182,8 @@ pub(crate) struct Session {
     next_slot: u32,
     next_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
+    /// What the open transactions hold, in bytes (see [`held_cost`]).
+    held_bytes: usize,
     nacks: u64,
     /// Answers refused since the last call (no such request was delivered here), and
     /// repeated answers dropped.
@@ -215,6 +221,7 @@ impl Session {
             next_slot: 0,
             next_ack: 0,
             transactions: HashMap::new(),
+            held_bytes: 0,
             nacks: 0,
             refused_answers: 0,
             late_answers: 0,
@@ -424,14 +431,27 @@ impl Session {
         match frame.command {
             Command::Send | Command::Ack | Command::Nack => {
                 if let Some(tx) = frame.get("transaction") {
+                    if !self.transactions.contains_key(tx) {
+                        return Err(format!("unknown transaction {tx}"));
+                    }
+                    let cost = held_cost(&frame);
+                    if self.held_bytes + cost > MAX_TRANSACTION_BYTES {
+                        return Err(format!(
+                            "transactions too large: at most {MAX_TRANSACTION_BYTES} bytes held per connection"
+                        ));
+                    }
+                    let tx = tx.to_owned();
                     let held = self
                         .transactions
-                        .get_mut(tx)
+                        .get_mut(&tx)
                         .ok_or_else(|| format!("unknown transaction {tx}"))?;
                     if held.len() >= MAX_TRANSACTION_FRAMES {
                         return Err("too many frames in transaction".into());
                     }
-                    held.push(frame);
+                    // A copy of its own: a held frame must not keep the whole read
+                    // buffer it was decoded from.
+                    held.push(compact(&frame));
+                    self.held_bytes += cost;
                     return Ok(());
                 }
                 self.apply(&frame, out)
@@ -455,14 +475,17 @@ impl Session {
                     .transactions
                     .remove(tx)
                     .ok_or_else(|| format!("unknown transaction {tx}"))?;
+                self.held_bytes -= held.iter().map(held_cost).sum::<usize>();
                 held.iter().try_for_each(|f| self.apply(f, out))
             }
             Command::Abort => {
                 let tx = required(&frame, "transaction")?;
-                self.transactions
+                let held = self
+                    .transactions
                     .remove(tx)
-                    .map(drop)
-                    .ok_or_else(|| format!("unknown transaction {tx}"))
+                    .ok_or_else(|| format!("unknown transaction {tx}"))?;
+                self.held_bytes -= held.iter().map(held_cost).sum::<usize>();
+                Ok(())
             }
             c => Err(format!("unexpected {c}")),
         }
@@ -550,6 +573,17 @@ impl Session {
         }
         if self.subs.by_id(id).is_some() {
             return Err(format!("subscription id {id} already in use"));
+        }
+        let patterns = self
+            .subs
+            .values()
+            .filter(|s| crate::router::is_pattern(&s.destination))
+            .count();
+        if crate::router::is_pattern(destination) && patterns >= self.cfg.max_patterns {
+            return Err(format!(
+                "too many wildcard subscriptions (limit {})",
+                self.cfg.max_patterns
+            ));
         }
         if self.subs.len() >= self.cfg.max_subscriptions {
             return Err(format!(
@@ -668,6 +702,11 @@ impl Session {
         self.identity.user.as_deref()
     }
 
+    /// Forgets a subscription the node could not register.
+    pub(crate) fn forget(&mut self, slot: u32) {
+        self.subs.remove(slot);
+    }
+
     /// Live messages of `slot` at or below `floor` (per stream) are skipped from now on.
     pub(crate) fn set_floor(&mut self, slot: u32, floor: &[(String, i64)]) {
         if let Some(s) = self.subs.get_mut(slot) {
@@ -731,6 +770,21 @@ fn token_of(frame: &Frame) -> Option<&str> {
     })
 }
 
+/// What a held frame costs: its body, its headers, a little for the rest.
+fn held_cost(frame: &Frame) -> usize {
+    let headers: usize = frame.headers().map(|(k, v)| k.len() + v.len() + 2).sum();
+    frame.body.len() + headers + 64
+}
+
+/// The frame with headers and body in allocations of its own.
+fn compact(frame: &Frame) -> Frame {
+    let mut f = Frame::new(frame.command);
+    for (k, v) in frame.headers() {
+        f.push_header(k, v);
+    }
+    f.body(Bytes::copy_from_slice(&frame.body))
+}
+
 fn required<'f>(frame: &'f Frame, name: &str) -> Result<&'f str, String> {
     frame
         .get(name)
@@ -768,7 +822,7 @@ fn passed_headers(frame: &Frame) -> Vec<(String, String)> {
         if RESERVED.contains(&n) || REQUEST_HEADERS.contains(&n) || REPLY_HEADERS.contains(&n) {
             continue;
         }
-        out.push((sanitize(n), sanitize(v)));
+        out.push((n.to_owned(), crate::bus::header_value(v)));
     }
     out
 }

@@ -3,6 +3,7 @@ use super::*;
 fn session() -> Session {
     Session::new(SessionConfig {
         max_subscriptions: 2,
+        max_patterns: 1,
         ack_window: 2,
         client_send: true,
         heart_beat: HeartBeat {
@@ -480,4 +481,59 @@ fn a_closed_session_says_nothing_more() {
         &mut out,
     );
     assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn transactions_hold_at_most_their_byte_budget() {
+    let mut s = connected();
+    run(
+        &mut s,
+        Frame::new(Command::Begin).header("transaction", "t1"),
+    );
+    run(
+        &mut s,
+        Frame::new(Command::Begin).header("transaction", "t2"),
+    );
+    let big = Bytes::from(vec![b'x'; 60_000]);
+    let send = |tx: &str| {
+        Frame::new(Command::Send)
+            .header("destination", "/topic/a")
+            .header("transaction", tx)
+            .body(big.clone())
+    };
+    // Spread over two transactions: the budget is the connection's.
+    for i in 0..17 {
+        let out = run(&mut s, send(if i % 2 == 0 { "t1" } else { "t2" }));
+        assert!(error_message(&out).is_none(), "frame {i}: {out:?}");
+    }
+    let out = run(&mut s, send("t1"));
+    let m = error_message(&out).expect("over the budget");
+    assert!(m.contains("transactions too large"), "{m}");
+    assert!(closes(&out));
+
+    // An abort gives its bytes back.
+    let mut s = connected();
+    run(
+        &mut s,
+        Frame::new(Command::Begin).header("transaction", "t"),
+    );
+    for _ in 0..17 {
+        run(&mut s, send("t"));
+    }
+    run(
+        &mut s,
+        Frame::new(Command::Abort).header("transaction", "t"),
+    );
+    assert_eq!(s.held_bytes, 0);
+    run(
+        &mut s,
+        Frame::new(Command::Begin).header("transaction", "t"),
+    );
+    for i in 0..17 {
+        let out = run(&mut s, send("t"));
+        assert!(
+            error_message(&out).is_none(),
+            "frame {i} after the abort: {out:?}"
+        );
+    }
 }
