@@ -297,12 +297,15 @@ impl Bus for KafkaBus {
         if !self.cfg.consumer.contains_key("statistics.interval.ms") {
             cc.set("statistics.interval.ms", "5000");
         }
+        let admin_cc = self.consumer_config();
+        let (cfg, state, history) = (self.cfg.clone(), self.state.clone(), self.history);
+        let runtime = tokio::runtime::Handle::current();
         let consumer: Result<BaseConsumer<Ctx>, _> = cc.create_with_context(Ctx {
-            state: self.state.clone(),
+            state: state.clone(),
             stats: Some(stats.clone()),
         });
-        let admin: Result<AdminClient<Ctx>, _> = self.consumer_config().create_with_context(Ctx {
-            state: self.state.clone(),
+        let admin: Result<AdminClient<Ctx>, _> = admin_cc.create_with_context(Ctx {
+            state: state.clone(),
             stats: None,
         });
         let (consumer, admin) = match (consumer, admin) {
@@ -312,12 +315,12 @@ impl Bus for KafkaBus {
                 return;
             }
         };
-        let reader = Reader {
-            cfg: self.cfg.clone(),
+        let mut reader = Reader {
+            cfg,
             consumer,
             admin,
-            runtime: tokio::runtime::Handle::current(),
-            state: self.state.clone(),
+            runtime,
+            state,
             deliver,
             reply,
             started,
@@ -325,13 +328,34 @@ impl Bus for KafkaBus {
             next: [Vec::new(), Vec::new()],
             reread: [false; 2],
             rereads: HashMap::new(),
-            history: self.history,
+            history,
             live: Vec::new(),
             assigned_at: Instant::now(),
+            reassign: false,
+        };
+        // A reader that panics (a broker's answer no one foresaw) goes on from the
+        // positions it had reached: the node never silently stops receiving.
+        let supervise = move || {
+            let mut restarts = 0u32;
+            loop {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.run()));
+                if ran.is_ok() {
+                    return;
+                }
+                restarts = restarts.saturating_add(1);
+                Stats::inc(&reader.stats.bus_consumer_restarts_total);
+                reader.reassign = true;
+                tracing::error!(
+                    restarts,
+                    "the kafka consumer panicked: reading on from where it was"
+                );
+                // At most one restart a second, slower after repeated ones.
+                std::thread::sleep(Duration::from_secs(u64::from(restarts.min(10))));
+            }
         };
         let spawned = std::thread::Builder::new()
             .name("kafka-consumer".into())
-            .spawn(move || reader.run());
+            .spawn(supervise);
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start the kafka consumer thread");
         }
@@ -510,6 +534,8 @@ struct Reader {
     /// Per messages partition: the first offset routed live.
     live: Vec<i64>,
     assigned_at: Instant,
+    /// Assign again from `next` (after a panic left the consumer's assignment unknown).
+    reassign: bool,
 }
 
 /// A node whose history has not reached the live edge by then goes ready anyway
@@ -525,7 +551,7 @@ const GAP_REREADS: u32 = 3;
 const POLL: Duration = Duration::from_millis(100);
 
 impl Reader {
-    fn run(mut self) {
+    fn run(&mut self) {
         let mut next_check = Instant::now();
         while !self.state.stop.load(Ordering::Relaxed) {
             if Instant::now() >= next_check {
@@ -630,7 +656,7 @@ impl Reader {
             }
             return;
         }
-        if counts[0] == self.next[0].len() && counts[1] == self.next[1].len() {
+        if counts[0] == self.next[0].len() && counts[1] == self.next[1].len() && !self.reassign {
             return;
         }
         let mut next: [Vec<i64>; 2] = Default::default();
@@ -684,6 +710,7 @@ impl Reader {
                 self.assigned_at = Instant::now();
                 self.check_caught_up();
                 self.reread = [false; 2];
+                self.reassign = false;
                 self.state.assigned.store(true, Ordering::Relaxed);
             }
             Err(e) => warn!(error = %e, "cannot assign partitions"),
@@ -743,7 +770,10 @@ impl Reader {
                 high
             }
         };
-        Some((from.clamp(low.max(high - MAX_HISTORY), high), high))
+        // Brokers have answered a low watermark above the high one: never trust the
+        // order (`clamp` would panic).
+        let floor = low.max(high - MAX_HISTORY).min(high);
+        Some((from.clamp(floor, high), high))
     }
 
     fn create_topics(&self) {

@@ -96,6 +96,7 @@ stats! {
     counter bus_records_skipped_total: "Records from the bus skipped as malformed (no destination, bad header).",
     counter bus_records_oversized_total: "Records from the bus skipped as too large: body over limits.max_body_bytes, or body and headers over limits.max_frame_bytes.",
     counter bus_records_repeated_total: "Records the bus handed out again after they were delivered: skipped.",
+    counter bus_consumer_restarts_total: "Times the bus's consumer thread died (a panic) and was started again.",
     counter bus_gaps_reread_total: "Gaps in a partition's offsets read again before they were accepted.",
     counter messages_unrouted_total: "Messages from the bus that matched no local subscriber.",
     counter messages_dropped_total: "Messages dropped by the drop-oldest policy or a closed connection.",
