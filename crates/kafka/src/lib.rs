@@ -770,10 +770,7 @@ impl Reader {
                 high
             }
         };
-        // Brokers have answered a low watermark above the high one: never trust the
-        // order (`clamp` would panic).
-        let floor = low.max(high - MAX_HISTORY).min(high);
-        Some((from.clamp(floor, high), high))
+        Some(history_start(low, high, from))
     }
 
     fn create_topics(&self) {
@@ -801,6 +798,15 @@ impl Reader {
             Err(e) => warn!(error = %e, "cannot create topics"),
         }
     }
+}
+
+/// Where a fresh node reads a partition from (`from`: the first record of the history
+/// wanted), and its live edge: at most [`MAX_HISTORY`] records back, never before the
+/// low watermark. Brokers have answered a low watermark above the high one: nothing here
+/// trusts their order (`clamp` would panic).
+fn history_start(low: i64, high: i64, from: i64) -> (i64, i64) {
+    let floor = low.max(high.saturating_sub(MAX_HISTORY)).min(high);
+    (from.clamp(floor, high), high)
 }
 
 /// Keeps each partition's records in offset order, each once. A record before the
@@ -863,6 +869,22 @@ fn in_order(
 
 fn millis(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    #[test]
+    fn odd_watermarks_never_panic() {
+        assert_eq!(history_start(0, 100, 40), (40, 100));
+        assert_eq!(history_start(50, 100, 40), (50, 100));
+        assert_eq!(history_start(0, 200_000, 0), (100_000, 200_000));
+        // Low above high, from anywhere: the live edge, no history.
+        assert_eq!(history_start(10, 5, 0), (5, 5));
+        assert_eq!(history_start(10, 5, 99), (5, 5));
+        assert_eq!(history_start(i64::MAX, i64::MIN, 0), (i64::MIN, i64::MIN));
+    }
 }
 
 #[cfg(test)]

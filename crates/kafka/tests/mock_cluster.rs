@@ -125,3 +125,53 @@ async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
     );
     until("not ready", || !bus.ready()).await;
 }
+
+/// A reader that panics (here: the node's callback, on the first record) is started
+/// again from where it was: the next record still arrives, none is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_reader_goes_on_from_where_it_was() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+        cluster.create_topic(topic, 1, 1).expect("topic");
+    }
+    let cfg = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        partitions: 1,
+        ..KafkaConfig::default()
+    };
+    let bus = KafkaBus::new(cfg, "t3", Duration::from_secs(5)).expect("bus");
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = got.clone();
+    let stats = Arc::new(Stats::default());
+    bus.start(
+        Arc::new(move |d: Delivery| {
+            let body = String::from_utf8_lossy(&d.record.body).into_owned();
+            assert_ne!(body, "boom", "the node's callback fails on this one");
+            sink.lock().expect("lock").push(body);
+        }),
+        Arc::new(|_| {}),
+        Arc::new(|_: &str, _: i64, _: i64| {}),
+        stats.clone(),
+    );
+    until("bus ready", || bus.ready()).await;
+    for body in ["one", "boom", "two"] {
+        bus.publish(Record {
+            destination: "/topic/mock".into(),
+            body: body.into(),
+            ..Record::default()
+        })
+        .await
+        .expect("published");
+    }
+    until("the record after the panic", || {
+        got.lock().expect("lock").len() == 2
+    })
+    .await;
+    assert_eq!(*got.lock().expect("lock"), ["one", "two"]);
+    assert_eq!(
+        stats
+            .bus_consumer_restarts_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
