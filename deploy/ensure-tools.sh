@@ -45,6 +45,8 @@ ensure_test() {
   need_cmd etcd etcd-server
   need_cmd chromium chromium
   need_cmd curl curl
+  # ss reads a socket's timers (the TCP keepalive test).
+  need_cmd ss iproute2
   # The deploy-file test: YAML through PyYAML, unit files through systemd-analyze.
   python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
   need_cmd systemd-analyze systemd

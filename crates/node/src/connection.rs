@@ -191,9 +191,11 @@ impl<L: Link> Connection<L> {
                     if self.session.is_connected() {
                         read_deadline = self.read_window().map(|d| Instant::now() + d);
                     }
-                    // Pings, pongs and a read of nothing but heart-beats each cost a
-                    // frame of the rate too (EOLs after a frame are free).
+                    // Pings, pongs and heart-beat-only messages each cost a frame of
+                    // the rate too (as does a read of nothing but heart-beats, where the
+                    // link counts no messages: plain TCP); EOLs after a frame are free.
                     let mut free = self.link.take_controls();
+                    let counted = free > 0;
                     let mut frames = 0u32;
                     let mut beats = false;
                     loop {
@@ -207,7 +209,7 @@ impl<L: Link> Connection<L> {
                             }
                         }
                         match decode_version(&mut inbuf, self.version, &self.limits) {
-                            Ok(None) if frames == 0 && beats => {
+                            Ok(None) if frames == 0 && beats && !counted => {
                                 beats = false;
                                 free = 1;
                                 continue;

@@ -40,8 +40,8 @@ pub(crate) trait Link: Send {
     async fn flush(&mut self) -> io::Result<()>;
     /// Closes; `restart` asks WebSocket clients to reconnect elsewhere.
     async fn close(&mut self, restart: bool);
-    /// Control frames (pings, pongs) received since the last call: they count against
-    /// the connection's frame rate like STOMP frames.
+    /// Control frames (pings, pongs) and heart-beat-only messages received since the
+    /// last call: they count against the connection's frame rate like STOMP frames.
     fn take_controls(&mut self) -> u32 {
         0
     }
@@ -228,7 +228,8 @@ struct WsReader {
     max_message: usize,
     /// The peer's close code, once its close frame came: nothing after it is read.
     closed: Option<u16>,
-    /// Pings and pongs received, for the frame rate.
+    /// Pings, pongs and messages of nothing but heart-beats received, for the frame
+    /// rate.
     controls: u32,
 }
 
@@ -305,6 +306,14 @@ impl WsReader {
                     let start = buf.len();
                     buf.extend_from_slice(payload);
                     unmask(&mut buf[start..], h.mask);
+                    // A whole message of heart-beat EOLs costs a frame of the rate
+                    // like a ping: a flood of them is work all the same.
+                    if h.fin
+                        && self.message.is_none()
+                        && buf[start..].iter().all(|&b| b == b'\n' || b == b'\r')
+                    {
+                        self.controls = self.controls.saturating_add(1);
+                    }
                     if text {
                         self.check_utf8(buf, start, h.fin)?;
                     }
