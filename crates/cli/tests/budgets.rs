@@ -294,7 +294,12 @@ async fn a_silent_client_without_heart_beats_is_closed_and_sockets_keep_alive() 
     let sockets = String::from_utf8_lossy(&ss.stdout);
     let server_side = sockets
         .lines()
-        .find(|l| l.contains(&node.http.to_string()) && l.contains(&local.to_string()))
+        .find(|l| {
+            // Recv-Q Send-Q Local Peer ...: the server's end is local = the node.
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&node.http.to_string().as_str())
+                && f.get(3) == Some(&local.to_string().as_str())
+        })
         .unwrap_or_else(|| panic!("the server's socket is not in\n{sockets}"));
     assert!(server_side.contains("timer:(keepalive"), "{server_side}");
 

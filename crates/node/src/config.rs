@@ -96,6 +96,11 @@ pub struct NodeConfig {
     /// to say it took it; then 404.
     #[serde(with = "humantime_serde")]
     pub callback_timeout: Duration,
+    /// Resumes (`resume-from` on SUBSCRIBE) one connection may ask for per minute (a
+    /// burst of as many); 0 is off.
+    pub max_resumes_per_minute: u32,
+    /// Reads of the bus's log for resumes running at once on one node; more wait.
+    pub max_log_reads: usize,
     /// The replay window (resume after reconnect): records kept at most this long ...
     #[serde(with = "humantime_serde")]
     pub replay_window: Duration,
@@ -197,6 +202,8 @@ impl Default for NodeConfig {
             request_timeout_max: Duration::from_secs(60),
             max_waiters: 100_000,
             callback_timeout: Duration::from_secs(5),
+            max_resumes_per_minute: 600,
+            max_log_reads: 4,
             replay_window: Duration::from_secs(300),
             replay_window_bytes: 64 * 1024 * 1024,
             position_updates: Duration::from_secs(10),
@@ -258,6 +265,9 @@ impl NodeConfig {
             || self.auth.rs256_public_key_file.is_some();
         if self.insecure_login_as_user && tokens {
             return bad("insecure_login_as_user cannot be combined with token authentication");
+        }
+        if self.max_log_reads == 0 {
+            return bad("max_log_reads must be at least 1");
         }
         if self.callback_timeout.is_zero() {
             return bad("callback_timeout must be positive");

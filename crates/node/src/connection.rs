@@ -19,7 +19,12 @@ use tracing::{Instrument, debug, info_span, trace};
 
 use crate::link::{Link, Sink};
 use crate::outbox::{Out, Outbox};
-use crate::replay::{Subscriber, format_positions};
+use crate::replay::{Budget, Subscriber, format_positions};
+
+/// Entries of the replay window one resume may look at (under the window's lock).
+const RESUME_SCAN: usize = 32_768;
+/// Records one resume reads from the bus's log per stream, at most: the newest ones.
+const MAX_LOG_RECORDS: i64 = 10_000;
 use crate::router::Shared;
 use crate::session::{Action, Head, Session, SessionConfig, error_frame};
 use crate::stats::Stats;
@@ -94,6 +99,9 @@ struct Connection<L> {
     /// Frames the client may still send now (refilled at `max_frames_per_second`).
     frame_budget: f64,
     budget_at: Instant,
+    /// Resumes the client may still ask for (refilled at `max_resumes_per_minute`).
+    resume_tokens: f64,
+    resumes_at: Instant,
 }
 
 impl<L: Link> Connection<L> {
@@ -115,6 +123,7 @@ impl<L: Link> Connection<L> {
             url_token,
         });
         let budget = f64::from(cfg.max_frames_per_second);
+        let resumes = f64::from(cfg.max_resumes_per_minute);
         let outbox = Arc::new(Outbox::new(
             cfg.outbound_max_messages,
             cfg.outbound_max_bytes,
@@ -138,6 +147,8 @@ impl<L: Link> Connection<L> {
             expires: None,
             frame_budget: budget,
             budget_at: Instant::now(),
+            resume_tokens: resumes,
+            resumes_at: Instant::now(),
         }
     }
 
@@ -473,16 +484,19 @@ impl<L: Link> Connection<L> {
                     slot,
                     destination,
                     resume,
-                } => match self.node.router.can_subscribe(&destination) {
-                    Ok(()) => {
-                        receipt_extra =
-                            Some(self.subscribe(slot, &destination, resume.as_deref()).await);
+                } => {
+                    let done = match self.node.router.can_subscribe(&destination) {
+                        Ok(()) => self.subscribe(slot, &destination, resume.as_deref()).await,
+                        Err(message) => Err(message),
+                    };
+                    match done {
+                        Ok(extra) => receipt_extra = Some(extra),
+                        Err(message) => {
+                            self.session.forget(slot);
+                            self.fail_at(&message, actions, i);
+                        }
                     }
-                    Err(message) => {
-                        self.session.forget(slot);
-                        self.fail_at(&message, actions, i);
-                    }
-                },
+                }
                 Action::Unsubscribe { slot, destination } => {
                     self.node
                         .router
@@ -625,27 +639,89 @@ impl<L: Link> Connection<L> {
         }
     }
 
+    /// Reads the records of `stream` after `after` up to `base` from the bus's log for
+    /// a resume: at most [`MAX_LOG_RECORDS`] of the newest (the older part is then
+    /// lost), under the node's limit on concurrent log reads, keeping only what `who`
+    /// wants. `None`: not read (the log no longer has them, or no reader was free).
+    async fn read_gap(
+        node: &Node,
+        who: &Subscriber<'_>,
+        stream: &str,
+        from: i64,
+        base: i64,
+    ) -> Option<(i64, Vec<crate::bus::Delivery>)> {
+        let from = from.max(base - MAX_LOG_RECORDS + 1);
+        let permit =
+            tokio::time::timeout(node.config.publish_timeout, node.log_reads.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            Stats::inc(&node.stats.resume_log_reads_refused_total);
+            debug!(stream, "no log reader free for a resume gap");
+            return None;
+        };
+        match node.bus.read(stream, from, base).await {
+            Ok(Some(mut records)) => {
+                Stats::inc(&node.stats.resume_log_reads_total);
+                records.retain(|d| who.wants(d));
+                Some((from, records))
+            }
+            Ok(None) => {
+                debug!(stream, from, base, "resume gap no longer in the log");
+                None
+            }
+            Err(e) => {
+                debug!(error = %e, stream, "cannot read a resume gap");
+                None
+            }
+        }
+    }
+
+    /// Takes one resume from the connection's per-minute allowance.
+    fn resume_allowed(&mut self) -> bool {
+        let per_minute = f64::from(self.node.config.max_resumes_per_minute);
+        if per_minute == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.resumes_at).as_secs_f64() * per_minute / 60.0;
+        self.resume_tokens = (self.resume_tokens + refill).min(per_minute);
+        self.resumes_at = now;
+        if self.resume_tokens < 1.0 {
+            return false;
+        }
+        self.resume_tokens -= 1.0;
+        true
+    }
+
     /// Registers a subscription; with `resume`, first queues what it missed: from the
-    /// bus's log what is older than the replay window, then from the window. The
-    /// window part and the registration happen under the window's lock: a record
-    /// enters the window before it is routed, so each one is either in the replay or
-    /// arrives live after it (live ones the replay covered are skipped by the
-    /// session's floor). Returns the RECEIPT's extra headers.
+    /// bus's log what is older than the replay window, then from the window, at most
+    /// what the connection's queue can take (the newest part: the streams cut are
+    /// answered lost). Under the window's lock only the window part is chosen (its cost
+    /// bounded by that budget) and the subscription registered: a record enters the
+    /// window before it is routed, so each one is either in the replay or arrives live
+    /// after it (live ones the replay covered are skipped by the session's floor). The
+    /// replay is encoded after the lock and queued ahead of anything live that came
+    /// meanwhile. Returns the RECEIPT's extra headers, or why it was refused.
     async fn subscribe(
         &mut self,
         slot: u32,
         destination: &str,
         resume: Option<&[(String, i64)]>,
-    ) -> Vec<(&'static str, String)> {
+    ) -> Result<Vec<(&'static str, String)>, String> {
         let node = self.node.clone();
         let stats = &node.stats;
+        if resume.is_some() && !self.resume_allowed() {
+            Stats::inc(&stats.resumes_refused_total);
+            let limit = node.config.max_resumes_per_minute;
+            return Err(format!("too many resumes: the limit is {limit} per minute"));
+        }
         let mut extra = Vec::new();
+        let (room_messages, room_bytes) = self.outbox.room();
         // Gaps before the window, read from the log: stream -> (from, to, records).
         let mut from_log: Vec<(String, i64, i64, Vec<crate::bus::Delivery>)> = Vec::new();
         // The window moves on while the log is read (live records push its oldest out):
         // read what it lost meanwhile too, a few times, before a gap counts as lost.
         let mut reads = 0;
-        // Streams the log no longer has from the client's position: lost, not re-read.
+        // Streams the log could not give from the client's position: lost, not re-read.
         let mut gone: Vec<String> = Vec::new();
         let mut window = loop {
             if let Some(positions) = resume {
@@ -656,22 +732,17 @@ impl<L: Link> Connection<L> {
                     if from > base || gone.contains(&stream) {
                         continue;
                     }
-                    match node.bus.read(&stream, from, base).await {
-                        Ok(Some(records)) => {
-                            Stats::inc(&stats.resume_log_reads_total);
-                            match have {
-                                Some(i) => {
-                                    from_log[i].2 = base;
-                                    from_log[i].3.extend(records);
-                                }
-                                None => from_log.push((stream, from, base, records)),
+                    let who = self.subscriber(destination);
+                    match Self::read_gap(&node, &who, &stream, from, base).await {
+                        Some((read_from, records)) if read_from == from => match have {
+                            Some(i) => {
+                                from_log[i].2 = base;
+                                from_log[i].3.extend(records);
                             }
-                        }
-                        Ok(None) => {
-                            debug!(stream, after, base, "resume gap no longer in the log");
-                            gone.push(stream);
-                        }
-                        Err(e) => debug!(error = %e, stream, "cannot read a resume gap"),
+                            None => from_log.push((stream, from, base, records)),
+                        },
+                        // Only the newest part was read: the rest is lost.
+                        Some(_) | None => gone.push(stream),
                     }
                 }
             }
@@ -694,36 +765,59 @@ impl<L: Link> Connection<L> {
             }
             drop(window);
         };
+        // Under the window's lock: the newest records the queue can take, the
+        // registration, the frontier. Nothing here costs more than the budget.
+        let mut chosen = None;
         if let Some(positions) = resume {
             let who = self.subscriber(destination);
-            let r = window.resume(&who, positions, std::time::Instant::now());
+            let budget = Budget {
+                messages: room_messages,
+                bytes: room_bytes,
+                scan: RESUME_SCAN,
+            };
+            chosen = Some(window.resume_within(&who, positions, std::time::Instant::now(), budget));
+        }
+        let mark = self.outbox.mark();
+        let registered = node
+            .router
+            .subscribe(destination, self.conn_id, slot, self.outbox.clone())
+            .is_ok();
+        let frontier = window.frontier();
+        drop(window);
+        if !registered {
+            // Another connection took the last pattern meanwhile: this one stays
+            // unregistered, so nothing is delivered to it.
+            self.session.forget(slot);
+            let limit = node.config.max_patterns;
+            return Err(format!(
+                "too many distinct wildcard patterns on this node (limit {limit})"
+            ));
+        }
+        if let (Some(positions), Some(r)) = (resume, chosen) {
             Stats::inc(&stats.resumes_total);
-            let mut lost = Vec::new();
-            let mut replay: Vec<&crate::bus::Delivery> = Vec::new();
+            let mut lost = r.cut.clone();
+            // What the window part left of the budget goes to the log part, newest first.
+            let (mut messages, mut bytes) = (room_messages, room_bytes);
+            for d in &r.replay {
+                messages = messages.saturating_sub(1);
+                bytes = bytes.saturating_sub(crate::replay::replay_cost(d));
+            }
+            let mut older: Vec<&crate::bus::Delivery> = Vec::new();
             for (stream, after, base) in &r.gaps {
                 // The window may have moved on while the log was read.
                 match from_log.iter().find(|g| &g.0 == stream) {
                     Some((_, from, to, records)) if *from <= after + 1 && to >= base => {
-                        replay.extend(records.iter().filter(|d| {
-                            who.wants(d)
-                                && crate::replay::parse_id(&d.id)
-                                    .is_some_and(|(_, o)| o > *after && o <= *base)
+                        older.extend(records.iter().filter(|d| {
+                            crate::replay::parse_id(&d.id)
+                                .is_some_and(|(_, o)| o > *after && o <= *base)
                         }));
                     }
                     _ => lost.push(stream.clone()),
                 }
             }
-            replay.extend(r.replay.iter().map(|d| &**d));
-            let replay: Vec<Arc<Shared>> = replay
-                .iter()
-                .filter_map(|d| Shared::new(d).map(Arc::new))
-                .collect();
-            // A replay larger than the outbound queue keeps its newest part; the
-            // partitions it had to cut are answered lost (the client reloads).
-            let (mut messages, mut bytes) = self.outbox.room();
-            let mut start = replay.len();
+            let mut start = older.len();
             while start > 0 {
-                let cost = replay[start - 1].len() + 64;
+                let cost = crate::replay::replay_cost(older[start - 1]);
                 if messages == 0 || cost > bytes {
                     break;
                 }
@@ -731,22 +825,25 @@ impl<L: Link> Connection<L> {
                 bytes -= cost;
                 start -= 1;
             }
-            for msg in &replay[..start] {
-                if let Some((stream, _)) = crate::replay::parse_id(msg.id()) {
-                    if !lost.iter().any(|s| s == stream) {
-                        lost.push(stream.to_string());
-                    }
+            for d in &older[..start] {
+                if let Some((stream, _)) = crate::replay::parse_id(&d.id) {
+                    lost.push(stream.to_string());
                 }
             }
-            for msg in &replay[start..] {
-                self.outbox.push(Out::Replay {
-                    sub: slot,
-                    msg: msg.clone(),
-                });
-            }
+            // Encoded here, outside every lock.
+            let replay: Vec<Out> = older[start..]
+                .iter()
+                .copied()
+                .chain(r.replay.iter().map(|d| &**d))
+                .filter_map(|d| Shared::new(d).map(Arc::new))
+                .map(|msg| Out::Replay { sub: slot, msg })
+                .collect();
             stats
                 .messages_replayed_total
-                .fetch_add((replay.len() - start) as u64, Ordering::Relaxed);
+                .fetch_add(replay.len() as u64, Ordering::Relaxed);
+            self.outbox.insert_at(mark, replay);
+            lost.sort();
+            lost.dedup();
             if lost.is_empty() {
                 extra.push(("resume", "ok".to_string()));
             } else {
@@ -754,19 +851,6 @@ impl<L: Link> Connection<L> {
                 extra.push(("resume", "lost".to_string()));
                 extra.push(("resume-lost", lost.join(",")));
             }
-        }
-        if node
-            .router
-            .subscribe(destination, self.conn_id, slot, self.outbox.clone())
-            .is_err()
-        {
-            // Another connection took the last pattern meanwhile: this one stays
-            // unregistered, so nothing is delivered to it (it gets no RECEIPT either).
-            self.session.forget(slot);
-        }
-        let frontier = window.frontier();
-        drop(window);
-        if let Some(positions) = resume {
             // Live records up to the frontier were replayed; those up to the client's
             // own position it has already (this node may be behind the one it left).
             let mut floor = frontier.clone();
@@ -779,7 +863,7 @@ impl<L: Link> Connection<L> {
             self.session.set_floor(slot, &floor);
         }
         extra.push(("position", format_positions(&frontier)));
-        extra
+        Ok(extra)
     }
 
     fn subscriber<'a>(&'a self, destination: &'a str) -> Subscriber<'a> {

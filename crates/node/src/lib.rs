@@ -79,6 +79,8 @@ pub(crate) struct Node {
     /// them: confirmation id -> the HTTP handler.
     pub(crate) confirms:
         std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<bool>>>,
+    /// Reads of the bus's log for resumes that may run at once.
+    pub(crate) log_reads: tokio::sync::Semaphore,
     /// Random, fresh at every start: session ids never repeat across restarts.
     pub(crate) boot_id: String,
     /// Recent records, for clients that resume (`resume-from` on SUBSCRIBE).
@@ -201,8 +203,14 @@ impl Node {
 
     /// A record from the bus: to the local subscribers; when it is a request that
     /// reached one of them, the waiting node hears of it.
-    pub(crate) fn window(&self) -> std::sync::MutexGuard<'_, replay::Window> {
-        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn window(&self) -> stats::Held<'_, std::sync::MutexGuard<'_, replay::Window>> {
+        let g = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        stats::Held::new(g, &self.stats.window_lock_hold)
+    }
+
+    fn routing(&self) -> stats::Held<'_, std::sync::MutexGuard<'_, ()>> {
+        let g = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        stats::Held::new(g, &self.stats.routing_lock_hold)
     }
 
     fn on_delivery(self: &Arc<Self>, d: Delivery) {
@@ -223,7 +231,7 @@ impl Node {
             return;
         }
         let d = Arc::new(d);
-        let routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        let routing = self.routing();
         // Into the window first, then routed: a subscription that resumes under the
         // window's lock sees each record either in its replay or live (docs/delivery.md).
         let now = std::time::Instant::now();
@@ -279,7 +287,7 @@ impl Node {
         let mut last = String::new();
         loop {
             tick.tick().await;
-            let _routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+            let _routing = self.routing();
             let window = self.window();
             let position = replay::format_positions(&window.frontier());
             if position != last {
@@ -426,6 +434,7 @@ impl Server {
         let node = Arc::new(Node {
             confirms: std::sync::Mutex::new(std::collections::HashMap::new()),
             boot_id: random_hex::<6>(),
+            log_reads: tokio::sync::Semaphore::new(config.max_log_reads),
             http_bound,
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),

@@ -50,6 +50,8 @@ pub(crate) struct Outbox {
 struct Queue {
     items: VecDeque<Out>,
     bytes: usize,
+    /// Items pushed ever: a [`Outbox::mark`].
+    pushed: u64,
 }
 
 impl Outbox {
@@ -99,11 +101,42 @@ impl Outbox {
             }
         }
         q.bytes += cost;
+        q.pushed += 1;
         q.items.push_back(out);
         drop(q);
         Stats::add(&self.stats.queued_messages, 1);
         self.notify.notify_one();
         true
+    }
+
+    /// Where the queue stands now, for [`Outbox::insert_at`].
+    pub(crate) fn mark(&self) -> u64 {
+        self.queue.lock().map_or(0, |q| q.pushed)
+    }
+
+    /// Queues `items` ahead of everything pushed since `mark` (a resume's replay goes
+    /// before the live messages that came while it was encoded). Only the connection's
+    /// own task drains the queue, and it does not between the mark and this. The
+    /// items were cut to the room there was at the mark.
+    pub(crate) fn insert_at(&self, mark: u64, items: Vec<Out>) {
+        if items.is_empty() {
+            return;
+        }
+        let Ok(mut q) = self.queue.lock() else {
+            return;
+        };
+        let after = usize::try_from(q.pushed.saturating_sub(mark)).unwrap_or(usize::MAX);
+        let at = q.items.len().saturating_sub(after);
+        let n = items.len();
+        let cost: usize = items.iter().map(Out::cost).sum();
+        let tail = q.items.split_off(at);
+        q.items.extend(items);
+        q.items.extend(tail);
+        q.bytes += cost;
+        q.pushed += n as u64;
+        drop(q);
+        Stats::add(&self.stats.queued_messages, n as i64);
+        self.notify.notify_one();
     }
 
     /// What still fits: (messages, bytes).

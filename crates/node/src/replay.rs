@@ -126,6 +126,39 @@ pub(crate) struct Resume {
     /// Streams whose records after the client's position are no longer all here, with
     /// the client's position: these need the bus's log, or are lost.
     pub(crate) gaps: Vec<(String, i64, i64)>,
+    /// Streams the budget cut: their older records were not looked at (lost).
+    pub(crate) cut: Vec<String>,
+}
+
+/// How much one resume may take from the window: what the connection's queue can
+/// hold (messages, bytes), and how many entries it may look at (a pattern that
+/// matches little would otherwise scan the whole window under its lock).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
+    pub(crate) scan: usize,
+}
+
+#[cfg(test)]
+impl Budget {
+    pub(crate) const UNLIMITED: Budget = Budget {
+        messages: usize::MAX,
+        bytes: usize::MAX,
+        scan: usize::MAX,
+    };
+}
+
+/// What a replayed record costs in a connection's queue (its encoded size is not
+/// known before it is encoded: this errs on the large side).
+pub(crate) fn replay_cost(d: &Delivery) -> usize {
+    let r = &d.record;
+    let headers: usize = r
+        .headers
+        .iter()
+        .map(|(k, v)| 2 * (k.len() + v.len()) + 2)
+        .sum();
+    r.body.len() + r.destination.len() + d.id.len() + headers + 128
 }
 
 pub(crate) struct Window {
@@ -298,13 +331,27 @@ impl Window {
     }
 
     /// The records `who` missed after `positions` (streams not named: from their start).
-    /// One destination: its own records in the window. A pattern: a scan from the
-    /// newest record back that stops once every stream is behind its position.
+    #[cfg(test)]
     pub(crate) fn resume(
         &mut self,
         who: &Subscriber<'_>,
         positions: &[(String, i64)],
         now: Instant,
+    ) -> Resume {
+        self.resume_within(who, positions, now, Budget::UNLIMITED)
+    }
+
+    /// The newest records `who` missed after `positions`, within `budget`: a scan from
+    /// the newest record back (one destination: its own records; a pattern: all) that
+    /// stops once every stream is behind its position, or the budget is spent; the
+    /// streams not finished then are `cut`. The cost is the budget's, never the
+    /// window's: this runs under the window's lock.
+    pub(crate) fn resume_within(
+        &mut self,
+        who: &Subscriber<'_>,
+        positions: &[(String, i64)],
+        now: Instant,
+        budget: Budget,
     ) -> Resume {
         let gaps = self.gaps(positions, now);
         // A stream still loading its history: what the window holds of it now comes
@@ -317,32 +364,62 @@ impl Window {
                 (&**name, if s.loading() { f.max(s.live - 1) } else { f })
             })
             .collect();
-        let mut replay = Vec::new();
-        if !is_pattern(who.destination) {
-            for e in self.by_dest.get(who.destination).into_iter().flatten() {
-                let f = floor.get(&*e.stream).copied().unwrap_or(-1);
-                if e.offset > f && who.wants(&e.delivery) {
-                    replay.push(e.delivery.clone());
-                }
-            }
-            return Resume { replay, gaps };
-        }
-        // A pattern: within a stream, offsets grow along the window, so once one entry
-        // is at or below its stream's floor, so is every older entry of that stream.
+        let entries: Box<dyn Iterator<Item = &Arc<Entry>>> = if is_pattern(who.destination) {
+            Box::new(self.entries.iter().rev())
+        } else {
+            Box::new(
+                self.by_dest
+                    .get(who.destination)
+                    .into_iter()
+                    .flatten()
+                    .rev(),
+            )
+        };
+        // Within a stream, offsets grow along the window, so once one entry is at or
+        // below its stream's floor, so is every older entry of that stream.
         let mut passed: HashSet<&str> = HashSet::new();
-        for e in self.entries.iter().rev() {
+        let mut replay = Vec::new();
+        let (mut messages, mut bytes, mut scanned) = (0usize, 0usize, 0usize);
+        let mut spent = false;
+        for e in entries {
             if passed.len() == floor.len() {
+                break;
+            }
+            scanned += 1;
+            if scanned > budget.scan {
+                spent = true;
                 break;
             }
             let f = floor.get(&*e.stream).copied().unwrap_or(-1);
             if e.offset <= f {
                 passed.insert(&*e.stream);
-            } else if who.wants(&e.delivery) {
-                replay.push(e.delivery.clone());
+                continue;
             }
+            if passed.contains(&*e.stream) || !who.wants(&e.delivery) {
+                continue;
+            }
+            let cost = replay_cost(&e.delivery);
+            if messages + 1 > budget.messages || bytes.saturating_add(cost) > budget.bytes {
+                spent = true;
+                break;
+            }
+            messages += 1;
+            bytes += cost;
+            replay.push(e.delivery.clone());
         }
         replay.reverse();
-        Resume { replay, gaps }
+        let cut = if spent {
+            let mut cut: Vec<String> = floor
+                .keys()
+                .filter(|s| !passed.contains(*s))
+                .map(|s| s.to_string())
+                .collect();
+            cut.sort();
+            cut
+        } else {
+            Vec::new()
+        };
+        Resume { replay, gaps, cut }
     }
 
     #[cfg(test)]
@@ -396,6 +473,51 @@ mod tests {
             format_positions(&[("0".into(), 4), ("1".into(), -1), ("2".into(), 0)]),
             "0-4,2-0"
         );
+    }
+
+    #[test]
+    fn a_resume_takes_the_newest_records_its_budget_allows_and_names_what_it_cut() {
+        let now = Instant::now();
+        let mut w = Window::new(Duration::from_secs(60), 1 << 24);
+        w.started("0", 0, 0);
+        w.started("1", 0, 0);
+        for i in 0..1000 {
+            w.push(d(&format!("0-{i}"), "/topic/a"), now);
+            w.push(d(&format!("1-{i}"), "/topic/b"), now);
+        }
+        let budget = Budget {
+            messages: 10,
+            bytes: usize::MAX,
+            scan: usize::MAX,
+        };
+        for who in ["/topic/#", "/topic/a"] {
+            let r = w.resume_within(&topic(who), &[], now, budget);
+            assert_eq!(r.replay.len(), 10, "{who}");
+            assert!(!r.cut.is_empty(), "{who}");
+        }
+        // Newest first, oldest first in the answer.
+        let r = w.resume_within(&topic("/topic/a"), &[], now, budget);
+        assert_eq!(ids(&r)[0], "0-990");
+        assert_eq!(ids(&r)[9], "0-999");
+        assert_eq!(r.cut, ["0", "1"]);
+        // Enough room: nothing cut, what is complete is complete.
+        let r = w.resume_within(
+            &topic("/topic/a"),
+            &[("0".into(), 995), ("1".into(), 999)],
+            now,
+            budget,
+        );
+        assert_eq!(ids(&r), ["0-996", "0-997", "0-998", "0-999"]);
+        assert!(r.cut.is_empty(), "{:?}", r.cut);
+        // A scan budget bounds a pattern that matches little.
+        let scan = Budget {
+            messages: usize::MAX,
+            bytes: usize::MAX,
+            scan: 100,
+        };
+        let r = w.resume_within(&topic("/topic/zzz.#"), &[], now, scan);
+        assert!(r.replay.is_empty());
+        assert_eq!(r.cut, ["0", "1"]);
     }
 
     #[test]

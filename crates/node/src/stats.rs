@@ -16,6 +16,10 @@ macro_rules! stats {
             pub outbound_queue_depth: QueueDepth,
             /// `POST /v1/requests`, from accepted to answered or timed out.
             pub request_duration: RequestDuration,
+            /// How long the routing lock (a record's way into the window and to its
+            /// subscribers) and the replay window's lock are held each time.
+            pub routing_lock_hold: LockHold,
+            pub window_lock_hold: LockHold,
         }
 
         impl Stats {
@@ -38,6 +42,9 @@ macro_rules! stats {
                     "pushcenter_request_duration_seconds",
                     "POST /v1/requests from accepted to answered or timed out.",
                 );
+                for (lock, h) in [("routing", &self.routing_lock_hold), ("window", &self.window_lock_hold)] {
+                    h.render(&mut out, lock);
+                }
                 let lag = self.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
                 if !lag.is_empty() {
                     let name = "pushcenter_kafka_consumer_lag";
@@ -54,6 +61,8 @@ macro_rules! stats {
             pub fn snapshot(&self) -> serde_json::Map<String, serde_json::Value> {
                 let mut m = serde_json::Map::new();
                 $( m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into()); )*
+                m.insert("routing_lock_hold_max_us".into(), self.routing_lock_hold.max_us().into());
+                m.insert("window_lock_hold_max_us".into(), self.window_lock_hold.max_us().into());
                 let lag = self.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
                 let mut by_topic = serde_json::Map::new();
                 for ((topic, partition), n) in lag.iter() {
@@ -103,6 +112,8 @@ stats! {
     counter resumes_total: "SUBSCRIBEs with resume-from.",
     counter resumes_lost_total: "Resumes that could not replay everything after the client's position.",
     counter messages_history_total: "Records read at start into the replay window (history: not routed).",
+    counter resumes_refused_total: "Resumes refused by max_resumes_per_minute (ERROR, close).",
+    counter resume_log_reads_refused_total: "Resume gaps not read from the log: no reader free within publish_timeout (max_log_reads); answered lost.",
     counter resume_log_reads_total: "Resume gaps older than the replay window read back from the bus's log.",
     counter messages_replayed_total: "MESSAGEs replayed to resuming subscriptions.",
     counter slow_consumer_disconnects_total: "Connections closed because their outbound queue or ack window was full.",
@@ -222,5 +233,92 @@ impl std::ops::Deref for RequestDuration {
     type Target = Histogram;
     fn deref(&self) -> &Histogram {
         &self.0
+    }
+}
+
+/// Lock hold times: a histogram (seconds) and the longest since start.
+#[derive(Debug)]
+pub struct LockHold {
+    histogram: Histogram,
+    max_ns: AtomicU64,
+}
+
+impl Default for LockHold {
+    fn default() -> LockHold {
+        const BOUNDS: &[f64] = &[
+            0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+            0.1, 0.5,
+        ];
+        // Nanoseconds in the sum.
+        LockHold {
+            histogram: Histogram::new(BOUNDS, 1e9),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LockHold {
+    pub fn observe(&self, held: std::time::Duration) {
+        self.histogram.observe(held.as_secs_f64());
+        let ns = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// The longest hold since start, in microseconds.
+    pub fn max_us(&self) -> u64 {
+        self.max_ns.load(Ordering::Relaxed) / 1000
+    }
+
+    fn render(&self, out: &mut String, lock: &str) {
+        let name = format!("pushcenter_{lock}_lock_hold_seconds");
+        self.histogram.render(
+            out,
+            &name,
+            &format!("How long the {lock} lock is held each time."),
+        );
+        let name = format!("pushcenter_{lock}_lock_hold_max_seconds");
+        let _ = writeln!(
+            out,
+            "# HELP {name} The longest hold of the {lock} lock since start."
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let max = self.max_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name} {max}");
+    }
+}
+
+/// A lock guard that records how long it was held.
+pub(crate) struct Held<'a, G> {
+    guard: G,
+    since: std::time::Instant,
+    into: &'a LockHold,
+}
+
+impl<'a, G> Held<'a, G> {
+    pub(crate) fn new(guard: G, into: &'a LockHold) -> Held<'a, G> {
+        Held {
+            guard,
+            since: std::time::Instant::now(),
+            into,
+        }
+    }
+}
+
+impl<G> Drop for Held<'_, G> {
+    fn drop(&mut self) {
+        self.into.observe(self.since.elapsed());
+    }
+}
+
+impl<G: std::ops::Deref> std::ops::Deref for Held<'_, G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
+        &self.guard
+    }
+}
+
+impl<G: std::ops::DerefMut> std::ops::DerefMut for Held<'_, G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        &mut self.guard
     }
 }
