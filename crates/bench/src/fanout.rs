@@ -48,6 +48,13 @@ pub struct FanoutOpts {
     /// (1 to 64: pushcenter's default `max_frames_per_second` is 100 per connection).
     pub publishers: Option<u64>,
     pub server: Server,
+    /// Records published (over `publish_url`) before the run, to fill a node's replay
+    /// window.
+    pub prefill: u64,
+    /// Connections that, over and over during the run, connect, subscribe `/topic/#`
+    /// resuming from the start of the window, read the replay and leave: live
+    /// delivery under a resume wave.
+    pub resumers: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +91,13 @@ pub struct FanoutReport {
     /// The generator's own CPU (publishers and subscribers) over the same span.
     pub generator_cpu_seconds: f64,
     pub generator_cpu_us_per_delivery: f64,
+    /// With `resumers`: resumes done, and messages replayed to them.
+    pub resumes: u64,
+    pub replayed: u64,
+    /// The node's longest routing and window lock holds since start (`/v1/stats`,
+    /// µs), when publishing through a pushcenter node's HTTP API.
+    pub routing_lock_hold_max_us: Option<u64>,
+    pub window_lock_hold_max_us: Option<u64>,
 }
 
 /// The publish time in unix µs, padded with `x` to `size` bytes.
@@ -97,7 +111,96 @@ fn body(size: usize) -> String {
 
 /// Subscribers read MESSAGEs whose body starts with `<publish time in unix µs>`; the
 /// publishers send on a fixed schedule; latencies are publish → subscriber read.
+/// Publishes `n` records over HTTP as fast as 8 connections go.
+async fn prefill(url: &str, n: u64) -> Result<(), Error> {
+    let mut tasks = Vec::new();
+    for p in 0..8u64 {
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Http::connect(&url).await?;
+            let mut seq = p;
+            while seq < n {
+                let json = format!(
+                    r#"{{"destination":"/topic/prefill.{}","body":"{}"}}"#,
+                    seq % 16,
+                    "p".repeat(64)
+                );
+                match h.request("POST", "/v1/publish", &json).await? {
+                    (202, _) => {}
+                    (status, body) => return Err(format!("prefill: {status} {body}").into()),
+                }
+                if seq % 1000 == 0 {
+                    progress("prefilled", seq, n);
+                }
+                seq += 8;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    eprintln!();
+    Ok(())
+}
+
+/// One resumer: connect, `SUBSCRIBE /topic/#` from the window's start, read the replay
+/// until it stops, leave; again until `stop`. (resumes, messages replayed).
+async fn resume_loop(
+    target: Target,
+    index: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (u64, u64) {
+    let (mut resumes, mut replayed) = (0u64, 0u64);
+    while !*stop.borrow() {
+        let Ok(mut c) = Conn::connect(&target, index).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let sub = Frame::new(Command::Subscribe)
+            .header("id", "wave")
+            .header("destination", "/topic/#")
+            .header("resume-from", "")
+            .header("receipt", "wave");
+        if c.send(&sub).await.is_err() || c.expect(Command::Receipt).await.is_err() {
+            continue;
+        }
+        resumes += 1;
+        // The replay, until 100 ms pass without a message (live ones come too).
+        loop {
+            let mut n = 0u64;
+            let got = tokio::select! {
+                _ = stop.changed() => break,
+                r = tokio::time::timeout(Duration::from_millis(100), c.messages(|_| n += 1)) => r,
+            };
+            replayed += n;
+            if !matches!(got, Ok(Ok(true))) {
+                break;
+            }
+        }
+    }
+    (resumes, replayed)
+}
+
+/// The node's longest lock holds so far, from `/v1/stats`.
+async fn lock_holds(url: &str) -> (Option<u64>, Option<u64>) {
+    let Ok(mut h) = Http::connect(url).await else {
+        return (None, None);
+    };
+    let Ok((200, body)) = h.request("GET", "/v1/stats", "").await else {
+        return (None, None);
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    (
+        v["routing_lock_hold_max_us"].as_u64(),
+        v["window_lock_hold_max_us"].as_u64(),
+    )
+}
+
 pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
+    if o.prefill > 0 {
+        prefill(&o.publish_url, o.prefill).await?;
+    }
     let (conns, failed, _) =
         open_range(&o.target, 0, o.subscribers, o.topics, o.concurrency, true).await;
     if failed > 0 {
@@ -145,6 +248,12 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
             }
         }));
     }
+    let wave: Vec<_> = (0..o.resumers)
+        .map(|i| {
+            let index = o.subscribers + 1000 + i;
+            tokio::spawn(resume_loop(o.target.clone(), index, stop_rx.clone()))
+        })
+        .collect();
     let cpu0 = (o.server.cpu(), own_cpu());
     let start = Instant::now();
     let pubs = match o.publish {
@@ -177,7 +286,17 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
     let measured = start.elapsed();
     let cpu1 = (o.server.cpu(), own_cpu());
     let server_rss_bytes = o.server.rss().await;
+    let (routing_lock_hold_max_us, window_lock_hold_max_us) = match o.publish {
+        Publish::Http => lock_holds(&o.publish_url).await,
+        _ => (None, None),
+    };
     let _ = stop_tx.send(true);
+    let (mut resumes, mut replayed) = (0, 0);
+    for w in wave {
+        let (r, n) = w.await?;
+        resumes += r;
+        replayed += n;
+    }
     let mut lat: Vec<u32> = Vec::new();
     let mut lost = 0;
     for r in readers {
@@ -221,6 +340,10 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
         server_rss_bytes,
         generator_cpu_seconds: generator_cpu,
         generator_cpu_us_per_delivery: per_delivery(generator_cpu),
+        resumes,
+        replayed,
+        routing_lock_hold_max_us,
+        window_lock_hold_max_us,
     })
 }
 

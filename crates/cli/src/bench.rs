@@ -131,6 +131,14 @@ enum Scenario {
         /// Also write the latency by percentile as an SVG chart here.
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        /// Records to publish over `--publish-url` before the run (fills the replay
+        /// window).
+        #[arg(long, default_value_t = 0)]
+        prefill: u64,
+        /// Connections that resume `/topic/#` from the start of the window over and over
+        /// during the run (live delivery under a resume wave).
+        #[arg(long, default_value_t = 0)]
+        resumers: usize,
     },
     /// Request/reply round trips (`POST /v1/requests` on a pushcenter node) answered by
     /// clients; round trips per second and latency.
@@ -229,8 +237,12 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             rate,
             duration,
             plot,
+            prefill,
+            resumers,
         } => {
             let report = pushcenter_bench::fanout(FanoutOpts {
+                prefill,
+                resumers,
                 target: common.target(),
                 publish: match publish {
                     PublishVia::Http => Publish::Http,

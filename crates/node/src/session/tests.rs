@@ -278,7 +278,9 @@ fn send_passes_headers_but_not_transport_ones() {
             .header("receipt", "r")
             .header("x-k", "1")
             .header("x-k", "2")
-            .header("message-id", "forged"),
+            .header("message-id", "forged")
+            .header("user", "victim")
+            .header("a:b", "escaped colon in the name"),
     );
     let Action::Publish(r) = &out[0] else {
         panic!()
