@@ -166,11 +166,14 @@ async fn resume_loop(
             continue;
         }
         resumes += 1;
-        // The replay, until 100 ms pass without a message (live ones come too).
+        // The replay: until 100 ms pass without a message, at most half a second (live
+        // messages keep coming too), then leave and resume again.
+        let leave = tokio::time::Instant::now() + Duration::from_millis(500);
         loop {
             let mut n = 0u64;
             let got = tokio::select! {
                 _ = stop.changed() => break,
+                _ = tokio::time::sleep_until(leave) => break,
                 r = tokio::time::timeout(Duration::from_millis(100), c.messages(|_| n += 1)) => r,
             };
             replayed += n;

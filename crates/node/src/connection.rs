@@ -723,7 +723,7 @@ impl<L: Link> Connection<L> {
         let mut reads = 0;
         // Streams the log could not give from the client's position: lost, not re-read.
         let mut gone: Vec<String> = Vec::new();
-        let mut window = loop {
+        loop {
             if let Some(positions) = resume {
                 let gaps = node.window().gaps(positions, std::time::Instant::now());
                 for (stream, after, base) in gaps {
@@ -760,15 +760,24 @@ impl<L: Link> Connection<L> {
                                 .any(|g| &g.0 == stream && g.1 <= after + 1 && g.2 >= *base)
                     })
             });
-            if covered || reads == 3 {
-                break window;
-            }
             drop(window);
-        };
-        // Under the window's lock: the newest records the queue can take, the
-        // registration, the frontier. Nothing here costs more than the budget.
+            if covered || reads == 3 {
+                break;
+            }
+        }
+        // Registered first, then the replay chosen under the window's lock: a record
+        // routed in between is both live and in the replay (the floor skips the live
+        // copy), one pushed into the window after it is live only. The window's lock
+        // covers only the choice (bounded by the budget) and the frontier: live
+        // delivery never waits on the router's write lock or on a replay's size.
+        let mark = self.outbox.mark();
+        let registered = node
+            .router
+            .subscribe(destination, self.conn_id, slot, self.outbox.clone())
+            .is_ok();
+        let mut window = node.window();
         let mut chosen = None;
-        if let Some(positions) = resume {
+        if let (Some(positions), true) = (resume, registered) {
             let who = self.subscriber(destination);
             let budget = Budget {
                 messages: room_messages,
@@ -777,11 +786,6 @@ impl<L: Link> Connection<L> {
             };
             chosen = Some(window.resume_within(&who, positions, std::time::Instant::now(), budget));
         }
-        let mark = self.outbox.mark();
-        let registered = node
-            .router
-            .subscribe(destination, self.conn_id, slot, self.outbox.clone())
-            .is_ok();
         let frontier = window.frontier();
         drop(window);
         if !registered {
@@ -800,7 +804,7 @@ impl<L: Link> Connection<L> {
             let (mut messages, mut bytes) = (room_messages, room_bytes);
             for d in &r.replay {
                 messages = messages.saturating_sub(1);
-                bytes = bytes.saturating_sub(crate::replay::replay_cost(d));
+                bytes = bytes.saturating_sub(d.cost());
             }
             let mut older: Vec<&crate::bus::Delivery> = Vec::new();
             for (stream, after, base) in &r.gaps {
@@ -834,7 +838,7 @@ impl<L: Link> Connection<L> {
             let replay: Vec<Out> = older[start..]
                 .iter()
                 .copied()
-                .chain(r.replay.iter().map(|d| &**d))
+                .chain(r.replay.iter().map(|e| &**e.delivery()))
                 .filter_map(|d| Shared::new(d).map(Arc::new))
                 .map(|msg| Out::Replay { sub: slot, msg })
                 .collect();

@@ -3,7 +3,7 @@
 //! resume after the last message id it saw per stream. A stream is a Kafka partition,
 //! or the node itself on the in-memory bus; a message id is `<stream>-<offset>`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,12 +56,28 @@ pub(crate) fn format_positions(p: &[(String, i64)]) -> String {
     s
 }
 
-struct Entry {
+pub(crate) struct Entry {
     at: Instant,
     cost: usize,
     stream: Arc<str>,
     offset: i64,
+    /// The record's destination, shared by every entry of it (the `by_dest` key): a
+    /// resume matches each distinct destination once, by pointer.
+    dest: Arc<str>,
+    /// The record names a user or a session.
+    targeted: bool,
     delivery: Arc<Delivery>,
+}
+
+impl Entry {
+    pub(crate) fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    /// What it costs in the window (and, near enough, in a connection's queue).
+    pub(crate) fn cost(&self) -> usize {
+        self.cost
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -121,8 +137,9 @@ impl Subscriber<'_> {
 
 /// What a resume found.
 pub(crate) struct Resume {
-    /// Records to send before anything live, oldest first.
-    pub(crate) replay: Vec<Arc<Delivery>>,
+    /// Records to send before anything live, oldest first (window entries: chosen
+    /// under the lock without touching the records themselves).
+    pub(crate) replay: Vec<Arc<Entry>>,
     /// Streams whose records after the client's position are no longer all here, with
     /// the client's position: these need the bus's log, or are lost.
     pub(crate) gaps: Vec<(String, i64, i64)>,
@@ -256,21 +273,23 @@ impl Window {
                 .sum::<usize>()
             + 128;
         self.bytes += cost;
+        let dest: Arc<str> = match self.by_dest.get_key_value(d.record.destination.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(d.record.destination.as_str()),
+        };
         let entry = Arc::new(Entry {
             at: now,
             cost,
             stream: key,
             offset,
+            dest: dest.clone(),
+            targeted: d.record.user.is_some() || d.record.session.is_some(),
             delivery: d,
         });
-        let dest = entry.delivery.record.destination.as_str();
-        match self.by_dest.get_mut(dest) {
-            Some(list) => list.push_back(entry.clone()),
-            None => {
-                self.by_dest
-                    .insert(Arc::from(dest), VecDeque::from([entry.clone()]));
-            }
-        }
+        self.by_dest
+            .entry(dest)
+            .or_default()
+            .push_back(entry.clone());
         self.entries.push_back(entry);
         self.evict(now);
         live
@@ -375,14 +394,21 @@ impl Window {
                     .rev(),
             )
         };
-        // Within a stream, offsets grow along the window, so once one entry is at or
-        // below its stream's floor, so is every older entry of that stream.
-        let mut passed: HashSet<&str> = HashSet::new();
+        // Per stream: its floor, and whether the scan went past it. A handful of
+        // streams: a Vec found by pointer costs less than a hash per entry.
+        let mut streams: Vec<(&Arc<str>, i64, bool)> = self
+            .streams
+            .keys()
+            .map(|k| (k, floor.get(&**k).copied().unwrap_or(-1), false))
+            .collect();
+        let mut passed = 0;
+        // Destinations seen and whether an untargeted record there is wanted.
+        let mut dests: Vec<(&Arc<str>, bool)> = Vec::new();
         let mut replay = Vec::new();
         let (mut messages, mut bytes, mut scanned) = (0usize, 0usize, 0usize);
         let mut spent = false;
         for e in entries {
-            if passed.len() == floor.len() {
+            if passed == streams.len() {
                 break;
             }
             scanned += 1;
@@ -390,29 +416,54 @@ impl Window {
                 spent = true;
                 break;
             }
-            let f = floor.get(&*e.stream).copied().unwrap_or(-1);
-            if e.offset <= f {
-                passed.insert(&*e.stream);
+            let Some(st) = streams
+                .iter_mut()
+                .find(|(k, ..)| Arc::ptr_eq(k, &e.stream) || ***k == *e.stream)
+            else {
+                continue;
+            };
+            if st.2 {
                 continue;
             }
-            if passed.contains(&*e.stream) || !who.wants(&e.delivery) {
+            if e.offset <= st.1 {
+                // Within a stream offsets grow along the window: every older entry of
+                // this stream is at or below its floor too.
+                st.2 = true;
+                passed += 1;
                 continue;
             }
-            let cost = replay_cost(&e.delivery);
+            let wanted = if e.targeted {
+                who.wants(&e.delivery)
+            } else {
+                match dests.iter().find(|(d, _)| Arc::ptr_eq(d, &e.dest)) {
+                    Some((_, w)) => *w,
+                    None => {
+                        let w = who.wants(&e.delivery);
+                        if dests.len() < 256 {
+                            dests.push((&e.dest, w));
+                        }
+                        w
+                    }
+                }
+            };
+            if !wanted {
+                continue;
+            }
+            let cost = e.cost;
             if messages + 1 > budget.messages || bytes.saturating_add(cost) > budget.bytes {
                 spent = true;
                 break;
             }
             messages += 1;
             bytes += cost;
-            replay.push(e.delivery.clone());
+            replay.push(e.clone());
         }
         replay.reverse();
         let cut = if spent {
-            let mut cut: Vec<String> = floor
-                .keys()
-                .filter(|s| !passed.contains(*s))
-                .map(|s| s.to_string())
+            let mut cut: Vec<String> = streams
+                .iter()
+                .filter(|(_, _, done)| !done)
+                .map(|(k, ..)| k.to_string())
                 .collect();
             cut.sort();
             cut
@@ -445,7 +496,7 @@ mod tests {
     }
 
     fn ids(r: &Resume) -> Vec<&str> {
-        r.replay.iter().map(|d| d.id.as_str()).collect()
+        r.replay.iter().map(|e| e.delivery().id.as_str()).collect()
     }
 
     fn topic(destination: &str) -> Subscriber<'_> {
