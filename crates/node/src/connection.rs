@@ -21,8 +21,10 @@ use crate::link::{Link, Sink};
 use crate::outbox::{Out, Outbox};
 use crate::replay::{Budget, Subscriber, format_positions};
 
-/// Entries of the replay window one resume may look at (under the window's lock).
+/// Entries of the replay window one resume may look at, and how many per hold of the
+/// window's lock.
 const RESUME_SCAN: usize = 32_768;
+const RESUME_STEP: usize = 128;
 /// Records one resume reads from the bus's log per stream, at most: the newest ones.
 const MAX_LOG_RECORDS: i64 = 10_000;
 use crate::router::Shared;
@@ -775,19 +777,36 @@ impl<L: Link> Connection<L> {
             .router
             .subscribe(destination, self.conn_id, slot, self.outbox.clone())
             .is_ok();
-        let mut window = node.window();
-        let mut chosen = None;
-        if let (Some(positions), true) = (resume, registered) {
-            let who = self.subscriber(destination);
-            let budget = Budget {
-                messages: room_messages,
-                bytes: room_bytes,
-                scan: RESUME_SCAN,
-            };
-            chosen = Some(window.resume_within(&who, positions, std::time::Instant::now(), budget));
-        }
-        let frontier = window.frontier();
-        drop(window);
+        let (scan, frontier) = {
+            let mut window = node.window();
+            let mut scan = None;
+            if let (Some(positions), true) = (resume, registered) {
+                let who = self.subscriber(destination);
+                let budget = Budget {
+                    messages: room_messages,
+                    bytes: room_bytes,
+                    scan: RESUME_SCAN,
+                };
+                scan =
+                    Some(window.start_resume(&who, positions, std::time::Instant::now(), budget));
+            }
+            (scan, window.frontier())
+        };
+        // The scan, a step per hold of the lock, letting live delivery in between.
+        let chosen = match scan {
+            Some(mut scan) => loop {
+                let finished = {
+                    let who = self.subscriber(destination);
+                    let mut window = node.window();
+                    window.resume_step(&mut scan, &who, RESUME_STEP)
+                };
+                if finished {
+                    break Some(scan.finish());
+                }
+                tokio::task::yield_now().await;
+            },
+            None => None,
+        };
         if !registered {
             // Another connection took the last pattern meanwhile: this one stays
             // unregistered, so nothing is delivered to it.

@@ -58,6 +58,7 @@ pub(crate) fn format_positions(p: &[(String, i64)]) -> String {
 
 pub(crate) struct Entry {
     at: Instant,
+    seq: u64,
     cost: usize,
     stream: Arc<str>,
     offset: i64,
@@ -147,6 +148,53 @@ pub(crate) struct Resume {
     pub(crate) cut: Vec<String>,
 }
 
+/// A resume in progress (see [`Window::start_resume`]).
+pub(crate) struct Scan {
+    pattern: bool,
+    budget: Budget,
+    gaps: Vec<(String, i64, i64)>,
+    /// Per stream: its floor, whether the scan is done with it, and where the window
+    /// began for it at the start (a handful of streams: a Vec found by pointer costs
+    /// less than a hash per entry).
+    streams: Vec<(Arc<str>, i64, bool, i64)>,
+    /// Streams whose unread part left the window while the lock was let go.
+    cut: Vec<String>,
+    /// Destinations seen, and whether an untargeted record there is wanted.
+    dests: Vec<(Arc<str>, bool)>,
+    /// Entries older than this sequence number are still to be looked at.
+    before: u64,
+    evictions: u64,
+    replay: Vec<Arc<Entry>>,
+    messages: usize,
+    bytes: usize,
+    scanned: usize,
+    spent: bool,
+    done: bool,
+}
+
+impl Scan {
+    /// What the resume found: the records oldest first, and the streams it cut.
+    pub(crate) fn finish(mut self) -> Resume {
+        self.replay.reverse();
+        let mut cut = std::mem::take(&mut self.cut);
+        if self.spent {
+            cut.extend(
+                self.streams
+                    .iter()
+                    .filter(|(_, _, done, _)| !done)
+                    .map(|(k, ..)| k.to_string()),
+            );
+        }
+        cut.sort();
+        cut.dedup();
+        Resume {
+            replay: self.replay,
+            gaps: self.gaps,
+            cut,
+        }
+    }
+}
+
 /// How much one resume may take from the window: what the connection's queue can
 /// hold (messages, bytes), and how many entries it may look at (a pattern that
 /// matches little would otherwise scan the whole window under its lock).
@@ -187,6 +235,10 @@ pub(crate) struct Window {
     /// costs that destination's records, however old the client's other positions are.
     by_dest: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
     streams: HashMap<Arc<str>, Stream>,
+    /// The next entry's sequence number: entries are ordered by it, in every deque.
+    next_seq: u64,
+    /// Entries evicted so far (a resume in steps sees whether its unread part went).
+    evictions: u64,
 }
 
 impl Window {
@@ -198,6 +250,8 @@ impl Window {
             entries: VecDeque::new(),
             by_dest: HashMap::new(),
             streams: HashMap::new(),
+            next_seq: 0,
+            evictions: 0,
         }
     }
 
@@ -277,8 +331,11 @@ impl Window {
             Some((k, _)) => k.clone(),
             None => Arc::from(d.record.destination.as_str()),
         };
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let entry = Arc::new(Entry {
             at: now,
+            seq,
             cost,
             stream: key,
             offset,
@@ -302,6 +359,7 @@ impl Window {
                 break;
             }
             if let Some(e) = self.entries.pop_front() {
+                self.evictions += 1;
                 self.bytes -= e.cost;
                 if let Some(s) = self.streams.get_mut(&e.stream) {
                     s.base = s.base.max(e.offset);
@@ -360,11 +418,8 @@ impl Window {
         self.resume_within(who, positions, now, Budget::UNLIMITED)
     }
 
-    /// The newest records `who` missed after `positions`, within `budget`: a scan from
-    /// the newest record back (one destination: its own records; a pattern: all) that
-    /// stops once every stream is behind its position, or the budget is spent; the
-    /// streams not finished then are `cut`. The cost is the budget's, never the
-    /// window's: this runs under the window's lock.
+    /// The newest records `who` missed after `positions`, within `budget`, in one go
+    /// (see [`Window::start_resume`]).
     pub(crate) fn resume_within(
         &mut self,
         who: &Subscriber<'_>,
@@ -372,53 +427,107 @@ impl Window {
         now: Instant,
         budget: Budget,
     ) -> Resume {
+        let mut scan = self.start_resume(who, positions, now, budget);
+        while !self.resume_step(&mut scan, who, usize::MAX) {}
+        scan.finish()
+    }
+
+    /// Starts a resume of `who` after `positions`: a scan from the newest record back
+    /// (one destination: its own records; a pattern: all) that stops once every stream
+    /// is behind its position, or `budget` is spent; the streams not finished then are
+    /// cut. It goes in steps ([`Window::resume_step`]) so that the window's lock is
+    /// held for a step at a time, never for the whole scan.
+    pub(crate) fn start_resume(
+        &mut self,
+        who: &Subscriber<'_>,
+        positions: &[(String, i64)],
+        now: Instant,
+        budget: Budget,
+    ) -> Scan {
         let gaps = self.gaps(positions, now);
         // A stream still loading its history: what the window holds of it now comes
         // with the gap read from the log, so only live records are replayed from here.
-        let floor: HashMap<&str, i64> = self
+        let streams = self
             .streams
             .iter()
             .map(|(name, s)| {
                 let f = after(positions, name);
-                (&**name, if s.loading() { f.max(s.live - 1) } else { f })
+                let floor = if s.loading() { f.max(s.live - 1) } else { f };
+                (name.clone(), floor, false, s.base)
             })
             .collect();
-        let entries: Box<dyn Iterator<Item = &Arc<Entry>>> = if is_pattern(who.destination) {
-            Box::new(self.entries.iter().rev())
+        Scan {
+            pattern: is_pattern(who.destination),
+            budget,
+            gaps,
+            streams,
+            dests: Vec::new(),
+            before: self.next_seq,
+            evictions: self.evictions,
+            replay: Vec::new(),
+            messages: 0,
+            bytes: 0,
+            scanned: 0,
+            spent: false,
+            done: false,
+            cut: Vec::new(),
+        }
+    }
+
+    /// Looks at up to `entries` more entries of `scan`; true once it is finished.
+    pub(crate) fn resume_step(
+        &mut self,
+        scan: &mut Scan,
+        who: &Subscriber<'_>,
+        entries: usize,
+    ) -> bool {
+        if scan.done {
+            return true;
+        }
+        if self.evictions != scan.evictions {
+            // Entries went while the lock was let go: the oldest, so the part not read
+            // yet. A stream not finished whose start moved past its floor lost records
+            // the scan had still to reach: it is cut (and not read further).
+            for st in scan.streams.iter_mut().filter(|s| !s.2) {
+                let base = self.streams.get(&st.0).map_or(i64::MAX, |s| s.base);
+                if base > st.1.max(st.3) {
+                    st.2 = true;
+                    scan.cut.push(st.0.to_string());
+                }
+            }
+            scan.evictions = self.evictions;
+        }
+        let list = if scan.pattern {
+            Some(&self.entries)
         } else {
-            Box::new(
-                self.by_dest
-                    .get(who.destination)
-                    .into_iter()
-                    .flatten()
-                    .rev(),
-            )
+            self.by_dest.get(who.destination)
         };
-        // Per stream: its floor, and whether the scan went past it. A handful of
-        // streams: a Vec found by pointer costs less than a hash per entry.
-        let mut streams: Vec<(&Arc<str>, i64, bool)> = self
-            .streams
-            .keys()
-            .map(|k| (k, floor.get(&**k).copied().unwrap_or(-1), false))
-            .collect();
-        let mut passed = 0;
-        // Destinations seen and whether an untargeted record there is wanted.
-        let mut dests: Vec<(&Arc<str>, bool)> = Vec::new();
-        let mut replay = Vec::new();
-        let (mut messages, mut bytes, mut scanned) = (0usize, 0usize, 0usize);
-        let mut spent = false;
-        for e in entries {
-            if passed == streams.len() {
-                break;
+        let Some(list) = list else {
+            scan.done = true;
+            return true;
+        };
+        let start = list.partition_point(|e| e.seq < scan.before);
+        let mut looked = 0;
+        for e in list.range(..start).rev() {
+            if scan.streams.iter().all(|s| s.2) {
+                scan.done = true;
+                return true;
             }
-            scanned += 1;
-            if scanned > budget.scan {
-                spent = true;
-                break;
+            if looked == entries {
+                return false;
             }
-            let Some(st) = streams
+            looked += 1;
+            scan.before = e.seq;
+            scan.scanned += 1;
+            if scan.scanned > scan.budget.scan {
+                scan.spent = true;
+                scan.done = true;
+                return true;
+            }
+            let Some(st) = scan
+                .streams
                 .iter_mut()
-                .find(|(k, ..)| Arc::ptr_eq(k, &e.stream) || ***k == *e.stream)
+                .find(|(k, ..)| Arc::ptr_eq(k, &e.stream) || **k == *e.stream)
             else {
                 continue;
             };
@@ -429,18 +538,17 @@ impl Window {
                 // Within a stream offsets grow along the window: every older entry of
                 // this stream is at or below its floor too.
                 st.2 = true;
-                passed += 1;
                 continue;
             }
             let wanted = if e.targeted {
                 who.wants(&e.delivery)
             } else {
-                match dests.iter().find(|(d, _)| Arc::ptr_eq(d, &e.dest)) {
+                match scan.dests.iter().find(|(d, _)| Arc::ptr_eq(d, &e.dest)) {
                     Some((_, w)) => *w,
                     None => {
                         let w = who.wants(&e.delivery);
-                        if dests.len() < 256 {
-                            dests.push((&e.dest, w));
+                        if scan.dests.len() < 256 {
+                            scan.dests.push((e.dest.clone(), w));
                         }
                         w
                     }
@@ -450,27 +558,19 @@ impl Window {
                 continue;
             }
             let cost = e.cost;
-            if messages + 1 > budget.messages || bytes.saturating_add(cost) > budget.bytes {
-                spent = true;
-                break;
+            if scan.messages + 1 > scan.budget.messages
+                || scan.bytes.saturating_add(cost) > scan.budget.bytes
+            {
+                scan.spent = true;
+                scan.done = true;
+                return true;
             }
-            messages += 1;
-            bytes += cost;
-            replay.push(e.clone());
+            scan.messages += 1;
+            scan.bytes += cost;
+            scan.replay.push(e.clone());
         }
-        replay.reverse();
-        let cut = if spent {
-            let mut cut: Vec<String> = streams
-                .iter()
-                .filter(|(_, _, done)| !done)
-                .map(|(k, ..)| k.to_string())
-                .collect();
-            cut.sort();
-            cut
-        } else {
-            Vec::new()
-        };
-        Resume { replay, gaps, cut }
+        scan.done = true;
+        true
     }
 
     #[cfg(test)]
@@ -569,6 +669,38 @@ mod tests {
         let r = w.resume_within(&topic("/topic/zzz.#"), &[], now, scan);
         assert!(r.replay.is_empty());
         assert_eq!(r.cut, ["0", "1"]);
+    }
+
+    #[test]
+    fn a_resume_in_steps_sees_what_came_and_went_between_them() {
+        let now = Instant::now();
+        // Room for about 300 records.
+        let mut w = Window::new(Duration::from_secs(60), 300 * (128 + 20));
+        w.started("0", 0, 0);
+        w.started("1", 0, 0);
+        for i in 0..200 {
+            w.push(d(&format!("0-{i}"), "/topic/a"), now);
+        }
+        let who = topic("/topic/#");
+        let mut scan = w.start_resume(&who, &[("0".into(), 150)], now, Budget::UNLIMITED);
+        assert!(!w.resume_step(&mut scan, &who, 10));
+        // A newer record comes between steps: not part of this replay (it goes live).
+        w.push(d("0-200", "/topic/a"), now);
+        while !w.resume_step(&mut scan, &who, 10) {}
+        let r = scan.finish();
+        assert_eq!(r.replay.len(), 49, "{:?}", ids(&r));
+        assert_eq!(ids(&r)[0], "0-151");
+        assert!(r.cut.is_empty(), "{:?}", r.cut);
+
+        // Records of an unfinished stream leave the window between steps: it is cut.
+        let mut scan = w.start_resume(&who, &[("0".into(), 10)], now, Budget::UNLIMITED);
+        assert!(!w.resume_step(&mut scan, &who, 5));
+        for i in 0..150 {
+            w.push(d(&format!("1-{i}"), "/topic/b"), now);
+        }
+        while !w.resume_step(&mut scan, &who, 50) {}
+        let r = scan.finish();
+        assert_eq!(r.cut, ["0"]);
     }
 
     #[test]
