@@ -420,6 +420,7 @@ impl Window {
 
     /// The newest records `who` missed after `positions`, within `budget`, in one go
     /// (see [`Window::start_resume`]).
+    #[cfg(test)]
     pub(crate) fn resume_within(
         &mut self,
         who: &Subscriber<'_>,
@@ -507,8 +508,7 @@ impl Window {
             return true;
         };
         let start = list.partition_point(|e| e.seq < scan.before);
-        let mut looked = 0;
-        for e in list.range(..start).rev() {
+        for (looked, e) in list.range(..start).rev().enumerate() {
             if scan.streams.iter().all(|s| s.2) {
                 scan.done = true;
                 return true;
@@ -516,7 +516,6 @@ impl Window {
             if looked == entries {
                 return false;
             }
-            looked += 1;
             scan.before = e.seq;
             scan.scanned += 1;
             if scan.scanned > scan.budget.scan {
