@@ -94,8 +94,8 @@ pub struct FanoutReport {
     /// With `resumers`: resumes done, and messages replayed to them.
     pub resumes: u64,
     pub replayed: u64,
-    /// The node's longest routing and window lock holds since start (`/v1/stats`,
-    /// µs), when publishing through a pushcenter node's HTTP API.
+    /// The node's longest routing and window lock holds of the last 10-20 s of the run
+    /// (`/v1/stats`, µs), when publishing through a pushcenter node's HTTP API.
     pub routing_lock_hold_max_us: Option<u64>,
     pub window_lock_hold_max_us: Option<u64>,
 }
@@ -194,9 +194,10 @@ async fn lock_holds(url: &str) -> (Option<u64>, Option<u64>) {
         return (None, None);
     };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    // The last 10-20 s: the run, not the prefill before it.
     (
-        v["routing_lock_hold_max_us"].as_u64(),
-        v["window_lock_hold_max_us"].as_u64(),
+        v["routing_lock_hold_recent_max_us"].as_u64(),
+        v["window_lock_hold_recent_max_us"].as_u64(),
     )
 }
 

@@ -63,6 +63,8 @@ macro_rules! stats {
                 $( m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into()); )*
                 m.insert("routing_lock_hold_max_us".into(), self.routing_lock_hold.max_us().into());
                 m.insert("window_lock_hold_max_us".into(), self.window_lock_hold.max_us().into());
+                m.insert("routing_lock_hold_recent_max_us".into(), self.routing_lock_hold.recent_max_us().into());
+                m.insert("window_lock_hold_recent_max_us".into(), self.window_lock_hold.recent_max_us().into());
                 let lag = self.consumer_lag.lock().unwrap_or_else(|e| e.into_inner());
                 let mut by_topic = serde_json::Map::new();
                 for ((topic, partition), n) in lag.iter() {
@@ -236,12 +238,19 @@ impl std::ops::Deref for RequestDuration {
     }
 }
 
-/// Lock hold times: a histogram (seconds) and the longest since start.
+/// Lock hold times: a histogram (seconds), the longest since start, and the longest
+/// of the last 10 to 20 seconds (two 10-second periods).
 #[derive(Debug)]
 pub struct LockHold {
     histogram: Histogram,
     max_ns: AtomicU64,
+    /// The period (10 s since start) that `recent_ns[period % 2]` covers.
+    period: AtomicU64,
+    recent_ns: [AtomicU64; 2],
+    start: std::time::Instant,
 }
+
+const PERIOD_SECS: u64 = 10;
 
 impl Default for LockHold {
     fn default() -> LockHold {
@@ -253,6 +262,9 @@ impl Default for LockHold {
         LockHold {
             histogram: Histogram::new(BOUNDS, 1e9),
             max_ns: AtomicU64::new(0),
+            period: AtomicU64::new(0),
+            recent_ns: [AtomicU64::new(0), AtomicU64::new(0)],
+            start: std::time::Instant::now(),
         }
     }
 }
@@ -262,11 +274,40 @@ impl LockHold {
         self.histogram.observe(held.as_secs_f64());
         let ns = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
+        let now = self.start.elapsed().as_secs() / PERIOD_SECS;
+        let was = self.period.load(Ordering::Relaxed);
+        if now != was
+            && self
+                .period
+                .compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // A new period starts empty (and so does the one before, if it was skipped).
+            self.recent_ns[(now % 2) as usize].store(0, Ordering::Relaxed);
+            if now > was + 1 {
+                self.recent_ns[((now + 1) % 2) as usize].store(0, Ordering::Relaxed);
+            }
+        }
+        self.recent_ns[(now % 2) as usize].fetch_max(ns, Ordering::Relaxed);
     }
 
     /// The longest hold since start, in microseconds.
     pub fn max_us(&self) -> u64 {
         self.max_ns.load(Ordering::Relaxed) / 1000
+    }
+
+    /// The longest hold of the last 10 to 20 seconds, in microseconds.
+    pub fn recent_max_us(&self) -> u64 {
+        let now = self.start.elapsed().as_secs() / PERIOD_SECS;
+        let at = self.period.load(Ordering::Relaxed);
+        let cur = self.recent_ns[(at % 2) as usize].load(Ordering::Relaxed);
+        let prev = self.recent_ns[((at + 1) % 2) as usize].load(Ordering::Relaxed);
+        let ns = match now.saturating_sub(at) {
+            0 => cur.max(prev),
+            1 => cur,
+            _ => 0,
+        };
+        ns / 1000
     }
 
     fn render(&self, out: &mut String, lock: &str) {
@@ -320,5 +361,29 @@ impl<G: std::ops::Deref> std::ops::Deref for Held<'_, G> {
 impl<G: std::ops::DerefMut> std::ops::DerefMut for Held<'_, G> {
     fn deref_mut(&mut self) -> &mut G::Target {
         &mut self.guard
+    }
+}
+
+#[cfg(test)]
+mod lock_hold_tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_holds_are_kept_since_start_and_for_the_last_period() {
+        let h = LockHold::default();
+        h.observe(std::time::Duration::from_micros(300));
+        h.observe(std::time::Duration::from_micros(1200));
+        h.observe(std::time::Duration::from_micros(20));
+        assert_eq!((h.max_us(), h.recent_max_us()), (1200, 1200));
+        let mut out = String::new();
+        h.render(&mut out, "window");
+        assert!(
+            out.contains("pushcenter_window_lock_hold_seconds_count 3"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pushcenter_window_lock_hold_max_seconds 0.0012"),
+            "{out}"
+        );
     }
 }
