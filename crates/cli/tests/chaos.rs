@@ -283,7 +283,18 @@ async fn run(kill_signal: &str) {
     };
     let mut nodes: Vec<Node> = (1..=3).map(&start_node).collect();
     // Rolling: the publisher's own node, not registered, so no client lands on it.
-    let publisher = (kill_signal == "ROLL").then(|| Node::cluster("p", &broker.brokers(), &[]));
+    // Its Kafka acks may stall for seconds while the others restart and read their
+    // history from the same broker on two cores: the run is about the clients' nodes,
+    // so its publishes wait longer than the default 5 s instead of failing.
+    let publisher_config = std::env::temp_dir().join(format!(
+        "pushcenter-chaos-publisher-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&publisher_config, "publish_timeout = \"30s\"\n").expect("config");
+    let publisher = (kill_signal == "ROLL").then(|| {
+        let path = publisher_config.to_str().expect("utf-8");
+        Node::cluster("p", &broker.brokers(), &["--config", path])
+    });
     let registry = Node::registry(&etcd.endpoint());
     for n in nodes.iter().chain(&publisher) {
         ready(n).await;
@@ -444,6 +455,7 @@ async fn run(kill_signal: &str) {
         assert!(status.success(), "drained node exit: {status}");
     }
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&publisher_config);
 
     for (k, n) in nodes.iter().enumerate() {
         if k != victim || kill_signal == "ROLL" {
