@@ -17,27 +17,20 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A config file removed when dropped.
-struct Config(std::path::PathBuf);
+/// A test's config file; its node.
+struct Config(TempConfig);
 
 impl Config {
     fn write(name: &str, text: &str) -> Config {
-        let path = std::env::temp_dir().join(format!(
-            "pushcenter-budgets-{name}-{}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&path, text).expect("write config");
-        Config(path)
+        Config(TempConfig::write(&format!("budgets-{name}"), text))
+    }
+
+    fn path(&self) -> &str {
+        self.0.path()
     }
 
     fn node(&self) -> Node {
-        Node::standalone(&["--config", self.0.to_str().expect("utf-8 path")])
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        Node::standalone(&["--config", self.path()])
     }
 }
 
@@ -185,14 +178,6 @@ impl RawWs {
         assert_eq!(f.command, Command::Connected, "{f:?}");
         ws
     }
-}
-
-async fn stat(addr: SocketAddr, name: &str) -> i64 {
-    let (_, text) = http(addr, "GET", "/v1/stats", "").await;
-    let v: Value = serde_json::from_str(&text).expect("stats json");
-    v[name]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// A SEND (and a DISCONNECT with a receipt) followed by the close frame in the same TCP
@@ -476,11 +461,7 @@ async fn http_bodies_are_read_after_credentials_within_limits() {
 async fn an_oversized_kafka_record_disconnects_nobody() {
     let broker = Broker::start();
     let cfg = Config::write("oversized", "outbound_max_bytes = 131072\n");
-    let node = Node::cluster(
-        "big1",
-        &broker.brokers(),
-        &["--config", cfg.0.to_str().expect("utf-8 path")],
-    );
+    let node = Node::cluster("big1", &broker.brokers(), &["--config", cfg.path()]);
     ready(&node).await;
     let mut sub = WsClient::connect(&node.ws_url()).await;
     sub.subscribe("b", "/topic/big").await;

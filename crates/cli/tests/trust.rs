@@ -38,33 +38,11 @@ fn client_token(user: &str) -> String {
     token(&json!({"sub": user, "exp": now() + 600}))
 }
 
-/// A config file removed when dropped.
-struct Config(std::path::PathBuf);
-
-impl Config {
-    fn write(name: &str, text: &str) -> Config {
-        let path = std::env::temp_dir().join(format!(
-            "pushcenter-trust-{name}-{}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&path, text).expect("write config");
-        Config(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8 path")
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+type Config = TempConfig;
 
 fn secured_config(name: &str) -> Config {
     Config::write(
-        name,
+        &format!("trust-{name}"),
         &format!(
             "callback_timeout = \"2s\"\n[auth]\nhs256_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nleeway = \"0s\"\n"
         ),
@@ -94,29 +72,6 @@ async fn call(addr: SocketAddr, path: &str, bearer: Option<&str>, body: &Value) 
         .and_then(|(_, b)| serde_json::from_str(b).ok())
         .unwrap_or(Value::Null);
     (status, json)
-}
-
-async fn stat(addr: SocketAddr, name: &str) -> i64 {
-    let (_, text) = http(addr, "GET", "/v1/stats", "").await;
-    let v: Value = serde_json::from_str(&text).expect("stats json");
-    v[name]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
-async fn stat_becomes(addr: SocketAddr, name: &str, want: i64) {
-    let start = Instant::now();
-    loop {
-        let got = stat(addr, name).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{name} stayed {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// CONNECT with a token; returns the client and its CONNECTED or ERROR.
@@ -339,7 +294,7 @@ async fn a_rendezvous_wait_is_completed_only_by_its_callback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_session_never_inherits_an_old_sessions_pushes() {
     let broker = Broker::start();
-    let cfg = Config::write("sessions", "insecure_login_as_user = true\n");
+    let cfg = Config::write("trust-sessions", "insecure_login_as_user = true\n");
     let mut node = Node::cluster("n1", &broker.brokers(), &["--config", cfg.path()]);
     ready_all(std::slice::from_ref(&node)).await;
     let (mut a, session_a) = WsClient::login(&node.ws_url(), Some("alice")).await;
@@ -513,7 +468,7 @@ async fn a_callback_no_waiter_takes_is_answered_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_request_is_delivered_to_nobody() {
     // In a resume.
-    let cfg = Config::write("expired", "insecure_login_as_user = true\n");
+    let cfg = Config::write("trust-expired", "insecure_login_as_user = true\n");
     let node = Node::standalone(&["--config", cfg.path()]);
     let (mut bob, _) = WsClient::login(&node.ws_url(), Some("bob")).await;
     let (status, v) = call(

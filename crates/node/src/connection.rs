@@ -525,26 +525,19 @@ impl<L: Link> Connection<L> {
             }
         }
         actions.clear();
-        let late = self.session.take_late_answers();
-        if late > 0 {
-            self.node
-                .stats
-                .replies_late_total
-                .fetch_add(late, Ordering::Relaxed);
-        }
-        let refused = self.session.take_refused_answers();
-        if refused > 0 {
-            self.node
-                .stats
-                .replies_refused_total
-                .fetch_add(refused, Ordering::Relaxed);
-        }
-        let nacks = self.session.take_nacks();
-        if nacks > 0 {
-            self.node
-                .stats
-                .nacks_total
-                .fetch_add(nacks, Ordering::Relaxed);
+        // What the session counted while it handled these frames.
+        let stats = &self.node.stats;
+        for (n, counter) in [
+            (self.session.take_late_answers(), &stats.replies_late_total),
+            (
+                self.session.take_refused_answers(),
+                &stats.replies_refused_total,
+            ),
+            (self.session.take_nacks(), &stats.nacks_total),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
         close
     }

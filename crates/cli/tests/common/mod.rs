@@ -193,6 +193,53 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     (status, body)
 }
 
+/// A config file written for one test, removed when dropped.
+pub struct TempConfig(pub std::path::PathBuf);
+
+impl TempConfig {
+    pub fn write(name: &str, text: &str) -> TempConfig {
+        let path =
+            std::env::temp_dir().join(format!("pushcenter-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("write config");
+        TempConfig(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One counter or gauge of `/v1/stats`.
+pub async fn stat(addr: SocketAddr, name: &str) -> i64 {
+    let (_, text) = http(addr, "GET", "/v1/stats", "").await;
+    let v: serde_json::Value = serde_json::from_str(&text).expect("stats json");
+    v[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Waits (up to 10 s) until `name` in `/v1/stats` equals `want`.
+pub async fn stat_becomes(addr: SocketAddr, name: &str, want: i64) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = stat(addr, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} stayed {got}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn publish(addr: SocketAddr, destination: &str, body: &str) -> (u16, String) {
     let json = serde_json::json!({"destination": destination, "body": body}).to_string();
     http(addr, "POST", "/v1/publish", &json).await
