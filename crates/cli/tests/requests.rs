@@ -21,15 +21,6 @@ struct Cluster {
     _config: TempConfig,
 }
 
-/// A config file removed when dropped.
-struct TempConfig(std::path::PathBuf);
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 async fn cluster(name: &str) -> Cluster {
     let path = std::env::temp_dir().join(format!("pushcenter-{name}-{}.toml", std::process::id()));
     // A 1 MiB replay window: the flood test measures the waiters' memory, not the window's.
@@ -63,30 +54,6 @@ async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
     let (status, text) = http(addr, "POST", path, &body.to_string()).await;
     let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     (status, v)
-}
-
-async fn stat(addr: SocketAddr, name: &str) -> i64 {
-    let (_, text) = http(addr, "GET", "/v1/stats", "").await;
-    let v: Value = serde_json::from_str(&text).expect("stats json");
-    v[name]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
-/// Waits until `name` on `addr` equals `want`.
-async fn stat_becomes(addr: SocketAddr, name: &str, want: i64) {
-    let start = Instant::now();
-    loop {
-        let got = stat(addr, name).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{name} stayed {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
