@@ -99,11 +99,42 @@ struct Connection<L> {
     /// When the client's token runs out.
     expires: Option<Instant>,
     /// Frames the client may still send now (refilled at `max_frames_per_second`).
-    frame_budget: f64,
-    budget_at: Instant,
+    frames: Bucket,
     /// Resumes the client may still ask for (refilled at `max_resumes_per_minute`).
-    resume_tokens: f64,
-    resumes_at: Instant,
+    resumes: Bucket,
+}
+
+/// A token bucket; its rate and burst come from the config at each use (a
+/// connection keeps only what changes).
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token, refilled at `per_second` up to `burst`; false when none is left.
+    /// A rate of 0 is no limit.
+    fn take(&mut self, per_second: f64, burst: f64) -> bool {
+        if per_second == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * per_second;
+        self.tokens = (self.tokens + refill).min(burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 impl<L: Link> Connection<L> {
@@ -147,10 +178,8 @@ impl<L: Link> Connection<L> {
             recv_within: None,
             attached: false,
             expires: None,
-            frame_budget: budget,
-            budget_at: Instant::now(),
-            resume_tokens: resumes,
-            resumes_at: Instant::now(),
+            frames: Bucket::full(budget),
+            resumes: Bucket::full(resumes),
         }
     }
 
@@ -409,18 +438,7 @@ impl<L: Link> Connection<L> {
     /// Takes one frame from the per-second budget; false when it is spent.
     fn frame_allowed(&mut self) -> bool {
         let rate = f64::from(self.node.config.max_frames_per_second);
-        if rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.budget_at).as_secs_f64() * rate;
-        self.frame_budget = (self.frame_budget + refill).min(rate);
-        self.budget_at = now;
-        if self.frame_budget < 1.0 {
-            return false;
-        }
-        self.frame_budget -= 1.0;
-        true
+        self.frames.take(rate, rate)
     }
 
     fn protocol_error(&mut self, e: &DecodeError, actions: &mut Vec<Action>) {
@@ -673,18 +691,7 @@ impl<L: Link> Connection<L> {
     /// Takes one resume from the connection's per-minute allowance.
     fn resume_allowed(&mut self) -> bool {
         let per_minute = f64::from(self.node.config.max_resumes_per_minute);
-        if per_minute == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.resumes_at).as_secs_f64() * per_minute / 60.0;
-        self.resume_tokens = (self.resume_tokens + refill).min(per_minute);
-        self.resumes_at = now;
-        if self.resume_tokens < 1.0 {
-            return false;
-        }
-        self.resume_tokens -= 1.0;
-        true
+        self.resumes.take(per_minute / 60.0, per_minute)
     }
 
     /// Registers a subscription; with `resume`, first queues what it missed: from the
