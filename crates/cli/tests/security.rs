@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -111,29 +110,7 @@ async fn refused(mut c: WsClient, f: Frame, message: &str) {
     assert!(c.frame().await.is_none(), "not closed after ERROR");
 }
 
-async fn post(addr: SocketAddr, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let auth = bearer.map_or(String::new(), |b| format!("authorization: Bearer {b}\r\n"));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
-}
+use common::post_bearer as post;
 
 /// The node still serves: the witness gets a fresh publish.
 async fn still_serving(node: &Node, witness: &mut WsClient, n: usize) {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::broker::Broker;
@@ -49,30 +48,7 @@ fn secured_config(name: &str) -> Config {
     )
 }
 
-/// An HTTP call by hand; the status and the JSON body.
-async fn call(addr: SocketAddr, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let auth = bearer.map_or(String::new(), |b| format!("authorization: Bearer {b}\r\n"));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
-}
+use common::post_bearer as call;
 
 /// CONNECT with a token; returns the client and its CONNECTED or ERROR.
 async fn connect_token(url: &str, token: &str) -> (WsClient, Frame) {

@@ -264,15 +264,7 @@ impl<L: Link> Connection<L> {
                             Ok(Some(Item::Frame(frame))) => {
                                 frames += 1;
                                 Stats::inc(&self.node.stats.frames_in_total);
-                                if !self.frame_allowed() {
-                                    let limit = self.node.config.max_frames_per_second;
-                                    Stats::inc(&self.node.stats.protocol_errors_total);
-                                    self.session.fail(
-                                        &format!("too many frames: the limit is {limit} per second"),
-                                        None,
-                                        &mut actions,
-                                    );
-                                } else {
+                                if !self.session_closed_by_rate(1, &mut actions) {
                                     self.span.in_scope(|| {
                                         trace!(command = %frame.command, "frame in");
                                     });
@@ -417,8 +409,8 @@ impl<L: Link> Connection<L> {
         self.recv_within.or((!idle.is_zero()).then_some(idle))
     }
 
-    /// Takes `n` frames' worth of non-frame input (pings, heart-beat-only reads) from
-    /// the budget; true, with the session failed into `actions`, when it is spent.
+    /// Takes `n` frames' worth (a frame, or pings and heart-beat-only reads) from the
+    /// budget; true, with the session failed into `actions`, when it is spent.
     fn session_closed_by_rate(&mut self, n: u32, actions: &mut Vec<Action>) -> bool {
         for _ in 0..n {
             if !self.frame_allowed() {
