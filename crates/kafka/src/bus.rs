@@ -1,0 +1,98 @@
+//! The handle the node holds: the config, the producer, and the state the consumer
+//! thread shares with `ready()`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+
+use crate::config::{self, KafkaConfig};
+use crate::context::{Ctx, State};
+use crate::error::Error;
+use crate::producer::Producer;
+
+/// The node's bus on Kafka; dropping it stops the consumer thread.
+pub struct KafkaBus {
+    pub(crate) cfg: KafkaConfig,
+    pub(crate) node_id: String,
+    pub(crate) publish_timeout: Duration,
+    pub(crate) producer: Producer,
+    pub(crate) state: Arc<State>,
+    pub(crate) history: Duration,
+}
+
+impl KafkaBus {
+    /// Builds the producer; nothing waits for the broker here (a node starts, and
+    /// serves its clients, while Kafka is down).
+    pub fn new(
+        cfg: KafkaConfig,
+        node_id: &str,
+        publish_timeout: Duration,
+    ) -> Result<KafkaBus, Error> {
+        KafkaBus::check(&cfg)?;
+        let state = Arc::new(State::default());
+        let producer = Producer::new(&cfg, node_id, publish_timeout, state.clone())?;
+        Ok(KafkaBus {
+            cfg,
+            node_id: node_id.to_string(),
+            publish_timeout,
+            producer,
+            state,
+            history: Duration::ZERO,
+        })
+    }
+
+    /// At start, reads the messages of the last `history` (the node's replay window)
+    /// into the window before going live, so clients that move here after another
+    /// node went away resume from the window, not from the log.
+    pub fn with_history(mut self, history: Duration) -> KafkaBus {
+        self.history = history;
+        self
+    }
+
+    /// Checks values that cannot work (librdkafka checks its own properties).
+    pub fn check(cfg: &KafkaConfig) -> Result<(), Error> {
+        config::check(cfg)
+    }
+
+    /// Lets librdkafka check the consumer properties (the producer's were checked by
+    /// [`KafkaBus::new`]) without connecting anywhere.
+    pub fn check_consumer(&self) -> Result<(), Error> {
+        let _: BaseConsumer<Ctx> = self.consumer_config().create_with_context(Ctx {
+            state: self.state.clone(),
+            stats: None,
+        })?;
+        Ok(())
+    }
+
+    /// The properties of the node's consumers: the live reader, its admin client and
+    /// the log reads for resumes.
+    pub(crate) fn consumer_config(&self) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.cfg.brokers)
+            .set("client.id", format!("pushcenter-{}", self.node_id))
+            .set(
+                "group.id",
+                format!("{}{}", self.cfg.group_prefix, self.node_id),
+            )
+            // A broker that lost its log (offsets went back): read the new log whole.
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            // Brokers that answer a fetch only when its wait ends (Tansu) add this wait
+            // to every delivery; Apache Kafka answers as soon as data arrives.
+            .set("fetch.wait.max.ms", "5")
+            .set("reconnect.backoff.max.ms", "1000");
+        for (k, v) in &self.cfg.consumer {
+            cc.set(k, v);
+        }
+        cc
+    }
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Relaxed);
+    }
+}

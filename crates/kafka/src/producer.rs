@@ -1,0 +1,139 @@
+//! The node's one producer: records for clients and clients' replies, each resolved
+//! with where it landed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushcenter_node::{BoxFuture, BusError, Record, Reply};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::context::{Ctx, State};
+use crate::record::message_id;
+
+pub(crate) struct Producer {
+    producer: FutureProducer<Ctx>,
+    /// How long a record may wait for the broker's acknowledgement.
+    timeout: Duration,
+}
+
+impl Producer {
+    /// Nothing waits for the broker here: librdkafka connects in the background.
+    pub(crate) fn new(
+        cfg: &KafkaConfig,
+        node_id: &str,
+        timeout: Duration,
+        state: Arc<State>,
+    ) -> Result<Producer, KafkaError> {
+        let mut pc = ClientConfig::new();
+        pc.set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("pushcenter-{node_id}"))
+            .set("message.timeout.ms", millis(timeout))
+            .set("linger.ms", "1")
+            .set("reconnect.backoff.max.ms", "1000");
+        for (k, v) in &cfg.producer {
+            pc.set(k, v);
+        }
+        let producer = pc.create_with_context(Ctx { state, stats: None })?;
+        Ok(Producer { producer, timeout })
+    }
+
+    /// Writes a record for clients to `topic` (the messages topic); resolves with its
+    /// message id.
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        record: Record,
+    ) -> BoxFuture<Result<String, BusError>> {
+        let mut headers = Vec::with_capacity(record.headers.len() + 3);
+        headers.push(("destination", record.destination.as_str()));
+        if let Some(u) = &record.user {
+            headers.push(("user", u));
+        }
+        if let Some(s) = &record.session {
+            headers.push(("session", s));
+        }
+        for (k, v) in &record.headers {
+            headers.push((k, v));
+        }
+        let key = record.key.as_deref().unwrap_or(&record.destination);
+        let sent = self.produce(topic, key, &headers, &record.body);
+        Box::pin(async move { sent.await.map(|(p, o)| message_id(p, o)) })
+    }
+
+    /// Writes a client's reply to `topic` (the replies topic).
+    pub(crate) fn reply(&self, topic: &str, reply: Reply) -> BoxFuture<Result<(), BusError>> {
+        let mut headers = Vec::with_capacity(reply.headers.len() + 7);
+        headers.push(("correlation-id", reply.correlation_id.as_str()));
+        if let Some(n) = &reply.node {
+            headers.push(("reply-node", n));
+        }
+        // Always written: the first of a name wins when read, and these come first.
+        headers.push(("reply-kind", reply.kind.as_str()));
+        if let Some(a) = &reply.answerer {
+            headers.push(("reply-session", &a.session));
+            if let Some(u) = &a.user {
+                headers.push(("reply-user", u));
+            }
+        }
+        if let Some((node, id)) = &reply.confirm {
+            headers.push(("confirm-node", node));
+            headers.push(("confirm-id", id));
+        }
+        for (k, v) in &reply.headers {
+            headers.push((k, v));
+        }
+        // Keyed by correlation id: a request's delivery note and answer keep their order.
+        let sent = self.produce(topic, &reply.correlation_id, &headers, &reply.body);
+        Box::pin(async move { sent.await.map(drop) })
+    }
+
+    /// Produces one record; resolves with its (partition, offset).
+    fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> impl std::future::Future<Output = Result<(i32, i64), BusError>> + Send + 'static {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (key, value) in headers {
+            hs = hs.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let fr = FutureRecord::to(topic).key(key).payload(body).headers(hs);
+        // `send_result` enqueues now (so the record borrows end here).
+        let queued = self.producer.send_result(fr).map_err(|(e, _)| e);
+        let timeout = self.timeout;
+        async move {
+            let result = match queued {
+                Ok(delivery) => match tokio::time::timeout(timeout, delivery).await {
+                    Ok(Ok(Ok(d))) => return Ok((d.partition, d.offset)),
+                    Ok(Ok(Err((e, _)))) => e,
+                    Ok(Err(_canceled)) => {
+                        return Err(BusError::Unavailable("producer closed".into()));
+                    }
+                    Err(_) => return Err(BusError::Unavailable("timed out".into())),
+                },
+                Err(e) => e,
+            };
+            Err(match result.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::InvalidMessage,
+                ) => BusError::Rejected(result.to_string()),
+                _ => BusError::Unavailable(result.to_string()),
+            })
+        }
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}

@@ -1,0 +1,507 @@
+//! The consumer thread: one consumer that reads every partition of both topics,
+//! assigned by the node itself, kept in order, and restarted by a supervisor when it
+//! panics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pushcenter_node::{DeliverFn, ReplyFn, StartedFn, Stats};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use crate::bus::KafkaBus;
+use crate::config::{KafkaConfig, POLL};
+use crate::context::{Ctx, State};
+use crate::ordering::{Order, Verdict};
+use crate::record::{delivery_from, reply_from};
+use crate::topic::{PerTopic, Topic};
+
+/// A node whose history has not reached the live edge by then goes ready anyway
+/// (trailing transaction markers leave offsets no record ever shows).
+const HISTORY_WAIT: Duration = Duration::from_secs(30);
+
+/// Most records of one partition read at start into the replay window.
+const MAX_HISTORY: i64 = 100_000;
+
+/// Creates the consumer and starts its thread under a supervisor; a consumer that
+/// cannot be created leaves the node running, receiving nothing.
+pub(crate) fn start(
+    bus: &KafkaBus,
+    deliver: DeliverFn,
+    reply: ReplyFn,
+    started: StartedFn,
+    stats: Arc<Stats>,
+) {
+    let mut cc = bus.consumer_config();
+    // librdkafka's statistics carry each partition's lag (`/metrics`).
+    if !bus.cfg.consumer.contains_key("statistics.interval.ms") {
+        cc.set("statistics.interval.ms", "5000");
+    }
+    let admin_cc = bus.consumer_config();
+    let (cfg, state, history) = (bus.cfg.clone(), bus.state.clone(), bus.history);
+    let runtime = tokio::runtime::Handle::current();
+    let consumer: Result<BaseConsumer<Ctx>, _> = cc.create_with_context(Ctx {
+        state: state.clone(),
+        stats: Some(stats.clone()),
+    });
+    let admin: Result<AdminClient<Ctx>, _> = admin_cc.create_with_context(Ctx {
+        state: state.clone(),
+        stats: None,
+    });
+    let (consumer, admin) = match (consumer, admin) {
+        (Ok(c), Ok(a)) => (c, a),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "cannot create the kafka consumer: this node receives nothing");
+            return;
+        }
+    };
+    let mut reader = Reader {
+        cfg,
+        consumer,
+        admin,
+        runtime,
+        state,
+        deliver,
+        reply,
+        started,
+        stats,
+        order: Order::default(),
+        reread: PerTopic::default(),
+        history,
+        live: Vec::new(),
+        assigned_at: Instant::now(),
+        reassign: false,
+    };
+    // A reader that panics (a broker's answer no one foresaw) goes on from the
+    // positions it had reached: the node never silently stops receiving.
+    let supervise = move || {
+        let mut restarts = 0u32;
+        loop {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.run()));
+            if ran.is_ok() {
+                return;
+            }
+            restarts = restarts.saturating_add(1);
+            Stats::inc(&reader.stats.bus_consumer_restarts_total);
+            reader.reassign = true;
+            tracing::error!(
+                restarts,
+                "the kafka consumer panicked: reading on from where it was"
+            );
+            // At most one restart a second, slower after repeated ones.
+            std::thread::sleep(Duration::from_secs(u64::from(restarts.min(10))));
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(supervise);
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the kafka consumer thread");
+    }
+}
+
+/// The consumer thread: owns the consumer, polls, hands records to the node.
+struct Reader {
+    cfg: KafkaConfig,
+    consumer: BaseConsumer<Ctx>,
+    admin: AdminClient<Ctx>,
+    runtime: tokio::runtime::Handle,
+    state: Arc<State>,
+    deliver: DeliverFn,
+    reply: ReplyFn,
+    started: StartedFn,
+    stats: Arc<Stats>,
+    /// Next offset to read per topic and partition, and the gaps being read again.
+    order: Order,
+    /// Per topic: it vanished and was created again, so read it from its start.
+    reread: PerTopic<bool>,
+    /// How far back a fresh start reads the messages topic into the replay window.
+    history: Duration,
+    /// Per messages partition: the first offset routed live.
+    live: Vec<i64>,
+    assigned_at: Instant,
+    /// Assign again from `order.next` (after a panic left the consumer's assignment unknown).
+    reassign: bool,
+}
+
+impl Reader {
+    fn run(&mut self) {
+        let mut next_check = Instant::now();
+        while !self.state.stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_check {
+                self.check();
+                next_check = Instant::now() + self.cfg.check_interval;
+            }
+            if !self.state.assigned.load(Ordering::Relaxed) {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            if !self.state.caught_up.load(Ordering::Relaxed) {
+                self.check_caught_up();
+            }
+            match self.consumer.poll(POLL) {
+                None => {}
+                Some(Ok(m)) => {
+                    self.state.reachable.store(true, Ordering::Relaxed);
+                    // Only the two topics are assigned: what is not a reply is a message.
+                    let topic = if m.topic() == self.cfg.replies_topic {
+                        Topic::Replies
+                    } else {
+                        Topic::Messages
+                    };
+                    let place = (topic, m.topic(), m.partition(), m.offset());
+                    if !in_order(&self.consumer, &mut self.order, &self.stats, place) {
+                        continue;
+                    }
+                    let handled = match topic {
+                        Topic::Replies => reply_from(&m).map(|r| (self.reply)(r)),
+                        Topic::Messages => delivery_from(&m).map(|d| (self.deliver)(d)),
+                    };
+                    match handled {
+                        Ok(()) => {}
+                        Err(why) => {
+                            Stats::inc(&self.stats.bus_records_skipped_total);
+                            debug!(
+                                topic = m.topic(),
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                why,
+                                "record skipped"
+                            );
+                        }
+                    }
+                }
+                Some(Err(e)) => debug!(error = %e, "kafka consume error"),
+            }
+        }
+    }
+
+    /// Checks the broker: reachable? topics there? more partitions than assigned?
+    fn check(&mut self) {
+        let timeout = self.cfg.check_interval.min(Duration::from_secs(2));
+        let mut counts = PerTopic::<usize>::default();
+        for topic in Topic::ALL {
+            let name = topic.name(&self.cfg);
+            match self.consumer.fetch_metadata(Some(name), timeout) {
+                Ok(md) => match md.topics().iter().find(|t| t.name() == name) {
+                    None => counts[topic] = 0,
+                    Some(t) => match t.error() {
+                        None => counts[topic] = t.partitions().len(),
+                        Some(e)
+                            if RDKafkaErrorCode::from(e)
+                                == RDKafkaErrorCode::UnknownTopicOrPartition =>
+                        {
+                            counts[topic] = 0;
+                        }
+                        // Leader elections and the like pass: a transient error must not
+                        // look like a lost topic (that would move the read position).
+                        Some(e) => {
+                            debug!(topic = name, error = ?e, "topic metadata error; checking later");
+                            return;
+                        }
+                    },
+                },
+                Err(e) => {
+                    if self.state.reachable.swap(false, Ordering::Relaxed) {
+                        warn!(error = %e, "kafka unreachable");
+                    }
+                    return;
+                }
+            }
+        }
+        if !self.state.reachable.swap(true, Ordering::Relaxed) {
+            info!(brokers = %self.cfg.brokers, "kafka reachable");
+        }
+        if Topic::ALL.iter().any(|&topic| counts[topic] == 0) {
+            // Missing (first start, or a broker that lost its topics): create, then
+            // read the new topic from its start.
+            self.create_topics();
+            for topic in Topic::ALL {
+                if counts[topic] == 0 && !self.order.next[topic].is_empty() {
+                    self.order.next[topic].clear();
+                    self.reread[topic] = true;
+                    self.state.assigned.store(false, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        if Topic::ALL
+            .iter()
+            .all(|&topic| counts[topic] == self.order.next[topic].len())
+            && !self.reassign
+        {
+            return;
+        }
+        let mut next = PerTopic::<Vec<i64>>::default();
+        // Per messages partition: the first offset routed live (before it: history).
+        let mut live: Vec<i64> = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        for topic in Topic::ALL {
+            let name = topic.name(&self.cfg);
+            let fresh = self.order.next[topic].is_empty();
+            for p in 0..counts[topic] {
+                let Ok(pi) = i32::try_from(p) else { return };
+                let (offset, from_live) = match self.order.next[topic].get(p) {
+                    Some(&n) => (n, self.live.get(p).copied().unwrap_or(n)),
+                    // A topic the broker lost and that was created again: all of it.
+                    None if self.reread[topic] => (0, 0),
+                    // At start: live from the current end, so the node delivers what
+                    // is published from now on and nothing older; the messages of the
+                    // last `history` are read first into the replay window.
+                    None if fresh => match self.start_at(topic, pi, timeout) {
+                        Some(at) => at,
+                        None => return,
+                    },
+                    // A partition added later: everything in it is new.
+                    None => (0, 0),
+                };
+                if topic == Topic::Messages {
+                    live.push(from_live);
+                }
+                next[topic].push(offset);
+                if tpl
+                    .add_partition_offset(name, pi, Offset::Offset(offset))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        match self.consumer.assign(&tpl) {
+            Ok(()) => {
+                info!(
+                    messages = counts.messages,
+                    replies = counts.replies,
+                    "reading every partition"
+                );
+                // Message ids are `<partition>-<offset>`: partitions are the streams of
+                // the node's replay window.
+                for (p, (&offset, &from_live)) in next.messages.iter().zip(&live).enumerate() {
+                    (self.started)(&p.to_string(), offset, from_live);
+                }
+                self.order.next = next;
+                self.live = live;
+                self.assigned_at = Instant::now();
+                self.check_caught_up();
+                self.reread = PerTopic::default();
+                self.reassign = false;
+                self.state.assigned.store(true, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "cannot assign partitions"),
+        }
+    }
+
+    /// Ready only once the history read at start reached the live edge: until then the
+    /// node would deliver live records late.
+    fn check_caught_up(&self) {
+        let caught_up = self
+            .order
+            .next
+            .messages
+            .iter()
+            .zip(&self.live)
+            .all(|(n, l)| n >= l)
+            || self.assigned_at.elapsed() > HISTORY_WAIT;
+        if caught_up && !self.state.caught_up.swap(true, Ordering::Relaxed) {
+            info!(
+                after = ?self.assigned_at.elapsed(),
+                "history read; delivering live"
+            );
+        }
+    }
+
+    /// Where a fresh node starts reading a partition, and where live routing starts:
+    /// the partition's end, and for the messages topic, as far back as `history` reaches
+    /// (by record time, at most [`MAX_HISTORY`] records), so the replay window is full
+    /// from the start and clients that move here resume without reading the log.
+    fn start_at(&self, topic: Topic, partition: i32, timeout: Duration) -> Option<(i64, i64)> {
+        let name = topic.name(&self.cfg);
+        let (low, high) = match self.consumer.fetch_watermarks(name, partition, timeout) {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(error = %e, topic = name, partition, "watermarks unavailable");
+                return None;
+            }
+        };
+        if topic != Topic::Messages || self.history.is_zero() {
+            return Some((high, high));
+        }
+        let since = std::time::SystemTime::now()
+            .checked_sub(self.history)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(name, partition, Offset::Offset(since))
+            .ok()?;
+        let from = match self.consumer.offsets_for_times(tpl, timeout) {
+            Ok(found) => match found.find_partition(name, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                // Nothing that recent: no history.
+                _ => high,
+            },
+            Err(e) => {
+                debug!(error = %e, topic = name, partition, "no offset by time; starting without history");
+                high
+            }
+        };
+        Some(history_start(low, high, from))
+    }
+
+    fn create_topics(&self) {
+        let repl = || TopicReplication::Fixed(self.cfg.replication_factor);
+        let topics =
+            Topic::ALL.map(|t| NewTopic::new(t.name(&self.cfg), self.cfg.partitions, repl()));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        match self
+            .runtime
+            .block_on(self.admin.create_topics(&topics, &opts))
+        {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(t) => info!(topic = t, "topic created"),
+                        Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            debug!(topic = t, "topic exists")
+                        }
+                        Err((t, code)) => warn!(topic = t, %code, "cannot create topic"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot create topics"),
+        }
+    }
+}
+
+/// Asks `order` about a record and does the seek a gap calls for; a seek that fails
+/// accepts the gap. False: do not deliver.
+fn in_order(
+    consumer: &BaseConsumer<Ctx>,
+    order: &mut Order,
+    stats: &Stats,
+    place: (Topic, &str, i32, i64),
+) -> bool {
+    let (topic, name, partition, offset) = place;
+    match order.check(stats, place) {
+        Verdict::Deliver => true,
+        Verdict::Skip => false,
+        Verdict::ReadAgain(from) => match consumer.seek(
+            name,
+            partition,
+            Offset::Offset(from),
+            Duration::from_secs(1),
+        ) {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(error = %e, topic = name, partition, "cannot seek; gap accepted");
+                order.accept(topic, partition, offset);
+                true
+            }
+        },
+    }
+}
+
+/// Where a fresh node reads a partition from (`from`: the first record of the history
+/// wanted), and its live edge: at most [`MAX_HISTORY`] records back, never before the
+/// low watermark. Brokers have answered a low watermark above the high one: nothing here
+/// trusts their order (`clamp` would panic).
+fn history_start(low: i64, high: i64, from: i64) -> (i64, i64) {
+    let floor = low.max(high.saturating_sub(MAX_HISTORY)).min(high);
+    (from.clamp(floor, high), high)
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    #[test]
+    fn odd_watermarks_never_panic() {
+        assert_eq!(history_start(0, 100, 40), (40, 100));
+        assert_eq!(history_start(50, 100, 40), (50, 100));
+        assert_eq!(history_start(0, 200_000, 0), (100_000, 200_000));
+        // Low above high, from anywhere: the live edge, no history.
+        assert_eq!(history_start(10, 5, 0), (5, 5));
+        assert_eq!(history_start(10, 5, 99), (5, 5));
+        assert_eq!(history_start(i64::MAX, i64::MIN, 0), (i64::MIN, i64::MIN));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ordering::GAP_REREADS;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    fn poll_offset(consumer: &BaseConsumer<Ctx>) -> i64 {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => m.offset(),
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => panic!("no record within 10 s"),
+        }
+    }
+
+    #[test]
+    fn a_partition_is_delivered_in_order_once_and_a_gap_is_read_again() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("t", 1, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("producer");
+        for i in 0..5 {
+            let body = i.to_string();
+            producer
+                .send(BaseRecord::<str, str>::to("t").partition(0).payload(&body))
+                .expect("send");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        let state = Arc::new(State::default());
+        let consumer: BaseConsumer<Ctx> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "g")
+            .create_with_context(Ctx { state, stats: None })
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Offset(0))
+            .expect("partition");
+        consumer.assign(&tpl).expect("assign");
+        let stats = Stats::default();
+        let mut order = Order::default();
+        order.next.messages = vec![0];
+        let mut check = |offset| {
+            in_order(
+                &consumer,
+                &mut order,
+                &stats,
+                (Topic::Messages, "t", 0, offset),
+            )
+        };
+
+        assert_eq!(poll_offset(&consumer), 0);
+        assert!(check(0));
+        // Handed out again: skipped.
+        assert!(!check(0));
+        // 3 where 1 is due: not delivered, and the partition is read again from 1.
+        assert!(!check(3));
+        assert_eq!(poll_offset(&consumer), 1);
+        assert!(check(1));
+        // A gap that stays after every re-read is real (a transaction marker): accepted.
+        for _ in 0..GAP_REREADS {
+            assert!(!check(4));
+        }
+        assert!(check(4));
+        assert_eq!(order.next.messages, [5]);
+        assert_eq!(stats.bus_records_repeated_total.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            stats.bus_gaps_reread_total.load(Ordering::Relaxed),
+            1 + u64::from(GAP_REREADS)
+        );
+    }
+}
