@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pushcenter_node::bench_support::Fanout;
+use pushcenter_node::testing::Fanout;
 use pushcenter_node::{Delivery, Record};
 
 const SUBSCRIBERS: usize = 10_000;

@@ -71,6 +71,15 @@ pub struct RequestInfo {
 }
 
 impl Record {
+    /// Where it is addressed, as the routing rule reads it.
+    pub(crate) fn addressed(&self) -> crate::routing::rule::Addressed<'_> {
+        crate::routing::rule::Addressed {
+            destination: &self.destination,
+            user: self.user.as_deref(),
+            session: self.session.as_deref(),
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -112,7 +121,7 @@ pub fn check_publish_destination(d: &str, targeted: bool) -> Result<(), String> 
             "destination must be /topic/<name>".into()
         });
     }
-    if crate::router::is_pattern(d) {
+    if crate::routing::rule::is_pattern(d) {
         return Err("destination must not hold wildcards".into());
     }
     if d.contains(['\r', '\n', '\0']) {

@@ -1,12 +1,11 @@
 //! Node configuration: one serde struct, defaults in code, `validate()` before start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pushcenter_stomp::Limits;
 use serde::{Deserialize, Serialize};
-
-use crate::auth::AuthConfig;
 
 /// What happens when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -288,5 +287,62 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// The `[auth]` section of a node's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret, inline or in a file (its bytes, a trailing newline removed).
+    pub hs256_secret: Option<String>,
+    pub hs256_secret_file: Option<PathBuf>,
+    /// RS256 public key (PEM file).
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// Accept clients without a token (they get the `anonymous_*` patterns).
+    pub anonymous: bool,
+    /// What an authenticated client may subscribe and send to when its token has no
+    /// `subscribe`/`send` claim. `/user/queue/...` is always allowed: it only ever
+    /// delivers the client's own pushes.
+    pub subscribe: Vec<String>,
+    pub send: Vec<String>,
+    pub anonymous_subscribe: Vec<String>,
+    pub anonymous_send: Vec<String>,
+    /// Clock skew allowed on `exp`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// HTTP API credentials: static keys (`Authorization: Bearer <key>`), inline or one
+    /// per line in a file, or a token whose `role` claim is `backend_role`.
+    pub api_keys: Vec<String>,
+    pub api_keys_file: Option<PathBuf>,
+    pub backend_role: String,
+    /// The `aud` each kind of token must name when it carries one (and always, with
+    /// `require_audience`): a token issued for one use is refused for the others.
+    pub client_audience: String,
+    pub backend_audience: String,
+    pub callback_audience: String,
+    pub require_audience: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            hs256_secret: None,
+            hs256_secret_file: None,
+            rs256_public_key_file: None,
+            anonymous: false,
+            subscribe: vec!["/topic/#".into()],
+            send: Vec::new(),
+            anonymous_subscribe: vec!["/topic/#".into()],
+            anonymous_send: Vec::new(),
+            leeway: Duration::from_secs(10),
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            backend_role: "backend".into(),
+            client_audience: "pushcenter-client".into(),
+            backend_audience: "pushcenter-backend".into(),
+            callback_audience: "pushcenter-callback".into(),
+            require_audience: false,
+        }
     }
 }

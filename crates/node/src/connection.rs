@@ -17,9 +17,16 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, trace};
 
-use crate::link::{Link, Sink};
-use crate::outbox::{Out, Outbox};
-use crate::replay::{Budget, Subscriber, format_positions};
+use crate::delivery::message::Shared;
+use crate::delivery::outbox::{Out, Outbox};
+use crate::delivery::render::{Rendered, render};
+use crate::node::{Admission, Node};
+use crate::routing::resume::{self, FromLog, Room};
+use crate::routing::rule::Subscriber;
+use crate::routing::window::{Budget, format_positions};
+use crate::session::{Action, Session, SessionConfig, error_frame};
+use crate::stats::Stats;
+use crate::transport::link::Link;
 
 /// Entries of the replay window one resume may look at, and how many per hold of the
 /// window's lock.
@@ -27,10 +34,6 @@ const RESUME_SCAN: usize = 32_768;
 const RESUME_STEP: usize = 128;
 /// Records one resume reads from the bus's log per stream, at most: the newest ones.
 const MAX_LOG_RECORDS: i64 = 10_000;
-use crate::router::Shared;
-use crate::session::{Action, Head, Session, SessionConfig, error_frame};
-use crate::stats::Stats;
-use crate::{Admission, Node};
 
 /// Why a connection ended, for the log.
 #[derive(Debug)]
@@ -666,7 +669,7 @@ impl<L: Link> Connection<L> {
         match node.bus.read(stream, from, base).await {
             Ok(Some(mut records)) => {
                 Stats::inc(&node.stats.resume_log_reads_total);
-                records.retain(|d| who.wants(d));
+                records.retain(|d| who.wants(d.record.addressed()));
                 Some((from, records))
             }
             Ok(None) => {
@@ -709,52 +712,26 @@ impl<L: Link> Connection<L> {
             return Err(format!("too many resumes: the limit is {limit} per minute"));
         }
         let mut extra = Vec::new();
-        let (room_messages, room_bytes) = self.outbox.room();
-        // Gaps before the window, read from the log: stream -> (from, to, records).
-        let mut from_log: Vec<(String, i64, i64, Vec<crate::bus::Delivery>)> = Vec::new();
-        // The window moves on while the log is read (live records push its oldest out):
-        // read what it lost meanwhile too, a few times, before a gap counts as lost.
+        let (messages, bytes) = self.outbox.room();
+        let room = Room { messages, bytes };
+        let mut from_log = FromLog::default();
+        // The window moves on while the log is read: read what it lost meanwhile too,
+        // a few times, before a gap counts as lost.
         let mut reads = 0;
-        // Streams the log could not give from the client's position: lost, not re-read.
-        let mut gone: Vec<String> = Vec::new();
         loop {
             if let Some(positions) = resume {
                 let gaps = node.window().gaps(positions, std::time::Instant::now());
-                for (stream, after, base) in gaps {
-                    let have = from_log.iter().position(|g| g.0 == stream);
-                    let from = have.map_or(after + 1, |i| from_log[i].2 + 1);
-                    if from > base || gone.contains(&stream) {
-                        continue;
-                    }
+                for read in from_log.reads(&gaps) {
                     let who = self.subscriber(destination);
-                    match Self::read_gap(&node, &who, &stream, from, base).await {
-                        Some((read_from, records)) if read_from == from => match have {
-                            Some(i) => {
-                                from_log[i].2 = base;
-                                from_log[i].3.extend(records);
-                            }
-                            None => from_log.push((stream, from, base, records)),
-                        },
-                        // Only the newest part was read: the rest is lost.
-                        Some(_) | None => gone.push(stream),
-                    }
+                    let got = Self::read_gap(&node, &who, &read.stream, read.from, read.to).await;
+                    from_log.read_done(read, got);
                 }
             }
             reads += 1;
-            let mut window = node.window();
             let covered = resume.is_none_or(|positions| {
-                let now = std::time::Instant::now();
-                window
-                    .gaps(positions, now)
-                    .iter()
-                    .all(|(stream, after, base)| {
-                        gone.contains(stream)
-                            || from_log
-                                .iter()
-                                .any(|g| &g.0 == stream && g.1 <= after + 1 && g.2 >= *base)
-                    })
+                let gaps = node.window().gaps(positions, std::time::Instant::now());
+                from_log.covers(&gaps)
             });
-            drop(window);
             if covered || reads == 3 {
                 break;
             }
@@ -775,8 +752,8 @@ impl<L: Link> Connection<L> {
             if let (Some(positions), true) = (resume, registered) {
                 let who = self.subscriber(destination);
                 let budget = Budget {
-                    messages: room_messages,
-                    bytes: room_bytes,
+                    messages: room.messages,
+                    bytes: room.bytes,
                     scan: RESUME_SCAN,
                 };
                 scan =
@@ -808,48 +785,15 @@ impl<L: Link> Connection<L> {
                 "too many distinct wildcard patterns on this node (limit {limit})"
             ));
         }
-        if let (Some(positions), Some(r)) = (resume, chosen) {
+        if let (Some(positions), Some(window_part)) = (resume, chosen) {
             Stats::inc(&stats.resumes_total);
-            let mut lost = r.cut.clone();
-            // What the window part left of the budget goes to the log part, newest first.
-            let (mut messages, mut bytes) = (room_messages, room_bytes);
-            for d in &r.replay {
-                messages = messages.saturating_sub(1);
-                bytes = bytes.saturating_sub(d.cost());
-            }
-            let mut older: Vec<&crate::bus::Delivery> = Vec::new();
-            for (stream, after, base) in &r.gaps {
-                // The window may have moved on while the log was read.
-                match from_log.iter().find(|g| &g.0 == stream) {
-                    Some((_, from, to, records)) if *from <= after + 1 && to >= base => {
-                        older.extend(records.iter().filter(|d| {
-                            crate::replay::parse_id(&d.id)
-                                .is_some_and(|(_, o)| o > *after && o <= *base)
-                        }));
-                    }
-                    _ => lost.push(stream.clone()),
-                }
-            }
-            let mut start = older.len();
-            while start > 0 {
-                let cost = crate::replay::replay_cost(older[start - 1]);
-                if messages == 0 || cost > bytes {
-                    break;
-                }
-                messages -= 1;
-                bytes -= cost;
-                start -= 1;
-            }
-            for d in &older[..start] {
-                if let Some((stream, _)) = crate::replay::parse_id(&d.id) {
-                    lost.push(stream.to_string());
-                }
-            }
+            let plan = resume::plan(&window_part, &from_log, room);
             // Encoded here, outside every lock.
-            let replay: Vec<Out> = older[start..]
+            let replay: Vec<Out> = plan
+                .from_log
                 .iter()
                 .copied()
-                .chain(r.replay.iter().map(|e| &**e.delivery()))
+                .chain(window_part.replay.iter().map(|e| &**e.delivery()))
                 .filter_map(|d| Shared::new(d).map(Arc::new))
                 .map(|msg| Out::Replay { sub: slot, msg })
                 .collect();
@@ -857,25 +801,12 @@ impl<L: Link> Connection<L> {
                 .messages_replayed_total
                 .fetch_add(replay.len() as u64, Ordering::Relaxed);
             self.outbox.insert_at(mark, replay);
-            lost.sort();
-            lost.dedup();
-            if lost.is_empty() {
-                extra.push(("resume", "ok".to_string()));
-            } else {
+            if !plan.lost.is_empty() {
                 Stats::inc(&stats.resumes_lost_total);
-                extra.push(("resume", "lost".to_string()));
-                extra.push(("resume-lost", lost.join(",")));
             }
-            // Live records up to the frontier were replayed; those up to the client's
-            // own position it has already (this node may be behind the one it left).
-            let mut floor = frontier.clone();
-            for (stream, offset) in positions {
-                match floor.iter_mut().find(|(s, _)| s == stream) {
-                    Some(f) => f.1 = f.1.max(*offset),
-                    None => floor.push((stream.clone(), *offset)),
-                }
-            }
-            self.session.set_floor(slot, &floor);
+            extra.extend(plan.outcome());
+            self.session
+                .set_floor(slot, &resume::floor(&frontier, positions));
         }
         extra.push(("position", format_positions(&frontier)));
         Ok(extra)
@@ -916,79 +847,3 @@ fn instant_of(unix_secs: u64) -> Instant {
         .map_or(0, |d| d.as_secs());
     Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
 }
-
-/// What one queued item becomes for this connection.
-pub(crate) enum Rendered {
-    /// A whole MESSAGE frame, framed onto the sink.
-    Frame,
-    /// The subscription is gone: nothing to send.
-    Gone,
-    /// The connection's STOMP version cannot carry the message's headers.
-    Unsendable,
-    /// The subscription's ack window is full.
-    WindowFull,
-    /// A request whose caller's deadline has passed: nobody gets it.
-    Expired,
-}
-
-/// Turns a queued item into the frame this subscriber gets: `MESSAGE`, its own
-/// `subscription` (and `ack`) line, then the shared part encoded once for everyone,
-/// copied straight into the connection's output.
-pub(crate) fn render(
-    out: Out,
-    session: &mut Session,
-    version: Version,
-    sink: &mut impl Sink,
-) -> Rendered {
-    let (sub, msg) = match out {
-        Out::Message { sub, msg } => {
-            if session.replayed_before(sub, msg.id()) {
-                return Rendered::Gone;
-            }
-            (sub, msg)
-        }
-        Out::Replay { sub, msg } => (sub, msg),
-        // Written by the connection itself (one RECEIPT per subscription).
-        Out::Position { .. } => return Rendered::Gone,
-    };
-    let Some((shared, shared_text)) = msg.for_version(version) else {
-        return Rendered::Unsendable;
-    };
-    // Only requests pay for the clock.
-    let now_ms = msg.request().map(|_| crate::bus::unix_ms());
-    if let (Some(r), Some(now)) = (msg.request(), now_ms) {
-        if r.deadline_ms.is_some_and(|d| d <= now) {
-            return Rendered::Expired;
-        }
-    }
-    let rendered = match session.message_head(sub, || msg.id().to_string()) {
-        Head::Gone => Rendered::Gone,
-        Head::WindowFull => Rendered::WindowFull,
-        Head::Lines { subscription, ack } => {
-            // The ack line, formatted on the stack: no allocation per message.
-            let mut ack_line = [0u8; 32];
-            let ack_len = match ack {
-                Some(seq) => {
-                    let mut w = &mut ack_line[..];
-                    let _ = std::io::Write::write_fmt(&mut w, format_args!("ack:{seq}\n"));
-                    32 - w.len()
-                }
-                None => 0,
-            };
-            let len = PREFIX.len() + subscription.len() + ack_len + shared.len();
-            // Header lines are UTF-8 (they are made of `str`s).
-            let b = sink.frame(len, shared_text);
-            b.put_slice(PREFIX);
-            b.put_slice(subscription);
-            b.put_slice(&ack_line[..ack_len]);
-            b.put_slice(shared);
-            Rendered::Frame
-        }
-    };
-    if let (Rendered::Frame, Some(r), Some(now)) = (&rendered, msg.request(), now_ms) {
-        session.note_request(r, now);
-    }
-    rendered
-}
-
-const PREFIX: &[u8] = b"MESSAGE\n";

@@ -1,12 +1,10 @@
 //! The `Registrar` port: this node reports its address and load. The in-memory
 //! registrar serves the registry endpoints of a standalone node.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Node;
 use crate::bus::BoxFuture;
 
 /// One node as the registry shows it (etcd value in a cluster).
@@ -66,44 +64,5 @@ impl Registrar for MemoryRegistrar {
             .and_then(|m| m.clone())
             .into_iter()
             .collect()
-    }
-}
-
-pub(crate) fn info(node: &Node) -> NodeInfo {
-    let cfg = &node.config;
-    let http = node.http_bound;
-    let (web, ws, tcp) = if node.tls.is_some() {
-        ("https", "wss", "ssl")
-    } else {
-        ("http", "ws", "tcp")
-    };
-    let http_url = format!("{web}://{http}");
-    let ws_url = cfg
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("{ws}://{http}/ws"));
-    NodeInfo {
-        node_id: cfg.node_id.clone(),
-        ws_url,
-        tcp_url: node.tcp_bound.map(|a| format!("{tcp}://{a}")),
-        http_url,
-        connections: node.stats.connections.load(Ordering::Relaxed).max(0) as u64,
-        subscriptions: node.stats.subscriptions.load(Ordering::Relaxed).max(0) as u64,
-        draining: *node.shutdown.borrow(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        started_at: node.started_at,
-    }
-}
-
-pub(crate) async fn report_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(node.config.report_interval);
-    // Discovery hands out a node only once it receives the cluster stream; after that a
-    // bus outage does not unregister it (its clients stay, and it recovers by itself).
-    while !node.bus.ready() {
-        tick.tick().await;
-    }
-    loop {
-        node.registrar.report(info(&node));
-        tick.tick().await;
     }
 }

@@ -577,9 +577,9 @@ impl Session {
         let patterns = self
             .subs
             .values()
-            .filter(|s| crate::router::is_pattern(&s.destination))
+            .filter(|s| crate::routing::rule::is_pattern(&s.destination))
             .count();
-        if crate::router::is_pattern(destination) && patterns >= self.cfg.max_patterns {
+        if crate::routing::rule::is_pattern(destination) && patterns >= self.cfg.max_patterns {
             return Err(format!(
                 "too many wildcard subscriptions (limit {})",
                 self.cfg.max_patterns
@@ -593,7 +593,7 @@ impl Session {
         }
         let resume = frame
             .get("resume-from")
-            .map(crate::replay::parse_positions)
+            .map(crate::routing::window::parse_positions)
             .transpose()?;
         let ack = match frame.get("ack").unwrap_or("auto") {
             "auto" => AckMode::Auto,
@@ -719,7 +719,7 @@ impl Session {
         let Some(floor) = self.subs.get(slot).and_then(|s| s.floor.as_ref()) else {
             return false;
         };
-        crate::replay::parse_id(message_id)
+        crate::routing::window::parse_id(message_id)
             .is_some_and(|(stream, offset)| floor.get(stream).is_some_and(|&f| offset <= f))
     }
 

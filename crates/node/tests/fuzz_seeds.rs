@@ -18,10 +18,5 @@ fn seeds_pass(target: &str, oracle: fn(&[u8])) {
 
 #[test]
 fn session_fuzz_seeds_pass_the_oracle() {
-    seeds_pass("session", pushcenter_node::bench_support::fuzz_session);
-}
-
-#[test]
-fn websocket_fuzz_seeds_pass_the_oracle() {
-    seeds_pass("websocket", pushcenter_node::bench_support::fuzz_websocket);
+    seeds_pass("session", pushcenter_node::testing::fuzz_session);
 }

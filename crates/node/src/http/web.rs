@@ -5,11 +5,11 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
 /// The demo page.
-pub const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+pub const DEMO_PAGE: &str = include_str!("../../assets/demo.html");
 
 /// web-client/'s browser bundle (pushcenter-client with @stomp/stompjs), served at
 /// `/assets/pushcenter-client.js`.
-pub const CLIENT_JS: &str = include_str!("../assets/pushcenter-client.js");
+pub const CLIENT_JS: &str = include_str!("../../assets/pushcenter-client.js");
 
 /// Where pages load [`CLIENT_JS`] from.
 pub const CLIENT_JS_PATH: &str = "/assets/pushcenter-client.js";

@@ -4,114 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use bytes::{Bytes, BytesMut};
-use pushcenter_stomp::{Command, Frame, Version, encode};
-
-use crate::bus::{Delivery, RequestInfo};
-use crate::outbox::{Out, Outbox};
+use crate::bus::Delivery;
+use crate::delivery::message::Shared;
+use crate::delivery::outbox::{Out, Outbox};
+use crate::routing::rule::{self, is_pattern, matches};
 use crate::stats::Stats;
 
 pub(crate) type ConnId = u64;
-
-/// The part of a MESSAGE that every subscriber shares: every header but `subscription`
-/// and `ack`, the body and the NUL, encoded once per STOMP version that needs its own.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    id: String,
-    /// STOMP 1.2: every header value as it is, escaped.
-    escaped: Bytes,
-    /// STOMP 1.1 when it differs (1.1 has no escape for CR: CR becomes a space).
-    v11: Option<Bytes>,
-    /// STOMP 1.0, with CR and LF in values as spaces; `None` when 1.0 cannot carry the
-    /// headers at all.
-    plain: Option<Bytes>,
-    /// Whether each is UTF-8 (then it goes out as a WebSocket text message).
-    escaped_text: bool,
-    v11_text: bool,
-    plain_text: bool,
-    /// Set when the message is a request: who may answer it, and until when it may
-    /// be delivered.
-    request: Option<Box<RequestInfo>>,
-}
-
-const PREFIX: &[u8] = b"MESSAGE\n";
-
-impl Shared {
-    pub(crate) fn new(d: &Delivery) -> Option<Shared> {
-        let r = &d.record;
-        let frame = |rewrite: fn(&str) -> std::borrow::Cow<'_, str>| {
-            let mut frame = Frame::new(Command::Message)
-                .header("destination", &r.destination)
-                .header("message-id", &d.id);
-            for (k, v) in &r.headers {
-                frame.push_header(k, rewrite(v).as_ref());
-            }
-            frame.body(r.body.clone())
-        };
-        let encoded = |frame: &Frame, v| {
-            let mut buf = BytesMut::new();
-            encode(frame, v, &mut buf).ok()?;
-            Some(buf.freeze().slice(PREFIX.len()..))
-        };
-        let lossless = frame(|v| std::borrow::Cow::Borrowed(v));
-        let escaped = encoded(&lossless, Version::V1_2)?;
-        let has = |c: char| r.headers.iter().any(|(_, v)| v.contains(c));
-        let (cr, lf) = (has('\r'), has('\n'));
-        let v11 = if cr {
-            let f = frame(|v| std::borrow::Cow::Owned(v.replace('\r', " ")));
-            encoded(&f, Version::V1_1)
-        } else {
-            None
-        };
-        let plain = if cr || lf {
-            encoded(
-                &frame(|v| std::borrow::Cow::Owned(crate::bus::sanitize(v))),
-                Version::V1_0,
-            )
-        } else {
-            match encoded(&lossless, Version::V1_0) {
-                Some(p) if p == escaped => Some(escaped.clone()),
-                other => other,
-            }
-        };
-        let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
-        Some(Shared {
-            request: r.request().map(Box::new),
-            id: d.id.clone(),
-            escaped_text: utf8(&escaped),
-            v11_text: v11.as_deref().is_some_and(utf8),
-            plain_text: plain.as_deref().is_some_and(utf8),
-            escaped,
-            v11,
-            plain,
-        })
-    }
-
-    pub(crate) fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.escaped.len()
-    }
-
-    pub(crate) fn request(&self) -> Option<&RequestInfo> {
-        self.request.as_deref()
-    }
-
-    /// The bytes that follow this connection's `subscription`/`ack` headers, and
-    /// whether they are UTF-8.
-    pub(crate) fn for_version(&self, v: Version) -> Option<(&Bytes, bool)> {
-        match v {
-            Version::V1_0 => self.plain.as_ref().map(|p| (p, self.plain_text)),
-            Version::V1_1 => match &self.v11 {
-                Some(b) => Some((b, self.v11_text)),
-                None => Some((&self.escaped, self.escaped_text)),
-            },
-            Version::V1_2 => Some((&self.escaped, self.escaped_text)),
-        }
-    }
-}
 
 #[derive(Clone)]
 struct SubRef {
@@ -191,26 +90,6 @@ pub(crate) struct Router {
     max_patterns: usize,
 }
 
-/// True when `destination` matches `pattern`: `*` is one segment (segments are split by
-/// `.` and `/`), a final `#` any number of segments (zero included).
-pub(crate) fn matches(pattern: &str, destination: &str) -> bool {
-    let mut p = pattern.split(['.', '/']);
-    let mut d = destination.split(['.', '/']);
-    loop {
-        match (p.next(), d.next()) {
-            (Some("#"), _) => return p.next().is_none(),
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-pub(crate) fn is_pattern(destination: &str) -> bool {
-    destination.split(['.', '/']).any(|s| s == "*" || s == "#")
-}
-
 impl Router {
     pub(crate) fn new(stats: Arc<Stats>) -> Router {
         Router {
@@ -281,7 +160,7 @@ impl Router {
     /// Why `destination` cannot be subscribed to now, if it cannot: a new wildcard
     /// pattern past the node's limit.
     pub(crate) fn can_subscribe(&self, destination: &str) -> Result<(), String> {
-        if !is_pattern(destination) || destination.starts_with("/user/") {
+        if !is_pattern(destination) || !rule::takes_broadcast(destination) {
             return Ok(());
         }
         let t = self.read();
@@ -307,7 +186,7 @@ impl Router {
     ) -> Result<(), String> {
         let r = SubRef { conn, sub, outbox };
         let mut t = self.write();
-        let pattern = is_pattern(destination) && !destination.starts_with("/user/");
+        let pattern = is_pattern(destination) && rule::takes_broadcast(destination);
         if pattern && !t.patterns.contains_key(destination) && t.patterns.len() >= self.max_patterns
         {
             Stats::inc(&self.stats.patterns_refused_total);
@@ -320,7 +199,7 @@ impl Router {
             c.subs.push((sub, destination.to_owned()));
         }
         // `/user/queue/...` only ever receives targeted records.
-        if !destination.starts_with("/user/") {
+        if rule::takes_broadcast(destination) {
             let map = t.map(destination);
             match map.get_mut(destination) {
                 Some(list) => list.push(r),
@@ -344,7 +223,7 @@ impl Router {
             c.subs.retain(|(s, _)| *s != sub);
             was = c.subs.len() < before;
         }
-        if !destination.starts_with("/user/") {
+        if rule::takes_broadcast(destination) {
             let map = t.map(destination);
             if let Some(list) = map.get_mut(destination) {
                 was |= list.remove(conn, sub);
@@ -440,12 +319,11 @@ impl Router {
         let mut shared = None;
         let mut n = 0u64;
         for c in conns.iter().filter_map(|id| t.conns.get(id)) {
-            // Both named: the session must belong to the user.
-            if r.user.is_some() && c.user != r.user {
+            if !rule::user_allows(r.user.as_deref(), c.user.as_deref()) {
                 continue;
             }
             for (slot, sub) in &c.subs {
-                if sub != dest && !(is_pattern(sub) && matches(sub, dest)) {
+                if !rule::covers(sub, dest) {
                     continue;
                 }
                 if shared.is_none() {
@@ -472,46 +350,6 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn headers_reach_each_version_as_losslessly_as_it_can_carry_them() {
-        use crate::bus::Record;
-        let d = Delivery {
-            id: "0-7".into(),
-            record: Record {
-                destination: "/topic/t".into(),
-                headers: vec![("note".into(), "a:b\\c\nd\re".into())],
-                body: Bytes::from_static(b"x"),
-                ..Record::default()
-            },
-        };
-        let shared = Shared::new(&d).expect("encodable");
-        let note = |v: Version| {
-            let (bytes, _) = shared.for_version(v).expect("sendable");
-            let mut b = BytesMut::from(&b"MESSAGE\nsubscription:s\n"[..]);
-            b.extend_from_slice(bytes);
-            let limits = pushcenter_stomp::Limits::default();
-            match pushcenter_stomp::decode_version(&mut b, v, &limits) {
-                Ok(Some(pushcenter_stomp::Item::Frame(f))) => f.get("note").map(str::to_owned),
-                other => panic!("{v:?}: {other:?}"),
-            }
-        };
-        assert_eq!(note(Version::V1_2).as_deref(), Some("a:b\\c\nd\re"));
-        assert_eq!(note(Version::V1_1).as_deref(), Some("a:b\\c\nd e"));
-        assert_eq!(note(Version::V1_0).as_deref(), Some("a:b\\c d e"));
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(matches("/topic/a.*", "/topic/a.b"));
-        assert!(!matches("/topic/a.*", "/topic/a.b.c"));
-        assert!(!matches("/topic/a.*", "/topic/a"));
-        assert!(matches("/topic/a.#", "/topic/a.b.c"));
-        assert!(matches("/topic/a.#", "/topic/a"));
-        assert!(matches("/topic/*.x", "/topic/q.x"));
-        assert!(!matches("/topic/a.b", "/topic/a.c"));
-        assert!(is_pattern("/topic/a.*") && is_pattern("/topic/#") && !is_pattern("/topic/a"));
-    }
 
     #[test]
     fn each_subscriber_once_whatever_the_pattern() {

@@ -1,5 +1,6 @@
-//! The fan-out path as the node runs it, minus the sockets, for `benches/fanout.rs`.
-//! Not a stable API.
+//! Test and bench hooks, only with the `test-support` feature (production builds never
+//! enable it): the fan-out path as the node runs it, minus the sockets, for
+//! `benches/fanout.rs`, and the `session` fuzz target's oracle. Not a stable API.
 
 use std::sync::Arc;
 
@@ -9,12 +10,25 @@ use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
 
 use crate::bus::Delivery;
 use crate::config::NodeConfig;
-use crate::connection::{Rendered, render};
-use crate::link::NullLink;
-use crate::outbox::{Out, Outbox};
-use crate::router::Router;
+use crate::delivery::outbox::{Out, Outbox};
+use crate::delivery::render::{Rendered, render};
+use crate::routing::router::Router;
 use crate::session::{Action, Session, SessionConfig};
 use crate::stats::Stats;
+use crate::transport::link::Sink;
+use crate::transport::websocket::header;
+
+/// Frames for the fan-out benchmark: no socket, the bytes are counted.
+#[derive(Default)]
+struct NullLink {
+    out: BytesMut,
+}
+
+impl Sink for NullLink {
+    fn frame(&mut self, len: usize, text: bool) -> &mut BytesMut {
+        header(&mut self.out, text, len)
+    }
+}
 
 /// One router and `n` connections, each with one subscription, as
 /// `connection.rs` sets them up: a STOMP 1.2 session, a bounded outbox.
@@ -233,10 +247,4 @@ pub fn fuzz_session(data: &[u8]) {
             }
         }
     }
-}
-
-/// The WebSocket reader's promises under any input (the `websocket` fuzz target):
-/// no panic, the same result however the input is split, bounded buffering.
-pub fn fuzz_websocket(data: &[u8]) {
-    crate::link::fuzz_reader(data);
 }

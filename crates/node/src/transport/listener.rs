@@ -16,8 +16,8 @@ use tracing::{debug, warn};
 
 use std::sync::atomic::Ordering;
 
-use crate::Node;
 use crate::connection;
+use crate::node::Node;
 use crate::stats::Stats;
 
 /// Gives the HTTP connection's place back however its task ends.
@@ -85,12 +85,12 @@ pub(crate) async fn tcp(listener: TcpListener, node: Arc<Node>) {
                 tokio::spawn(async move {
                     match node.tls.clone() {
                         None => {
-                            let link = crate::link::TcpLink::new(stream);
+                            let link = crate::transport::tcp::TcpLink::new(stream);
                             connection::serve(link, node, Some(peer), slot, None).await;
                         }
                         Some(tls) => {
                             if let Some(s) = handshake(&tls, stream, peer, &node).await {
-                                let link = crate::link::TcpLink::new(s);
+                                let link = crate::transport::tcp::TcpLink::new(s);
                                 connection::serve(link, node, Some(peer), slot, None).await;
                             }
                         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bus::Delivery;
-use crate::router::{is_pattern, matches};
+use crate::routing::rule::{Subscriber, is_pattern};
 
 /// The position `positions` names for `stream` (-1: none, from the stream's start).
 fn after(positions: &[(String, i64)], stream: &str) -> i64 {
@@ -110,30 +110,14 @@ impl Stream {
     }
 }
 
-/// Who is resuming: a subscription's destination and the connection's identity.
-pub(crate) struct Subscriber<'a> {
-    pub(crate) destination: &'a str,
-    pub(crate) user: Option<&'a str>,
-    pub(crate) session: &'a str,
-}
-
-impl Subscriber<'_> {
-    /// The router's rule: untargeted records to `/topic/...` subscriptions, targeted
-    /// ones (to this user or session) to any matching subscription.
-    pub(crate) fn wants(&self, d: &Delivery) -> bool {
-        let r = &d.record;
-        let dest_ok = self.destination == r.destination
-            || (is_pattern(self.destination) && matches(self.destination, &r.destination));
-        if !dest_ok {
-            return false;
-        }
-        match (&r.user, &r.session) {
-            (None, None) => !self.destination.starts_with("/user/"),
-            (_, Some(s)) if s != self.session => false,
-            (Some(u), _) => self.user == Some(u.as_str()),
-            (None, Some(_)) => true,
-        }
-    }
+/// Records of a stream a resume needs that the window does not hold: those after the
+/// client's position `after` up to `base` (the window's oldest offset, or while the
+/// stream's history loads, the offset before live routing).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Gap {
+    pub(crate) stream: String,
+    pub(crate) after: i64,
+    pub(crate) base: i64,
 }
 
 /// What a resume found.
@@ -143,7 +127,7 @@ pub(crate) struct Resume {
     pub(crate) replay: Vec<Arc<Entry>>,
     /// Streams whose records after the client's position are no longer all here, with
     /// the client's position: these need the bus's log, or are lost.
-    pub(crate) gaps: Vec<(String, i64, i64)>,
+    pub(crate) gaps: Vec<Gap>,
     /// Streams the budget cut: their older records were not looked at (lost).
     pub(crate) cut: Vec<String>,
 }
@@ -152,7 +136,7 @@ pub(crate) struct Resume {
 pub(crate) struct Scan {
     pattern: bool,
     budget: Budget,
-    gaps: Vec<(String, i64, i64)>,
+    gaps: Vec<Gap>,
     /// Per stream: its floor, whether the scan is done with it, and where the window
     /// began for it at the start (a handful of streams: a Vec found by pointer costs
     /// less than a hash per entry).
@@ -391,17 +375,17 @@ impl Window {
     /// Streams whose records after `positions` are not all here: (stream, the client's
     /// position, the last offset missing: the window's base, or while the stream's
     /// history loads, the offset before live routing). Cheap: one entry per stream.
-    pub(crate) fn gaps(
-        &mut self,
-        positions: &[(String, i64)],
-        now: Instant,
-    ) -> Vec<(String, i64, i64)> {
+    pub(crate) fn gaps(&mut self, positions: &[(String, i64)], now: Instant) -> Vec<Gap> {
         self.evict(now);
-        let mut gaps: Vec<(String, i64, i64)> = self
+        let mut gaps: Vec<Gap> = self
             .streams
             .iter()
-            .map(|(name, s)| (name.to_string(), after(positions, name), s.missing_up_to()))
-            .filter(|(_, from, base)| from < base)
+            .map(|(name, s)| Gap {
+                stream: name.to_string(),
+                after: after(positions, name),
+                base: s.missing_up_to(),
+            })
+            .filter(|g| g.after < g.base)
             .collect();
         gaps.sort();
         gaps
@@ -540,12 +524,12 @@ impl Window {
                 continue;
             }
             let wanted = if e.targeted {
-                who.wants(&e.delivery)
+                who.wants(e.delivery.record.addressed())
             } else {
                 match scan.dests.iter().find(|(d, _)| Arc::ptr_eq(d, &e.dest)) {
                     Some((_, w)) => *w,
                     None => {
-                        let w = who.wants(&e.delivery);
+                        let w = who.wants(e.delivery.record.addressed());
                         if scan.dests.len() < 256 {
                             scan.dests.push((e.dest.clone(), w));
                         }
@@ -730,7 +714,14 @@ mod tests {
         assert_eq!(ids(&r), ["0-12"]);
         // Before what this node read: a gap on stream 0.
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 5), ("1".into(), 1)], now);
-        assert_eq!(r.gaps, vec![("0".into(), 5, 9)]);
+        assert_eq!(
+            r.gaps,
+            vec![Gap {
+                stream: "0".into(),
+                after: 5,
+                base: 9
+            }]
+        );
         assert_eq!(ids(&r), ["0-10", "0-12"]);
     }
 
@@ -744,7 +735,14 @@ mod tests {
         w.push(d("0-2", "/topic/a"), t0 + Duration::from_secs(11));
         assert_eq!(w.len(), 2);
         let r = w.resume(&topic("/topic/a"), &[], t0 + Duration::from_secs(11));
-        assert_eq!(r.gaps, vec![("0".into(), -1, 0)]);
+        assert_eq!(
+            r.gaps,
+            vec![Gap {
+                stream: "0".into(),
+                after: -1,
+                base: 0
+            }]
+        );
         assert_eq!(ids(&r), ["0-1", "0-2"]);
 
         let mut w = Window::new(Duration::from_secs(60), 600);
@@ -807,7 +805,7 @@ mod tests {
                     .entries
                     .iter()
                     .filter(|e| e.offset > floor(&e.stream))
-                    .filter(|e| topic(who).wants(&e.delivery))
+                    .filter(|e| topic(who).wants(e.delivery.record.addressed()))
                     .map(|e| e.delivery.id.clone())
                     .collect();
                 let r = w.resume(&topic(who), &positions, now);
@@ -843,7 +841,14 @@ mod tests {
         assert!(!w.push(d("0-11", "/topic/a"), now));
         // Loading: a resume from 10 needs 11..=19 from the log, nothing from here.
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 10)], now);
-        assert_eq!(r.gaps, vec![("0".into(), 10, 19)]);
+        assert_eq!(
+            r.gaps,
+            vec![Gap {
+                stream: "0".into(),
+                after: 10,
+                base: 19
+            }]
+        );
         assert!(r.replay.is_empty());
         // A subscription that starts now starts at the live edge, not in the history.
         assert_eq!(w.frontier(), vec![("0".into(), 19)]);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
-use crate::router::Shared;
+use crate::delivery::message::Shared;
 use crate::stats::Stats;
 
 /// One queued item.

@@ -1,0 +1,158 @@
+//! Discovery: which node a client should connect to. The registry service and every
+//! node answer `/v1/connect` and `/v1/nodes` with the same rule and the same body; the
+//! registry from its view of etcd, a node from its registrar's view (in standalone
+//! mode: itself).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::respond::{cors, error};
+use crate::node::Node;
+use crate::registrar::NodeInfo;
+
+/// `GET /v1/connect`'s query.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    /// The user who connects: the registry keeps a user on one node (rendezvous).
+    pub user: Option<String>,
+    /// Comma-separated node ids the client would rather not get.
+    pub avoid: Option<String>,
+}
+
+impl ConnectQuery {
+    /// The node ids to avoid.
+    pub fn avoid(&self) -> Vec<&str> {
+        self.avoid
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    /// The user, when one is named.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref().filter(|u| !u.is_empty())
+    }
+}
+
+/// A live, non-draining node: with `user`, the one rendezvous hashing gives that user
+/// (it changes only when that node leaves), else the least loaded by `load`, ties
+/// broken by `tie` (given how many tie, it picks one). Nodes in `avoid` (the client just
+/// lost them; a killed node stays listed until its lease runs out) only when nothing
+/// else is.
+pub fn choose<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeInfo>,
+    user: Option<&str>,
+    avoid: &[&str],
+    load: impl Fn(&NodeInfo) -> u64,
+    tie: impl FnOnce(usize) -> usize,
+) -> Option<&'a NodeInfo> {
+    let mut live: Vec<&NodeInfo> = nodes.into_iter().filter(|n| !n.draining).collect();
+    if live.iter().any(|n| !avoid.contains(&n.node_id.as_str())) {
+        live.retain(|n| !avoid.contains(&n.node_id.as_str()));
+    }
+    match user {
+        Some(u) => live.into_iter().max_by_key(|n| {
+            let mut h = std::hash::DefaultHasher::new();
+            (u, &n.node_id).hash(&mut h);
+            h.finish()
+        }),
+        None => {
+            let least = live.iter().map(|n| load(n)).min()?;
+            let ties: Vec<&NodeInfo> = live.into_iter().filter(|n| load(n) == least).collect();
+            let i = tie(ties.len()).min(ties.len() - 1);
+            ties.get(i).copied()
+        }
+    }
+}
+
+/// The answer to `/v1/connect`: the chosen node, or 503 when there is none.
+pub fn connect_answer(chosen: Option<&NodeInfo>, stale: bool) -> Response {
+    match chosen {
+        Some(n) => cors(
+            Json(json!({
+                "node_id": n.node_id,
+                "ws_url": n.ws_url,
+                "tcp_url": n.tcp_url,
+                "http_url": n.http_url,
+                "stale": stale,
+            }))
+            .into_response(),
+        ),
+        None => cors(error(StatusCode::SERVICE_UNAVAILABLE, "no live node")),
+    }
+}
+
+/// The answer to `/v1/nodes`: every node (sorted by id), the totals, and whether the
+/// view is stale; `view_age_ms` when the view is a copy.
+pub fn nodes_answer(mut nodes: Vec<&NodeInfo>, stale: bool, view_age_ms: Option<u64>) -> Response {
+    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let connections: u64 = nodes.iter().map(|n| n.connections).sum();
+    let subscriptions: u64 = nodes.iter().map(|n| n.subscriptions).sum();
+    let mut body = json!({
+        "nodes": nodes,
+        "totals": {"nodes": nodes.len(), "connections": connections, "subscriptions": subscriptions},
+        "stale": stale,
+    });
+    if let Some(age) = view_age_ms {
+        body["view_age_ms"] = age.into();
+    }
+    cors(Json(body).into_response())
+}
+
+/// A JSON error with the discovery endpoints' headers (for a registry's fallback).
+pub fn not_found() -> Response {
+    cors(error(StatusCode::NOT_FOUND, "no such endpoint"))
+}
+
+/// A node's own `/v1/connect`: one node's view needs no rendezvous, so `user` is
+/// ignored and the least loaded node (the first of equals) is chosen.
+pub(crate) async fn connect(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<ConnectQuery>,
+) -> Response {
+    let nodes = node.registrar.nodes();
+    let chosen = choose(&nodes, None, &q.avoid(), |n| n.connections, |_| 0);
+    connect_answer(chosen, false)
+}
+
+pub(crate) async fn nodes(State(node): State<Arc<Node>>) -> Response {
+    let nodes = node.registrar.nodes();
+    nodes_answer(nodes.iter().collect(), false, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, connections: u64, draining: bool) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            connections,
+            draining,
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn the_least_loaded_live_node_unless_avoided_and_a_user_stays_put() {
+        let nodes = [info("a", 5, false), info("b", 1, true), info("c", 3, false)];
+        let pick = |avoid: &[&str]| choose(&nodes, None, avoid, |n| n.connections, |_| 0);
+        assert_eq!(pick(&[]).map(|n| n.node_id.as_str()), Some("c"));
+        assert_eq!(pick(&["c"]).map(|n| n.node_id.as_str()), Some("a"));
+        // Everything avoided: avoided nodes are still better than none.
+        assert_eq!(pick(&["a", "c"]).map(|n| n.node_id.as_str()), Some("c"));
+        let u1 = choose(&nodes, Some("u1"), &[], |n| n.connections, |_| 0);
+        let again = choose(&nodes, Some("u1"), &[], |n| n.connections + 100, |_| 0);
+        assert_eq!(u1.map(|n| &n.node_id), again.map(|n| &n.node_id));
+        assert!(choose(&[info("x", 0, true)], None, &[], |_| 0, |_| 0).is_none());
+    }
+}
