@@ -6,6 +6,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod error;
 mod registrar;
 mod service;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use etcd_client::ConnectOptions;
 use serde::{Deserialize, Serialize};
 
+pub use error::{Error, Result};
 pub use pushcenter_node::NodeInfo;
 pub use registrar::EtcdRegistrar;
 pub use service::router;
@@ -46,15 +48,22 @@ impl Default for EtcdConfig {
 }
 
 impl EtcdConfig {
-    pub fn check(&self) -> Result<(), String> {
+    /// Rejects a section the registrar and the service cannot work with.
+    pub fn check(&self) -> Result<()> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
-            return Err("etcd.endpoints must list at least one endpoint".into());
+            return Err(Error::Config(
+                "etcd.endpoints must list at least one endpoint",
+            ));
         }
         if self.cluster.is_empty() || self.cluster.contains('/') {
-            return Err("etcd.cluster must be non-empty and hold no '/'".into());
+            return Err(Error::Config(
+                "etcd.cluster must be non-empty and hold no '/'",
+            ));
         }
         if self.ttl < Duration::from_secs(2) || self.timeout.is_zero() {
-            return Err("etcd.ttl must be at least 2s and etcd.timeout positive".into());
+            return Err(Error::Config(
+                "etcd.ttl must be at least 2s and etcd.timeout positive",
+            ));
         }
         Ok(())
     }
@@ -72,5 +81,43 @@ impl EtcdConfig {
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             .with_keep_alive(self.timeout, self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_the_bad_key() {
+        assert!(EtcdConfig::default().check().is_ok());
+        let cases = [
+            (
+                EtcdConfig {
+                    endpoints: vec![" ".into()],
+                    ..EtcdConfig::default()
+                },
+                "etcd.endpoints must list at least one endpoint",
+            ),
+            (
+                EtcdConfig {
+                    cluster: "a/b".into(),
+                    ..EtcdConfig::default()
+                },
+                "etcd.cluster must be non-empty and hold no '/'",
+            ),
+            (
+                EtcdConfig {
+                    ttl: Duration::from_secs(1),
+                    ..EtcdConfig::default()
+                },
+                "etcd.ttl must be at least 2s and etcd.timeout positive",
+            ),
+        ];
+        for (cfg, message) in cases {
+            let e = cfg.check().unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{e:?}");
+            assert_eq!(e.to_string(), message);
+        }
     }
 }

@@ -8,7 +8,7 @@ use pushcenter_node::{BoxFuture, NodeInfo, Registrar};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::EtcdConfig;
+use crate::{Error, EtcdConfig, Result};
 
 /// What the node wants in etcd; `version` grows with every change.
 #[derive(Clone, Default)]
@@ -136,12 +136,20 @@ async fn session(
     key: &str,
     desired: &mut watch::Receiver<Desired>,
     written: &watch::Sender<u64>,
-) -> Result<(), etcd_client::Error> {
-    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options())).await?;
+) -> Result<()> {
+    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options()))
+        .await
+        .map_err(Error::EtcdConnect)?;
     let ttl = i64::try_from(cfg.ttl.as_secs().max(1)).unwrap_or(10);
-    let lease = client.lease_grant(ttl, None).await?.id();
-    let (mut keeper, mut acks): (LeaseKeeper, LeaseKeepAliveStream) =
-        client.lease_keep_alive(lease).await?;
+    let lease = client
+        .lease_grant(ttl, None)
+        .await
+        .map_err(Error::request("lease grant"))?
+        .id();
+    let (mut keeper, mut acks): (LeaseKeeper, LeaseKeepAliveStream) = client
+        .lease_keep_alive(lease)
+        .await
+        .map_err(Error::request("lease keep-alive"))?;
     info!(key, lease, "registered in etcd");
     let mut tick = tokio::time::interval(cfg.ttl / 3);
     let mut put_version = 0;
@@ -158,7 +166,8 @@ async fn session(
                 let value = serde_json::to_string(info).unwrap_or_default();
                 client
                     .put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await?;
+                    .await
+                    .map_err(Error::request("put"))?;
             }
             put_version = want.version;
             let _ = written.send(put_version);
@@ -166,12 +175,15 @@ async fn session(
         tokio::select! {
             _ = desired.changed() => {}
             _ = tick.tick() => {
-                keeper.keep_alive().await?;
-                match acks.message().await? {
+                keeper
+                    .keep_alive()
+                    .await
+                    .map_err(Error::request("lease keep-alive"))?;
+                match acks.message().await.map_err(Error::request("lease keep-alive"))? {
                     Some(r) if r.ttl() > 0 => {}
                     // The lease is gone (etcd restarted without its data, or we were away
                     // past the TTL): start over with a new one.
-                    _ => return Err(etcd_client::Error::LeaseKeepAliveError("lease expired".into())),
+                    _ => return Err(Error::LeaseExpired),
                 }
             }
         }

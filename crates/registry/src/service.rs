@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::EtcdConfig;
+use crate::{Error, EtcdConfig, Result};
 
 /// The registry's picture of the cluster.
 #[derive(Default)]
@@ -118,15 +118,14 @@ async fn watch_loop(cfg: EtcdConfig, registry: Arc<Registry>) {
     }
 }
 
-async fn sync(
-    cfg: &EtcdConfig,
-    prefix: &str,
-    registry: &Registry,
-) -> Result<(), etcd_client::Error> {
-    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options())).await?;
+async fn sync(cfg: &EtcdConfig, prefix: &str, registry: &Registry) -> Result<()> {
+    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options()))
+        .await
+        .map_err(Error::EtcdConnect)?;
     let listing = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
+        .await
+        .map_err(Error::request("get"))?;
     let revision = listing.header().map_or(0, |h| h.revision());
     let mut nodes = HashMap::new();
     for kv in listing.kvs() {
@@ -143,7 +142,8 @@ async fn sync(
                     .with_start_revision(revision + 1),
             ),
         )
-        .await?;
+        .await
+        .map_err(Error::request("watch"))?;
     {
         let mut view = registry.lock();
         view.handed.clear();
@@ -156,7 +156,7 @@ async fn sync(
         nodes = registry.lock().nodes.len(),
         revision, "registry view synced from etcd"
     );
-    while let Some(resp) = stream.message().await? {
+    while let Some(resp) = stream.message().await.map_err(Error::request("watch"))? {
         if resp.canceled() {
             break;
         }
@@ -184,7 +184,7 @@ async fn sync(
         }
         view.synced_at = Some(Instant::now());
     }
-    Err(etcd_client::Error::WatchError("watch stream ended".into()))
+    Err(Error::WatchEnded)
 }
 
 fn parse(registry: &Registry, value: &[u8]) -> Option<NodeInfo> {
