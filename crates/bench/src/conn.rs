@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::scan::{Scanned, scan};
-use crate::{Error, Target, ws};
+use crate::{Error, Result, Target, ws};
 
 /// Read in chunks of this much; idle connections give their buffers back.
 const READ_CHUNK: usize = 16 * 1024;
@@ -38,10 +38,10 @@ struct Url<'a> {
     path: &'a str,
 }
 
-fn parse_url(url: &str) -> Result<Url<'_>, Error> {
+fn parse_url(url: &str) -> Result<Url<'_>> {
     let rest = url
         .strip_prefix("ws://")
-        .ok_or("the STOMP url must start with ws://")?;
+        .ok_or(Error::Url("the STOMP url must start with ws://"))?;
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
     let host = if authority.starts_with('[') {
         authority.split(']').next().map_or(authority, |h| &h[1..])
@@ -49,7 +49,7 @@ fn parse_url(url: &str) -> Result<Url<'_>, Error> {
         authority.split(':').next().unwrap_or(authority)
     };
     if host.is_empty() {
-        return Err("url without host".into());
+        return Err(Error::Url("url without host"));
     }
     Ok(Url {
         authority,
@@ -60,7 +60,7 @@ fn parse_url(url: &str) -> Result<Url<'_>, Error> {
 
 impl Conn {
     /// WebSocket handshake and STOMP CONNECT from the `i`-th source address.
-    pub(crate) async fn connect(t: &Target, i: usize) -> Result<Conn, Error> {
+    pub(crate) async fn connect(t: &Target, i: usize) -> Result<Conn> {
         let url = parse_url(&t.url)?;
         let lookup = if url.authority.ends_with(']') || !url.authority.contains(':') {
             format!("{}:80", url.authority)
@@ -70,7 +70,7 @@ impl Conn {
         let server: SocketAddr = tokio::net::lookup_host(lookup.as_str())
             .await?
             .next()
-            .ok_or("host did not resolve")?;
+            .ok_or(Error::Url("host did not resolve"))?;
         let socket = if server.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -108,7 +108,7 @@ impl Conn {
     }
 
     /// `connect`, then SUBSCRIBE with a receipt.
-    pub(crate) async fn open(t: &Target, i: usize, destination: &str) -> Result<Conn, Error> {
+    pub(crate) async fn open(t: &Target, i: usize, destination: &str) -> Result<Conn> {
         let mut c = Conn::connect(t, i).await?;
         c.send(
             &Frame::new(Command::Subscribe)
@@ -122,7 +122,7 @@ impl Conn {
         Ok(c)
     }
 
-    async fn handshake(&mut self, url: &Url<'_>) -> Result<(), Error> {
+    async fn handshake(&mut self, url: &Url<'_>) -> Result<()> {
         // The key only has to be 16 bytes in base64; the bench does not check the accept
         // hash, only the 101.
         let req = format!(
@@ -175,7 +175,7 @@ impl Conn {
     }
 
     /// Encodes `f` into one binary WebSocket message and writes it.
-    pub(crate) async fn send(&mut self, f: &Frame) -> Result<(), Error> {
+    pub(crate) async fn send(&mut self, f: &Frame) -> Result<()> {
         let mut stomp = BytesMut::new();
         encode(f, Version::V1_2, &mut stomp)?;
         let mask = self.next_mask();
@@ -185,7 +185,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_raw(&mut self) -> Result<usize, Error> {
+    async fn read_raw(&mut self) -> Result<usize> {
         if self.raw.capacity() - self.raw.len() < READ_CHUNK / 4 {
             self.raw.reserve(READ_CHUNK);
         }
@@ -194,7 +194,7 @@ impl Conn {
 
     /// Reads from the socket once and moves every whole WebSocket frame's payload into
     /// the STOMP buffer, answering pings and closes. `false` once the stream ended.
-    async fn fill(&mut self) -> Result<bool, Error> {
+    async fn fill(&mut self) -> Result<bool> {
         if self.closed {
             return Ok(false);
         }
@@ -202,7 +202,7 @@ impl Conn {
             self.closed = true;
             return Ok(false);
         }
-        while let Some(h) = ws::head(&self.raw)? {
+        while let Some(h) = ws::head(&self.raw).map_err(Error::WebSocket)? {
             if self.raw.len() < h.total() {
                 break;
             }
@@ -237,7 +237,7 @@ impl Conn {
 
     /// The next STOMP frame (heart-beats skipped), decoded by the codec; `None` at the
     /// end of the stream.
-    pub(crate) async fn frame(&mut self) -> Result<Option<Frame>, Error> {
+    pub(crate) async fn frame(&mut self) -> Result<Option<Frame>> {
         loop {
             match decode(&mut self.stomp, &Limits::default())? {
                 Some(Item::Frame(f)) => return Ok(Some(f)),
@@ -250,7 +250,7 @@ impl Conn {
         }
     }
 
-    pub(crate) async fn expect(&mut self, want: Command) -> Result<Frame, Error> {
+    pub(crate) async fn expect(&mut self, want: Command) -> Result<Frame> {
         match self.frame().await? {
             Some(f) if f.command == want => Ok(f),
             Some(f) => {
@@ -262,11 +262,11 @@ impl Conn {
 
     /// The fan-out path: one socket read, then `on_body` for every whole MESSAGE now
     /// buffered, in order. `Ok(false)` once the stream ended; an ERROR frame is an error.
-    pub(crate) async fn messages(&mut self, mut on_body: impl FnMut(&[u8])) -> Result<bool, Error> {
+    pub(crate) async fn messages(&mut self, mut on_body: impl FnMut(&[u8])) -> Result<bool> {
         let open = self.fill().await?;
         let mut at = 0;
         loop {
-            match scan(&self.stomp[at..])? {
+            match scan(&self.stomp[at..]).map_err(Error::Stomp)? {
                 Scanned::Incomplete => break,
                 Scanned::Frame {
                     len,
@@ -307,6 +307,7 @@ mod tests {
         assert_eq!((u.host, u.path), ("::1", "/ws?x=1"));
         let u = parse_url("ws://localhost").unwrap();
         assert_eq!((u.authority, u.path), ("localhost", "/"));
-        assert!(parse_url("wss://h/ws").is_err());
+        assert!(matches!(parse_url("wss://h/ws"), Err(Error::Url(_))));
+        assert!(matches!(parse_url("ws:///ws"), Err(Error::Url(_))));
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::{Error, Server, Target, open_range, own_cpu};
+use crate::{Error, Result, Server, Target, open_range, own_cpu};
 
 /// How to start this program as a child that runs [`child`].
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn start(cmd: &ChildCommand, share: &Share) -> Result<Worker, Error> {
+    async fn start(cmd: &ChildCommand, share: &Share) -> Result<Worker> {
         let mut process = tokio::process::Command::new(&cmd.program)
             .args(&cmd.args)
             .stdin(Stdio::piped())
@@ -105,8 +105,14 @@ impl Worker {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()?;
-        let mut stdin = process.stdin.take().ok_or("child without stdin")?;
-        let stdout = process.stdout.take().ok_or("child without stdout")?;
+        let mut stdin = process
+            .stdin
+            .take()
+            .ok_or(Error::Child("child without stdin"))?;
+        let stdout = process
+            .stdout
+            .take()
+            .ok_or(Error::Child("child without stdout"))?;
         let mut line = serde_json::to_vec(share)?;
         line.push(b'\n');
         stdin.write_all(&line).await?;
@@ -117,12 +123,10 @@ impl Worker {
         })
     }
 
-    async fn ready(&mut self) -> Result<Ready, Error> {
-        let line = self
-            .stdout
-            .next_line()
-            .await?
-            .ok_or("a child process ended before its connections were up")?;
+    async fn ready(&mut self) -> Result<Ready> {
+        let line = self.stdout.next_line().await?.ok_or(Error::Child(
+            "a child process ended before its connections were up",
+        ))?;
         Ok(serde_json::from_str(&line)?)
     }
 
@@ -138,7 +142,7 @@ impl Worker {
     }
 }
 
-pub async fn connections(o: ConnectionsOpts) -> Result<ConnectionsReport, Error> {
+pub async fn connections(o: ConnectionsOpts) -> Result<ConnectionsReport> {
     let per_process = o.per_process.max(1);
     let slope = o.count > o.slope_from;
     // This process opens the first part itself: the slope's mark, or everything.
@@ -163,9 +167,9 @@ pub async fn connections(o: ConnectionsOpts) -> Result<ConnectionsReport, Error>
         conns.extend(more);
         failed += f;
     } else if rest > 0 {
-        let cmd = o.child.as_ref().ok_or(
+        let cmd = o.child.as_ref().ok_or(Error::Options(
             "more connections than one process may hold, and no way to start child processes",
-        )?;
+        ))?;
         let n = rest.div_ceil(per_process);
         let mut at = first;
         for k in 0..n {
@@ -239,9 +243,12 @@ pub async fn connections(o: ConnectionsOpts) -> Result<ConnectionsReport, Error>
 /// A child process's part of `connections`: reads its share from stdin, opens it,
 /// prints one `Ready` line, holds the connections until stdin closes or a line arrives
 /// (the parent is done, or gone), then closes them.
-pub async fn child() -> Result<(), Error> {
+pub async fn child() -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let line = lines.next_line().await?.ok_or("no share on stdin")?;
+    let line = lines
+        .next_line()
+        .await?
+        .ok_or(Error::Child("no share on stdin"))?;
     let share: Share = serde_json::from_str(&line)?;
     let finish = async move {
         let _ = lines.next_line().await;

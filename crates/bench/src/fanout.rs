@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::scan::leading_micros;
 use crate::{
-    Conn, Error, Http, Server, Target, open_range, own_cpu, percentile_ms, progress, unix_micros,
+    Conn, Error, Http, Result, Server, Target, open_range, own_cpu, percentile_ms, progress,
+    unix_micros,
 };
 
 /// How publishes reach the server.
@@ -112,7 +113,7 @@ fn body(size: usize) -> String {
 /// Subscribers read MESSAGEs whose body starts with `<publish time in unix µs>`; the
 /// publishers send on a fixed schedule; latencies are publish → subscriber read.
 /// Publishes `n` records over HTTP as fast as 8 connections go.
-async fn prefill(url: &str, n: u64) -> Result<(), Error> {
+async fn prefill(url: &str, n: u64) -> Result<()> {
     let mut tasks = Vec::new();
     for p in 0..8u64 {
         let url = url.to_string();
@@ -201,7 +202,7 @@ async fn lock_holds(url: &str) -> (Option<u64>, Option<u64>) {
     )
 }
 
-pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
+pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
     if o.prefill > 0 {
         prefill(&o.publish_url, o.prefill).await?;
     }
@@ -351,7 +352,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport, Error> {
     })
 }
 
-type Published = tokio::task::JoinHandle<Result<(u64, u64, Vec<u64>), Error>>;
+type Published = tokio::task::JoinHandle<Result<(u64, u64, Vec<u64>)>>;
 
 /// The publish schedule: publish `seq` is due at `seq / rate` s and goes to topic
 /// `seq % topics`; publisher `p` of `n` takes every n-th.
@@ -410,7 +411,7 @@ fn publish_http(o: &FanoutOpts, start: Instant) -> Vec<Published> {
 
 /// One producer; a publish counts once the broker acknowledged it. Each topic's
 /// records share a key, so they keep their order in one partition.
-fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>, Error> {
+fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>> {
     use rdkafka::ClientConfig;
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};

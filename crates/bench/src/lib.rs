@@ -10,6 +10,7 @@
 
 mod conn;
 mod connections;
+mod error;
 mod fanout;
 mod procfs;
 mod request;
@@ -28,11 +29,10 @@ use tokio::net::TcpStream;
 use conn::Conn;
 
 pub use connections::{ChildCommand, ConnectionsOpts, ConnectionsReport, child, connections};
+pub use error::{Error, Result};
 pub use fanout::{FanoutOpts, FanoutReport, Publish, fanout, latency_svg};
 pub use procfs::nofile_limit;
 pub use request::{RequestOpts, RequestReport, request};
-
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where connections go, where they come from and how they log in.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -107,13 +107,13 @@ async fn open_range(
     for i in first..first + count {
         let (t, gate, done) = (t.clone(), gate.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+            let _permit = gate.acquire_owned().await?;
             let dest = format!("/topic/bench.{}", i % topics.max(1));
             // A server that stops answering fails the connection instead of the run.
             let c = match tokio::time::timeout(OPEN_TIMEOUT, Conn::open(&t, i, &dest)).await {
                 Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer in {OPEN_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Timeout(OPEN_TIMEOUT)),
             };
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if show && (n % 500 == 0 || n == count as u64) {
@@ -134,7 +134,7 @@ async fn open_range(
             }
             Err(e) => {
                 failed += 1;
-                first_error.get_or_insert(e.to_string());
+                first_error.get_or_insert(Error::Task(e));
             }
         }
     }
@@ -156,10 +156,10 @@ struct Http {
 }
 
 impl Http {
-    async fn connect(base: &str) -> Result<Http, Error> {
+    async fn connect(base: &str) -> Result<Http> {
         let authority = base
             .strip_prefix("http://")
-            .ok_or("the HTTP url must start with http://")?
+            .ok_or(Error::Url("the HTTP url must start with http://"))?
             .trim_end_matches('/')
             .to_string();
         let stream = TcpStream::connect(authority.as_str()).await?;
@@ -172,12 +172,7 @@ impl Http {
     }
 
     /// Returns (status, body).
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> Result<(u16, String), Error> {
+    async fn request(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         // One write: a request split in two waits on the peer's delayed ACK.
         let req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pushcenter_stomp::{Command, Frame};
 use serde::Serialize;
 
-use crate::{Conn, Error, Http, Server, Target, own_cpu, percentile_ms, progress};
+use crate::{Conn, Error, Http, Result, Server, Target, own_cpu, percentile_ms, progress};
 
 #[derive(Clone, Debug)]
 pub struct RequestOpts {
@@ -47,7 +47,7 @@ pub struct RequestReport {
 /// Request/reply (pushcenter's `POST /v1/requests`): clients subscribed to
 /// `/user/queue/bench` answer every request at once; callers post at a fixed rate, each
 /// to one client's session, and time the round trip.
-pub async fn request(o: RequestOpts) -> Result<RequestReport, Error> {
+pub async fn request(o: RequestOpts) -> Result<RequestReport> {
     let mut sessions = Vec::with_capacity(o.clients);
     let gate = Arc::new(tokio::sync::Semaphore::new(o.concurrency.max(1)));
     let mut opening = Vec::new();
