@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod bench;
 mod publish;
@@ -13,6 +14,7 @@ use pushcenter_kafka::{KafkaBus, KafkaConfig};
 use pushcenter_node::{Bus, MemoryBus, MemoryRegistrar, NodeConfig, Registrar, Server};
 use pushcenter_registry::{EtcdConfig, EtcdRegistrar};
 use serde::Deserialize;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(name = "pushcenter", version, about = "A STOMP push center cluster")]
@@ -224,31 +226,81 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn shutdown_signal() {
+/// How far the operator's signals have asked the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stop {
+    Running,
+    /// SIGTERM: drain (clients are told to reconnect elsewhere; up to `shutdown_grace`).
+    Drain,
+    /// SIGINT, also in the middle of a drain: exit at once.
+    Now,
+}
+
+/// Installs the SIGTERM and SIGINT handlers and follows them for the rest of the run.
+/// Called before the `listening` line: a signal sent once it is printed is never met
+/// by the default action.
+fn stop_signals() -> Result<watch::Receiver<Stop>> {
+    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = term.recv() => {
+                        stop_tx.send_if_modified(|s| {
+                            let first = *s == Stop::Running;
+                            if first {
+                                *s = Stop::Drain;
+                            }
+                            first
+                        });
+                    }
+                    Some(()) = int.recv() => {
+                        stop_tx.send_replace(Stop::Now);
+                    }
+                    else => break,
+                }
+            }
+            // Keep the sender: a closed channel must not read as a signal.
             std::future::pending::<()>().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        });
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async move {
+        // Ctrl-C, the one signal there, is SIGINT's fast stop.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop_tx.send_replace(Stop::Now);
+        }
+        std::future::pending::<()>().await;
+    });
+    Ok(stop_rx)
+}
+
+/// Resolves once the signals have asked for `level` (or more).
+async fn stopped(mut stop: watch::Receiver<Stop>, level: Stop) {
+    if stop.wait_for(|s| *s >= level).await.is_err() {
+        std::future::pending::<()>().await;
     }
+}
+
+/// SIGINT's stop: no drain and no grace period. The node's registration is withdrawn
+/// if etcd takes that within half a second (else its lease runs out); the sockets
+/// close as the process exits.
+async fn stop_now(registrar: Option<&dyn Registrar>) -> ! {
+    tracing::info!("SIGINT: stopping at once, without a drain");
+    if let Some(r) = registrar {
+        let _ = tokio::time::timeout(Duration::from_millis(500), r.deregister()).await;
+    }
+    std::process::exit(0)
 }
 
 /// Binds, prints the `listening` line scripts wait for, serves until a signal.
 async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>) -> Result<()> {
-    let server = Server::bind(cfg, bus, registrar).await?;
+    let server = Server::bind(cfg, bus, registrar.clone()).await?;
+    let stop = stop_signals()?;
     let mut line = String::from("listening");
     if let Some(a) = server.http_addr() {
         line.push_str(&format!(" http={a}"));
@@ -257,7 +309,11 @@ async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>
         line.push_str(&format!(" tcp={a}"));
     }
     println!("{line}");
-    server.run(shutdown_signal()).await?;
+    tokio::select! {
+        biased;
+        () = stopped(stop.clone(), Stop::Now) => stop_now(Some(registrar.as_ref())).await,
+        r = server.run(stopped(stop, Stop::Drain)) => r?,
+    }
     Ok(())
 }
 
@@ -288,11 +344,17 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(cfg.http_addr)
                 .await
                 .with_context(|| format!("binding {}", cfg.http_addr))?;
+            let stop = stop_signals()?;
             println!("listening http={}", listener.local_addr()?);
             let app = pushcenter_registry::router(cfg.etcd);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            let serving = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(stop.clone(), Stop::Drain))
+                .into_future();
+            tokio::select! {
+                biased;
+                () = stopped(stop, Stop::Now) => stop_now(None).await,
+                r = serving => r?,
+            }
         }
         Command::CheckConfig(args) => {
             let (cfg, kafka, etcd) = args.config()?;
