@@ -55,10 +55,10 @@ fn documented(file: &str) -> Routes {
 }
 
 /// `(method, path)` of every `.route(PATH, METHOD(...))` in a source file; a path given
-/// as a constant is looked up in crates/node/src/web.rs.
+/// as a constant is looked up in crates/node/src/http/web.rs.
 fn registered(source: &str) -> Routes {
     let text = std::fs::read_to_string(root().join(source)).expect("source");
-    let web = std::fs::read_to_string(root().join("crates/node/src/web.rs")).expect("web.rs");
+    let web = std::fs::read_to_string(root().join("crates/node/src/http/web.rs")).expect("web.rs");
     let mut out = Routes::new();
     for piece in text.split(".route(").skip(1) {
         let (arg, rest) = piece.split_once(',').expect("route arguments");
