@@ -26,19 +26,33 @@ if [ ! -f node_modules/@stomp/stompjs/package.json ] ||
   "$NPM" ci --no-audit --no-fund --loglevel=error >&2
 fi
 
-# Python packages: reinstall when stomp.py is absent or not the pinned version.
+# Python packages: reinstall when one is absent or not its pinned version.
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
-want="$(sed -n 's/^stomp\.py==\([^ ;#]*\).*/\1/p' requirements.txt)"
-[ -n "$want" ] || die "requirements.txt pins no stomp.py version"
-have="$("$PYTHON" -c 'import stomp; print(stomp.__version__)' 2>/dev/null || true)"
-if [ "$have" != "$want" ]; then
+pinned() { # pinned PACKAGE: its version in requirements.txt
+  sed -n "s/^$1==\([^ ;#]*\).*/\1/p" requirements.txt
+}
+installed() { # installed MODULE: its __version__, empty when it cannot be imported
+  "$PYTHON" -c "import $1; print($1.__version__)" 2>/dev/null || true
+}
+want_stomp="$(pinned 'stomp\.py')"
+want_ws="$(pinned websockets)"
+[ -n "$want_stomp" ] || die "requirements.txt pins no stomp.py version"
+[ -n "$want_ws" ] || die "requirements.txt pins no websockets version"
+have_stomp="$(installed stomp)"
+have_ws="$(installed websockets)"
+if [ "$have_stomp" != "$want_stomp" ] || [ "$have_ws" != "$want_ws" ]; then
   "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip for $PYTHON not found"
-  echo "install.sh: pip install -r requirements.txt (stomp.py ${have:-missing} -> $want)" >&2
+  echo "install.sh: pip install -r requirements.txt" \
+    "(stomp.py ${have_stomp:-missing} -> $want_stomp, websockets ${have_ws:-missing} -> $want_ws)" >&2
   export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
   if ! "$PYTHON" -m pip install -q -r requirements.txt >&2; then
     # Externally managed interpreter (PEP 668): fall back to the user site.
     PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install -q --user -r requirements.txt >&2
   fi
-  have="$("$PYTHON" -c 'import stomp; print(stomp.__version__)' 2>/dev/null || true)"
-  [ "$have" = "$want" ] || die "stomp.py $want not importable after install (have '${have:-none}')"
+  have_stomp="$(installed stomp)"
+  have_ws="$(installed websockets)"
+  [ "$have_stomp" = "$want_stomp" ] ||
+    die "stomp.py $want_stomp not importable after install (have '${have_stomp:-none}')"
+  [ "$have_ws" = "$want_ws" ] ||
+    die "websockets $want_ws not importable after install (have '${have_ws:-none}')"
 fi
