@@ -2,19 +2,18 @@
 //! discovery endpoints clients call before connecting.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use pushcenter_node::discovery::{self, ConnectQuery};
 use pushcenter_node::{NodeInfo, web};
-use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -68,33 +67,16 @@ impl Registry {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A live, non-draining node: the one `user` had while it stays healthy, else the
-    /// least loaded (ties broken at random). Nodes in `avoid` (the client just lost them;
-    /// a killed node stays listed until its lease runs out) only when nothing else is.
+    /// The node for a client: [`discovery::choose`] over the view, the load counting
+    /// the clients handed out since each node's last report, ties broken at random.
     fn choose(&self, user: Option<&str>, avoid: &[&str]) -> Option<NodeInfo> {
         let mut view = self.lock();
-        let mut live: Vec<&NodeInfo> = view.nodes.values().filter(|n| !n.draining).collect();
-        if live.iter().any(|n| !avoid.contains(&n.node_id.as_str())) {
-            live.retain(|n| !avoid.contains(&n.node_id.as_str()));
-        }
-        let chosen = match user {
-            // Rendezvous hashing: a user's node changes only when that node leaves.
-            Some(u) => live.iter().max_by_key(|n| {
-                let mut h = std::hash::DefaultHasher::new();
-                (u, &n.node_id).hash(&mut h);
-                h.finish()
-            }),
-            None => {
-                let load = |n: &NodeInfo| {
-                    n.connections + view.handed.get(&n.node_id).copied().unwrap_or(0)
-                };
-                let least = live.iter().map(|n| load(n)).min()?;
-                let ties: Vec<&&NodeInfo> = live.iter().filter(|n| load(n) == least).collect();
-                let i = (self.random() % ties.len() as u64) as usize;
-                ties.get(i).copied()
-            }
-        }
-        .map(|n| (*n).clone());
+        let chosen = {
+            let handed = &view.handed;
+            let load = |n: &NodeInfo| n.connections + handed.get(&n.node_id).copied().unwrap_or(0);
+            let tie = |n: usize| (self.random() % n as u64) as usize;
+            discovery::choose(view.nodes.values(), user, avoid, load, tie).cloned()
+        };
         if let Some(n) = &chosen {
             *view.handed.entry(n.node_id.clone()).or_default() += 1;
         }
@@ -210,74 +192,23 @@ pub fn router(cfg: EtcdConfig) -> Router {
         .route(web::CLIENT_JS_PATH, get(web::client_js))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
-        .fallback(|| async { cors(error(StatusCode::NOT_FOUND, "no such endpoint")) })
+        .fallback(|| async { discovery::not_found() })
         .with_state(registry)
 }
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message}))).into_response()
-}
-
-fn cors(mut r: Response) -> Response {
-    r.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-#[derive(Deserialize)]
-struct ConnectQuery {
-    user: Option<String>,
-    /// Comma-separated node ids the client would rather not get.
-    avoid: Option<String>,
-}
-
 async fn connect(State(r): State<Arc<Registry>>, Query(q): Query<ConnectQuery>) -> Response {
     r.connects.fetch_add(1, Ordering::Relaxed);
     let stale = !r.lock().fresh;
-    let avoid: Vec<&str> = q
-        .avoid
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .filter(|a| !a.is_empty())
-        .collect();
-    match r.choose(q.user.as_deref().filter(|u| !u.is_empty()), &avoid) {
-        Some(n) => cors(
-            Json(json!({
-                "node_id": n.node_id,
-                "ws_url": n.ws_url,
-                "tcp_url": n.tcp_url,
-                "http_url": n.http_url,
-                "stale": stale,
-            }))
-            .into_response(),
-        ),
-        None => cors(error(StatusCode::SERVICE_UNAVAILABLE, "no live node")),
-    }
+    let chosen = r.choose(q.user(), &q.avoid());
+    discovery::connect_answer(chosen.as_ref(), stale)
 }
 
 async fn nodes(State(r): State<Arc<Registry>>) -> Response {
     let view = r.lock();
-    let mut nodes: Vec<&NodeInfo> = view.nodes.values().collect();
-    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    let connections: u64 = nodes.iter().map(|n| n.connections).sum();
-    let subscriptions: u64 = nodes.iter().map(|n| n.subscriptions).sum();
     let age_ms = view.synced_at.map(|t| t.elapsed().as_millis() as u64);
-    cors(
-        Json(json!({
-            "nodes": nodes,
-            "totals": {"nodes": nodes.len(), "connections": connections, "subscriptions": subscriptions},
-            "stale": !view.fresh,
-            "view_age_ms": age_ms,
-        }))
-        .into_response(),
-    )
+    discovery::nodes_answer(view.nodes.values().collect(), !view.fresh, Some(age_ms))
 }
 
 async fn metrics(State(r): State<Arc<Registry>>) -> Response {

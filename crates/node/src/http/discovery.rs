@@ -92,8 +92,13 @@ pub fn connect_answer(chosen: Option<&NodeInfo>, stale: bool) -> Response {
 }
 
 /// The answer to `/v1/nodes`: every node (sorted by id), the totals, and whether the
-/// view is stale; `view_age_ms` when the view is a copy.
-pub fn nodes_answer(mut nodes: Vec<&NodeInfo>, stale: bool, view_age_ms: Option<u64>) -> Response {
+/// view is stale; with `view_age_ms` (a registry's copy of etcd), the copy's age, null
+/// before the first sync.
+pub fn nodes_answer(
+    mut nodes: Vec<&NodeInfo>,
+    stale: bool,
+    view_age_ms: Option<Option<u64>>,
+) -> Response {
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let connections: u64 = nodes.iter().map(|n| n.connections).sum();
     let subscriptions: u64 = nodes.iter().map(|n| n.subscriptions).sum();
@@ -103,7 +108,7 @@ pub fn nodes_answer(mut nodes: Vec<&NodeInfo>, stale: bool, view_age_ms: Option<
         "stale": stale,
     });
     if let Some(age) = view_age_ms {
-        body["view_age_ms"] = age.into();
+        body["view_age_ms"] = json!(age);
     }
     cors(Json(body).into_response())
 }
