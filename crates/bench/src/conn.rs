@@ -11,7 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::scan::{Scanned, scan};
-use crate::{Error, Result, Target, ws};
+use pushcenter_websocket::frame::{BINARY, CLOSE};
+use pushcenter_websocket::{Reader, handshake};
+
+use crate::{Error, Result, Target};
+
+/// No server frame the bench expects is anywhere near this; a larger message is a
+/// broken stream, not a reason to buffer.
+const MAX_MESSAGE: usize = 16 << 20;
 
 /// Read in chunks of this much; idle connections give their buffers back.
 const READ_CHUNK: usize = 16 * 1024;
@@ -25,7 +32,8 @@ pub(crate) struct Conn {
     stomp: BytesMut,
     /// Control replies (pong, close) waiting to be written.
     out: BytesMut,
-    mask: u32,
+    /// The client side of the WebSocket protocol (masks, pongs, the close).
+    rx: Reader,
     closed: bool,
     /// The CONNECTED frame's `session` (pushcenter: targets session pushes).
     pub(crate) session: Option<String>,
@@ -86,7 +94,10 @@ impl Conn {
             raw: BytesMut::new(),
             stomp: BytesMut::new(),
             out: BytesMut::new(),
-            mask: 0x9E37_79B9 ^ (i as u32).wrapping_mul(0x85EB_CA6B),
+            rx: Reader::client(
+                MAX_MESSAGE,
+                0x9E37_79B9 ^ (i as u32).wrapping_mul(0x85EB_CA6B),
+            ),
             closed: false,
             session: None,
         };
@@ -123,11 +134,11 @@ impl Conn {
     }
 
     async fn handshake(&mut self, url: &Url<'_>) -> Result<()> {
-        // The key only has to be 16 bytes in base64; the bench does not check the accept
-        // hash, only the 101.
+        // Any 16 bytes in base64 will do as the key; the answer must carry its hash.
+        const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
         let req = format!(
             "GET {} HTTP/1.1\r\nhost: {}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-key: {KEY}\r\nsec-websocket-version: 13\r\n\
              sec-websocket-protocol: v12.stomp\r\n\r\n",
             url.path, url.authority
         );
@@ -142,6 +153,13 @@ impl Conn {
                         String::from_utf8_lossy(line)
                     )
                     .into());
+                }
+                let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
+                let want = handshake::accept_key(KEY.as_bytes()).to_ascii_lowercase();
+                if !head.contains(&format!("sec-websocket-accept: {want}")) {
+                    return Err(Error::WebSocket(
+                        "handshake answer without the right Sec-WebSocket-Accept",
+                    ));
                 }
                 self.raw.advance(end + 4);
                 return Ok(());
@@ -164,23 +182,12 @@ impl Conn {
         }
     }
 
-    fn next_mask(&mut self) -> [u8; 4] {
-        // xorshift32: masks need only differ, not be secret, for a load generator.
-        let mut x = self.mask;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.mask = x;
-        x.to_be_bytes()
-    }
-
     /// Encodes `f` into one binary WebSocket message and writes it.
     pub(crate) async fn send(&mut self, f: &Frame) -> Result<()> {
         let mut stomp = BytesMut::new();
         encode(f, Version::V1_2, &mut stomp)?;
-        let mask = self.next_mask();
         let mut msg = BytesMut::new();
-        ws::put_frame(&mut msg, ws::BINARY, &stomp, mask);
+        self.rx.put_frame(&mut msg, BINARY, &stomp);
         self.stream.write_all(&msg).await?;
         Ok(())
     }
@@ -202,31 +209,16 @@ impl Conn {
             self.closed = true;
             return Ok(false);
         }
-        while let Some(h) = ws::head(&self.raw).map_err(Error::WebSocket)? {
-            if self.raw.len() < h.total() {
-                break;
+        match self.rx.consume(&self.raw, &mut self.stomp, &mut self.out) {
+            Ok(_) => {}
+            Err(e) => return Err(Error::WebSocket(e.reason)),
+        }
+        self.raw.clear();
+        if let Some(code) = self.rx.closed() {
+            if !self.closed {
+                self.rx.put_frame(&mut self.out, CLOSE, &code.to_be_bytes());
+                self.closed = true;
             }
-            let payload = &mut self.raw[h.header_len..h.total()];
-            if let Some(mask) = h.mask {
-                ws::unmask(payload, mask);
-            }
-            match h.opcode {
-                ws::CONTINUATION | ws::TEXT | ws::BINARY => self.stomp.extend_from_slice(payload),
-                ws::PING => {
-                    let mask = self.next_mask();
-                    let payload = &self.raw[h.header_len..h.total()];
-                    ws::put_frame(&mut self.out, ws::PONG, payload, mask);
-                }
-                ws::CLOSE => {
-                    let mask = self.next_mask();
-                    let payload = &self.raw[h.header_len..h.total()];
-                    let code = payload.get(..2).unwrap_or(&[]).to_vec();
-                    ws::put_frame(&mut self.out, ws::CLOSE, &code, mask);
-                    self.closed = true;
-                }
-                _ => {}
-            }
-            self.raw.advance(h.total());
         }
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;

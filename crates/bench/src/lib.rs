@@ -15,7 +15,6 @@ mod fanout;
 mod procfs;
 mod request;
 mod scan;
-mod ws;
 
 use std::net::IpAddr;
 use std::sync::Arc;

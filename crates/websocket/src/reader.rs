@@ -144,8 +144,9 @@ impl Reader {
         Some(x.to_be_bytes())
     }
 
-    /// Frames a control frame (a close, a pong) onto `out` as this role sends it.
-    pub fn put_control(&mut self, out: &mut BytesMut, opcode: u8, payload: &[u8]) {
+    /// Frames a whole frame (a message, a pong, a close) onto `out` the way this role
+    /// sends it: a client masks, with a fresh key each time.
+    pub fn put_frame(&mut self, out: &mut BytesMut, opcode: u8, payload: &[u8]) {
         let mask = self.next_mask();
         put_frame(out, opcode, payload, mask);
     }
@@ -266,7 +267,7 @@ impl Reader {
                     if let Some(m) = mask {
                         unmask(&mut body, m);
                     }
-                    self.put_control(out, PONG, &body);
+                    self.put_frame(out, PONG, &body);
                     self.controls = self.controls.saturating_add(1);
                 }
                 _ => self.controls = self.controls.saturating_add(1), // pong

@@ -48,7 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsLink<S> {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
         self.rx
-            .put_control(out_buf(&mut self.out, payload.len() + 2), CLOSE, &payload);
+            .put_frame(out_buf(&mut self.out, payload.len() + 2), CLOSE, &payload);
         self.send_framed_close().await;
     }
 
@@ -89,8 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for WsLink<S> {
                 }
                 Ok(Got::Close) => {
                     let code = self.rx.closed().unwrap_or(CLOSE_NORMAL);
-                    self.rx
-                        .put_control(&mut self.out, CLOSE, &code.to_be_bytes());
+                    self.rx.put_frame(&mut self.out, CLOSE, &code.to_be_bytes());
                     Box::pin(self.send_framed_close()).await;
                     return Ok(false);
                 }
