@@ -1,5 +1,6 @@
-//! WebSocket server conformance of the node's own RFC 6455 implementation (the transport
-//! link in `crates/node`), case by case, organised like the case categories of
+//! WebSocket server conformance of the node's own RFC 6455 implementation (the sans-IO
+//! framing of `crates/websocket`, its transport and HTTP upgrade in `crates/node`),
+//! driven through the real binary case by case, organised like the case categories of
 //! Autobahn|Testsuite, which needs Python 2 and cannot run here: 0 opening handshake,
 //! 1 framing, 2 ping/pong, 3 reserved bits, 4 opcodes, 5 fragmentation, 6 UTF-8,
 //! 7 close handling, 9 limits, 10 masking.
