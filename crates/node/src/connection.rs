@@ -53,7 +53,15 @@ pub(crate) fn serve<L: Link>(
     url_token: Option<String>,
 ) -> impl Future<Output = ()> {
     let conn_id = node.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
-    let span = info_span!("conn", conn_id, peer = ?peer);
+    // `user` and `session` are filled in at CONNECT: every event of the connection
+    // names them from then on.
+    let span = info_span!(
+        "conn",
+        conn_id,
+        peer = ?peer,
+        user = tracing::field::Empty,
+        session = tracing::field::Empty
+    );
     Stats::add(&node.stats.connections, 1);
     Stats::inc(&node.stats.connections_total);
     let mut conn = Connection::new(link, node, conn_id, url_token);
@@ -481,6 +489,10 @@ impl<L: Link> Connection<L> {
                     positions,
                 } => {
                     self.expires = expires_at.map(instant_of);
+                    self.span.record("session", self.session.id());
+                    if let Some(u) = user.as_deref() {
+                        self.span.record("user", u);
+                    }
                     self.node.router.attach(
                         self.conn_id,
                         self.session.id(),

@@ -42,14 +42,16 @@ pub struct MemoryRegistrar {
 
 impl Registrar for MemoryRegistrar {
     fn report(&self, info: NodeInfo) {
-        if let Ok(mut me) = self.me.lock() {
+        {
+            let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
             let draining = me.as_ref().is_some_and(|m| m.draining);
             *me = Some(NodeInfo { draining, ..info });
         }
     }
 
     fn set_draining(&self) -> BoxFuture<()> {
-        if let Ok(mut me) = self.me.lock() {
+        {
+            let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(m) = me.as_mut() {
                 m.draining = true;
             }
@@ -60,8 +62,8 @@ impl Registrar for MemoryRegistrar {
     fn nodes(&self) -> Vec<NodeInfo> {
         self.me
             .lock()
-            .ok()
-            .and_then(|m| m.clone())
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
             .into_iter()
             .collect()
     }

@@ -42,7 +42,8 @@ impl EtcdRegistrar {
     }
 
     fn publish(&self, info: NodeInfo) -> u64 {
-        if let Ok(mut me) = self.me.lock() {
+        {
+            let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
             *me = Some(info.clone());
         }
         let mut version = 0;
@@ -65,15 +66,16 @@ impl EtcdRegistrar {
 
 impl Registrar for EtcdRegistrar {
     fn report(&self, mut info: NodeInfo) {
-        info.draining |= self.draining.lock().map(|d| *d).unwrap_or(false);
+        info.draining |= *self.draining.lock().unwrap_or_else(|e| e.into_inner());
         self.publish(info);
     }
 
     fn set_draining(&self) -> BoxFuture<()> {
-        if let Ok(mut d) = self.draining.lock() {
+        {
+            let mut d = self.draining.lock().unwrap_or_else(|e| e.into_inner());
             *d = true;
         }
-        let current = self.me.lock().ok().and_then(|m| m.clone());
+        let current = self.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match current {
             Some(mut info) => {
                 info.draining = true;
@@ -95,8 +97,8 @@ impl Registrar for EtcdRegistrar {
     fn nodes(&self) -> Vec<NodeInfo> {
         self.me
             .lock()
-            .ok()
-            .and_then(|m| m.clone())
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
             .into_iter()
             .collect()
     }

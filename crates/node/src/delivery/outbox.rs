@@ -79,9 +79,7 @@ impl Outbox {
             return false;
         }
         let cost = out.cost();
-        let Ok(mut q) = self.queue.lock() else {
-            return false;
-        };
+        let mut q = self.queue();
         while q.items.len() >= self.max_messages || q.bytes + cost > self.max_bytes {
             match self.policy {
                 SlowConsumerPolicy::Disconnect => {
@@ -109,9 +107,16 @@ impl Outbox {
         true
     }
 
+    // A panic under this lock leaves the queue consistent (each change completes
+    // before anything can panic), so a poisoned lock is taken over: skipping it would
+    // lose messages or stall the connection.
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Where the queue stands now, for [`Outbox::insert_at`].
     pub(crate) fn mark(&self) -> u64 {
-        self.queue.lock().map_or(0, |q| q.pushed)
+        self.queue().pushed
     }
 
     /// Queues `items` ahead of everything pushed since `mark` (a resume's replay goes
@@ -122,9 +127,7 @@ impl Outbox {
         if items.is_empty() {
             return;
         }
-        let Ok(mut q) = self.queue.lock() else {
-            return;
-        };
+        let mut q = self.queue();
         let after = usize::try_from(q.pushed.saturating_sub(mark)).unwrap_or(usize::MAX);
         let at = q.items.len().saturating_sub(after);
         let n = items.len();
@@ -141,13 +144,11 @@ impl Outbox {
 
     /// What still fits: (messages, bytes).
     pub(crate) fn room(&self) -> (usize, usize) {
-        match self.queue.lock() {
-            Ok(q) => (
-                self.max_messages.saturating_sub(q.items.len()),
-                self.max_bytes.saturating_sub(q.bytes),
-            ),
-            Err(_) => (0, 0),
-        }
+        let q = self.queue();
+        (
+            self.max_messages.saturating_sub(q.items.len()),
+            self.max_bytes.saturating_sub(q.bytes),
+        )
     }
 
     /// Flags the connection as a slow consumer; its task closes it.
@@ -163,16 +164,16 @@ impl Outbox {
 
     /// Moves everything queued into `into`.
     pub(crate) fn drain(&self, into: &mut Vec<Out>) {
-        if let Ok(mut q) = self.queue.lock() {
-            let n = q.items.len();
-            into.extend(q.items.drain(..));
-            // A burst must not leave a large queue allocated on a quiet connection.
-            if q.items.capacity() > 16 {
-                q.items = VecDeque::new();
-            }
-            q.bytes = 0;
-            Stats::add(&self.stats.queued_messages, -(n as i64));
+        let mut q = self.queue();
+        let n = q.items.len();
+        into.extend(q.items.drain(..));
+        // A burst must not leave a large queue allocated on a quiet connection.
+        if q.items.capacity() > 16 {
+            q.items = VecDeque::new();
         }
+        q.bytes = 0;
+        drop(q);
+        Stats::add(&self.stats.queued_messages, -(n as i64));
     }
 
     pub(crate) async fn notified(&self) {
@@ -183,5 +184,51 @@ impl Outbox {
     pub(crate) fn clear(&self) {
         let mut rest = Vec::new();
         self.drain(&mut rest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(p: &str) -> Out {
+        Out::Position {
+            subs: Box::new([0]),
+            position: p.into(),
+        }
+    }
+
+    #[test]
+    fn a_poisoned_queue_is_taken_over_not_skipped() {
+        let outbox = Arc::new(Outbox::new(
+            16,
+            1 << 20,
+            SlowConsumerPolicy::Disconnect,
+            Arc::new(Stats::default()),
+        ));
+        assert!(outbox.push(position("0-1")));
+        let o = outbox.clone();
+        let panicked = std::thread::spawn(move || {
+            let _q = o.queue.lock();
+            panic!("a panic under the lock");
+        })
+        .join();
+        assert!(panicked.is_err() && outbox.queue.is_poisoned());
+        // Everything still works: nothing is lost, nothing stalls.
+        assert!(outbox.push(position("0-2")));
+        let mark = outbox.mark();
+        assert!(outbox.push(position("0-4")));
+        outbox.insert_at(mark, vec![position("0-3")]);
+        assert_eq!(outbox.room().0, 12);
+        let mut got = Vec::new();
+        outbox.drain(&mut got);
+        let names: Vec<String> = got
+            .iter()
+            .map(|o| match o {
+                Out::Position { position, .. } => position.to_string(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(names, ["0-1", "0-2", "0-3", "0-4"]);
     }
 }
