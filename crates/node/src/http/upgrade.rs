@@ -46,7 +46,7 @@ pub(crate) async fn ws(
             return error(StatusCode::FORBIDDEN, "origin not allowed");
         }
     }
-    let accept = match websocket_accept(headers) {
+    let accept = match websocket_accept(req.version(), headers) {
         Ok(a) => a,
         Err(resp) => return *resp,
     };
@@ -94,7 +94,23 @@ pub(crate) async fn ws(
 
 /// Checks a WebSocket opening handshake (RFC 6455 4.2.1); the `Sec-WebSocket-Accept`
 /// value, or the response that refuses it.
-fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
+fn websocket_accept(
+    version: axum::http::Version,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, Box<Response>> {
+    // An opening handshake is an HTTP/1.1 GET with a Host (RFC 6455 4.1, 4.2.1).
+    if version < axum::http::Version::HTTP_11 {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "the WebSocket handshake needs HTTP/1.1",
+        )));
+    }
+    if !headers.contains_key(header::HOST) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "the WebSocket handshake needs a Host header",
+        )));
+    }
     let has_token = |name, token: &str| {
         headers
             .get_all(name)
@@ -129,6 +145,12 @@ fn websocket_accept(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
             "missing Sec-WebSocket-Key",
         )));
     };
+    if !pushcenter_websocket::handshake::valid_key(key.as_bytes()) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad Sec-WebSocket-Key: 16 bytes in base64 expected",
+        )));
+    }
     HeaderValue::from_str(&pushcenter_websocket::handshake::accept_key(key.as_bytes()))
         .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key")))
 }
