@@ -34,8 +34,11 @@ tools-test:
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
+# The binary's feature set holds no test or fuzz hook (they are for tests and benches).
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@! $(CARGO) tree -p pushcenter -e normal,build -f '{p} {f}' | grep -E 'test-support|fuzzing' \
+		|| { echo "lint: the pushcenter binary enables a test or fuzz hook"; exit 1; }
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
