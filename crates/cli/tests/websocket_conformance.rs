@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{Node, TIMEOUT, TempConfig};
+use common::{Node, TIMEOUT, TempConfig, node_at_message_limit};
 use pushcenter_stomp::{Command, Frame, Item, Limits, Version, decode_version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,18 +52,9 @@ const RSV1: u8 = 0x4;
 const RSV2: u8 = 0x2;
 const RSV3: u8 = 0x1;
 
-/// The node under test: frame rate off (pings and one-byte fragments are many frames),
-/// bodies up to the message limit so a single MESSAGE can reach it.
+/// The node under test: messages up to the limit (see `node_at_message_limit`).
 fn start_node(category: &str) -> (Node, TempConfig) {
-    let cfg = TempConfig::write(
-        &format!("ws-conformance-{category}"),
-        &format!(
-            "max_frames_per_second = 0\n\n[limits]\nmax_frame_bytes = {LIMIT}\nmax_body_bytes = {}\n",
-            LIMIT - 1
-        ),
-    );
-    let node = Node::standalone(&["--config", cfg.path()]);
-    (node, cfg)
+    node_at_message_limit(&format!("ws-conformance-{category}"), LIMIT)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// The node's message limit, `limits.max_frame_bytes` (its default, set explicitly).
 const LIMIT: usize = 131_072;
@@ -137,35 +135,11 @@ fn subscribe_frame() -> String {
 
 /// The node: frame rate off, bodies up to the limit so a MESSAGE can reach it.
 fn start_node(client: &str) -> (Node, TempConfig) {
-    let cfg = TempConfig::write(
-        &format!("ws-interop-{client}"),
-        &format!(
-            "max_frames_per_second = 0\n\n[limits]\nmax_frame_bytes = {LIMIT}\nmax_body_bytes = {}\n",
-            LIMIT - 1
-        ),
-    );
-    let node = Node::standalone(&["--config", cfg.path()]);
-    (node, cfg)
+    node_at_message_limit(&format!("ws-interop-{client}"), LIMIT)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn open(url: &str) -> (Ws, Option<String>) {
-    let mut req = url.into_client_request().expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static("v12.stomp"),
-    );
-    let (ws, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("ws connect");
-    let protocol = resp
-        .headers()
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (ws, protocol)
+    ws_open(url, Some("v12.stomp")).await
 }
 
 /// The next data message's bytes.

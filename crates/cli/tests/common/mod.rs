@@ -286,29 +286,53 @@ pub enum Event {
     Silent,
 }
 
+/// A WebSocket client connection (tungstenite's).
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket offering `protocols`: the socket and the subprotocol chosen.
+pub async fn ws_open(url: &str, protocols: Option<&str>) -> (Ws, Option<String>) {
+    let mut req = url.into_client_request().expect("request");
+    if let Some(p) = protocols {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(p).expect("header"),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect");
+    let protocol = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    (ws, protocol)
+}
+
+/// A standalone node whose WebSocket messages may reach `limit` bytes: the frame rate
+/// off (pings and one-byte fragments are many frames), bodies up to one under the limit
+/// so a single MESSAGE can reach it.
+pub fn node_at_message_limit(tag: &str, limit: usize) -> (Node, TempConfig) {
+    let cfg = TempConfig::write(
+        tag,
+        &format!(
+            "max_frames_per_second = 0\n\n[limits]\nmax_frame_bytes = {limit}\nmax_body_bytes = {}\n",
+            limit - 1
+        ),
+    );
+    let node = Node::standalone(&["--config", cfg.path()]);
+    (node, cfg)
+}
+
 /// A STOMP client over WebSocket using the project's codec.
 pub struct WsClient {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ws: Ws,
     buf: BytesMut,
     pub protocol: Option<String>,
 }
 
 impl WsClient {
     pub async fn open(url: &str, protocols: Option<&str>) -> WsClient {
-        let mut req = url.into_client_request().expect("request");
-        if let Some(p) = protocols {
-            req.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_str(p).expect("header"),
-            );
-        }
-        let (ws, resp) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("ws connect");
-        let protocol = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let (ws, protocol) = ws_open(url, protocols).await;
         WsClient {
             ws,
             buf: BytesMut::new(),
