@@ -20,7 +20,11 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code 1012: service restart (reconnect elsewhere).
 pub const CLOSE_RESTART: u16 = 1012;
 
+// The functions here run once per frame on the node's hot paths, from another crate:
+// `#[inline]` lets them be inlined there without LTO.
+
 /// Close codes a peer may send (RFC 6455 7.4.1, 7.4.2; 1012-1014 are registered since).
+#[inline]
 pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
@@ -50,6 +54,7 @@ impl Head {
 
 /// Parses the frame header at the start of `buf`: `None` until the header is complete
 /// (the payload may still be short). Nothing is checked here but the shape.
+#[inline]
 pub fn head(buf: &[u8]) -> Option<Head> {
     let [b0, b1, ..] = *buf else {
         return None;
@@ -87,6 +92,7 @@ pub fn head(buf: &[u8]) -> Option<Head> {
 /// Appends a frame header for `len` payload bytes, in the shortest length encoding;
 /// masked (a client's frame) when `mask` is given. The caller appends the payload (and
 /// masks it with [`unmask`], which is its own inverse).
+#[inline]
 pub fn put_header(out: &mut BytesMut, fin: bool, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
     out.reserve(len + 14);
     out.put_u8(if fin { 0x80 } else { 0 } | opcode);
@@ -106,6 +112,7 @@ pub fn put_header(out: &mut BytesMut, fin: bool, opcode: u8, len: usize, mask: O
 }
 
 /// Appends one whole final frame carrying `payload`, masked when `mask` is given.
+#[inline]
 pub fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
     put_header(out, true, opcode, payload.len(), mask);
     let start = out.len();
@@ -116,6 +123,7 @@ pub fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8], mask: Option<[u
 }
 
 /// XORs `data` with a masking key, four bytes at a time.
+#[inline]
 pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
     let m = u32::from_ne_bytes(mask);
     let mut chunks = data.chunks_exact_mut(4);
