@@ -172,22 +172,30 @@ fn body_too_large(limit: usize) -> Response {
     )
 }
 
+/// A backend call's JSON body: the credentials checked first, then the body read within
+/// its limits and parsed; the refusal (401, 4xx with a JSON error) otherwise.
+async fn backend_json<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, Response> {
+    if let Some(r) = check_backend(node, headers) {
+        return Err(r);
+    }
+    let limit = node.config.limits.max_frame_bytes;
+    let body = read_body(node, headers, body, limit, true).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))
+}
+
 pub(crate) async fn publish(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(r) = check_backend(&node, &headers) {
-        return r;
-    }
-    let limit = node.config.limits.max_frame_bytes;
-    let body = match read_body(&node, &headers, body, limit, true).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req: PublishRequest = match serde_json::from_slice(&body) {
+    let req: PublishRequest = match backend_json(&node, &headers, body).await {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+        Err(r) => return r,
     };
     let record = match record_from(req) {
         Ok(r) => r,
@@ -243,17 +251,9 @@ pub(crate) async fn request(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(r) = check_backend(&node, &headers) {
-        return r;
-    }
-    let limit = node.config.limits.max_frame_bytes;
-    let body = match read_body(&node, &headers, body, limit, true).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req: RequestRequest = match serde_json::from_slice(&body) {
+    let req: RequestRequest = match backend_json(&node, &headers, body).await {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+        Err(r) => return r,
     };
     let timeout = match req.timeout_ms {
         None => node.config.request_timeout_default,
