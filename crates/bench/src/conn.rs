@@ -154,9 +154,9 @@ impl Conn {
                     )
                     .into());
                 }
-                let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
-                let want = handshake::accept_key(KEY.as_bytes()).to_ascii_lowercase();
-                if !head.contains(&format!("sec-websocket-accept: {want}")) {
+                let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+                let want = handshake::accept_key(KEY.as_bytes());
+                if header_value(&head, "sec-websocket-accept") != Some(want.as_str()) {
                     return Err(Error::WebSocket(
                         "handshake answer without the right Sec-WebSocket-Accept",
                     ));
@@ -284,9 +284,29 @@ impl Conn {
     }
 }
 
+/// The value of header `name` in an HTTP response head (any case, any spacing).
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, value) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_found_whatever_the_case_and_spacing() {
+        let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    Sec-WebSocket-Accept:\ts3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nx: y";
+        assert_eq!(
+            header_value(head, "sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        assert_eq!(header_value(head, "upgrade"), Some("websocket"));
+        assert_eq!(header_value(head, "sec-websocket-protocol"), None);
+    }
 
     #[test]
     fn urls_split_into_authority_host_and_path() {
