@@ -114,6 +114,8 @@ struct FileConfig {
     node: NodeConfig,
     kafka: Option<KafkaConfig>,
     etcd: Option<EtcdConfig>,
+    /// `[kafka]` names `brokers` (its default is only a placeholder).
+    brokers_given: bool,
 }
 
 fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
@@ -122,12 +124,17 @@ fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
             node: NodeConfig::default(),
             kafka: None,
             etcd: None,
+            brokers_given: false,
         });
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let brokers_given = table
+        .get("kafka")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|k| k.contains_key("brokers"));
     let kafka = match table.remove("kafka") {
         Some(v) => Some(
             KafkaConfig::deserialize(v).with_context(|| format!("{}: [kafka]", path.display()))?,
@@ -142,12 +149,33 @@ fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
     };
     let node = NodeConfig::deserialize(toml::Value::Table(table))
         .with_context(|| format!("parsing {}", path.display()))?;
-    Ok(FileConfig { node, kafka, etcd })
+    Ok(FileConfig {
+        node,
+        kafka,
+        etcd,
+        brokers_given,
+    })
 }
 
+/// A cluster node's whole configuration.
+struct ClusterConfig {
+    node: NodeConfig,
+    kafka: KafkaConfig,
+    etcd: Option<EtcdConfig>,
+    /// Brokers came from a flag, the environment or the file.
+    brokers_given: bool,
+}
+
+/// Why `pushcenter node` refuses a config without brokers: an in-memory bus, or a
+/// default broker address that is not there, would leave this node out of the cluster.
+const NO_BROKERS: &str = "no Kafka brokers given: pass --kafka-brokers HOST:PORT[,HOST:PORT] \
+(or PUSHCENTER_KAFKA_BROKERS, or `brokers` in the config's [kafka]); a cluster node reads \
+the cluster's Kafka (one node without Kafka: `pushcenter standalone`)";
+
 impl ClusterArgs {
-    fn config(&self) -> Result<(NodeConfig, KafkaConfig, Option<EtcdConfig>)> {
+    fn config(&self) -> Result<ClusterConfig> {
         let file = read_config(self.node.config.as_ref())?;
+        let brokers_given = file.brokers_given || self.kafka_brokers.is_some();
         let mut etcd = file.etcd;
         if let Some(e) = &self.etcd_endpoints {
             etcd.get_or_insert_with(EtcdConfig::default).endpoints = e.clone();
@@ -163,7 +191,12 @@ impl ClusterArgs {
         if let Some(u) = &self.advertise_url {
             node.advertise_url = Some(u.clone());
         }
-        Ok((node, kafka, etcd))
+        Ok(ClusterConfig {
+            node,
+            kafka,
+            etcd,
+            brokers_given,
+        })
     }
 }
 
@@ -317,6 +350,22 @@ async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>
     Ok(())
 }
 
+/// The config as `check-config` prints it: secrets replaced, never shown.
+fn redacted(cfg: &NodeConfig) -> Result<toml::Value> {
+    let mut v = toml::Value::try_from(cfg)?;
+    if let Some(auth) = v.get_mut("auth").and_then(toml::Value::as_table_mut) {
+        if auth.contains_key("hs256_secret") {
+            auth.insert("hs256_secret".into(), "(redacted)".into());
+        }
+        if let Some(keys) = auth.get_mut("api_keys").and_then(toml::Value::as_array_mut) {
+            for k in keys {
+                *k = "(redacted)".into();
+            }
+        }
+    }
+    Ok(v)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -329,7 +378,15 @@ async fn main() -> Result<()> {
         }
         Command::Node(args) => {
             init_tracing(&args.node.log_format);
-            let (cfg, kafka, etcd) = args.config()?;
+            let ClusterConfig {
+                node: cfg,
+                kafka,
+                etcd,
+                brokers_given,
+            } = args.config()?;
+            if !brokers_given {
+                anyhow::bail!(NO_BROKERS);
+            }
             let bus = KafkaBus::new(kafka, &cfg.node_id, cfg.publish_timeout)?
                 .with_history(cfg.replay_window);
             let registrar: Arc<dyn Registrar> = match etcd {
@@ -357,9 +414,21 @@ async fn main() -> Result<()> {
             }
         }
         Command::CheckConfig(args) => {
-            let (cfg, kafka, etcd) = args.config()?;
+            let ClusterConfig {
+                node: cfg,
+                kafka,
+                etcd,
+                brokers_given,
+            } = args.config()?;
+            pushcenter_node::check_config(&cfg)?;
             KafkaBus::new(kafka.clone(), &cfg.node_id, cfg.publish_timeout)?.check_consumer()?;
-            let mut text = toml::to_string_pretty(&cfg)?;
+            if !brokers_given {
+                eprintln!(
+                    "note: no Kafka brokers given: `pushcenter node` refuses this config \
+                     (`pushcenter standalone` needs none)"
+                );
+            }
+            let mut text = toml::to_string_pretty(&redacted(&cfg)?)?;
             text.push_str("\n[kafka]\n");
             text.push_str(&toml::to_string_pretty(&kafka)?);
             if let Some(e) = etcd {

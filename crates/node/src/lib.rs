@@ -38,5 +38,5 @@ pub use config::{
 pub use error::{Error, Result};
 pub use http::{discovery, web};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
-pub use server::Server;
+pub use server::{Server, check_config};
 pub use stats::Stats;

@@ -37,6 +37,21 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// Everything [`Server::bind`] loads from `config` before it binds: the values, the
+/// token keys, the TLS certificate and key. `check-config` runs it too.
+pub fn check_config(config: &NodeConfig) -> Result<()> {
+    load(config).map(|_| ())
+}
+
+type Loaded = (Option<Arc<auth::Auth>>, Option<tokio_rustls::TlsAcceptor>);
+
+fn load(config: &NodeConfig) -> Result<Loaded> {
+    config.validate()?;
+    let auth = auth::Auth::load(&config.auth)?.map(Arc::new);
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    Ok((auth, tls))
+}
+
 /// A node whose listeners are bound; [`Server::run`] serves until shutdown.
 pub struct Server {
     node: Arc<Node>,
@@ -52,9 +67,7 @@ impl Server {
         bus: Arc<dyn Bus>,
         registrar: Arc<dyn Registrar>,
     ) -> Result<Server> {
-        config.validate()?;
-        let auth = auth::Auth::load(&config.auth)?.map(Arc::new);
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let (auth, tls) = load(&config)?;
         if auth.is_none() {
             tracing::warn!(
                 "no [auth] keys configured: clients connect anonymously and the HTTP API is open"

@@ -152,7 +152,8 @@ async fn session(
         .lease_keep_alive(lease)
         .await
         .map_err(Error::request("lease keep-alive"))?;
-    info!(key, lease, "registered in etcd");
+    // Announced once the key is written, not when the lease is granted.
+    let mut announced = false;
     let mut tick = tokio::time::interval(cfg.ttl / 3);
     let mut put_version = 0;
     loop {
@@ -170,6 +171,10 @@ async fn session(
                     .put(key, value, Some(PutOptions::new().with_lease(lease)))
                     .await
                     .map_err(Error::request("put"))?;
+                if !announced {
+                    info!(key, lease, "registered in etcd");
+                    announced = true;
+                }
             }
             put_version = want.version;
             let _ = written.send(put_version);
