@@ -89,3 +89,37 @@ fn check_config_never_prints_a_secret() {
     // Brokers were given: no note about them.
     assert!(!stderr.contains("no Kafka brokers"), "{stderr}");
 }
+
+#[test]
+fn kafka_properties_reach_librdkafka_and_their_secrets_stay_hidden() {
+    // librdkafka itself refuses a value it does not know, and says which property.
+    refused(
+        &check_config(
+            "[kafka]\nbrokers = \"127.0.0.1:9\"\n[kafka.properties]\n\"security.protocol\" = \"bogus\"\n",
+        ),
+        "security.protocol",
+    );
+    // The adapter's own keys cannot be overridden.
+    refused(
+        &check_config(
+            "[kafka]\nbrokers = \"127.0.0.1:9\"\n[kafka.properties]\n\"group.id\" = \"shared\"\n",
+        ),
+        "group_prefix",
+    );
+    let password = "a-sasl-password-nobody-may-read";
+    let out = check_config(&format!(
+        "[kafka]\nbrokers = \"127.0.0.1:9\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+         \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"node\"\n\"sasl.password\" = \"{password}\"\n"
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SASL_PLAINTEXT") && stdout.contains("(redacted)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(password), "{stdout}");
+}

@@ -84,7 +84,7 @@ impl KafkaBus {
             // to every delivery; Apache Kafka answers as soon as data arrives.
             .set("fetch.wait.max.ms", "5")
             .set("reconnect.backoff.max.ms", "1000");
-        for (k, v) in &self.cfg.consumer {
+        for (k, v) in self.cfg.properties.iter().chain(&self.cfg.consumer) {
             cc.set(k, v);
         }
         cc

@@ -25,6 +25,10 @@ pub struct KafkaConfig {
     /// How often the consumer checks the broker: reachability, topics, new partitions.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// librdkafka properties for every client of the node (producer, consumers, log
+    /// reads): security (`security.protocol`, `sasl.*`, `ssl.*`) and anything else
+    /// librdkafka supports. `producer` and `consumer` override them for one kind.
+    pub properties: BTreeMap<String, String>,
     /// librdkafka properties passed through to the producer and the consumer.
     pub producer: BTreeMap<String, String>,
     pub consumer: BTreeMap<String, String>,
@@ -40,6 +44,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             check_interval: Duration::from_secs(1),
+            properties: BTreeMap::new(),
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
         }
@@ -59,8 +64,50 @@ pub(crate) fn check(cfg: &KafkaConfig) -> Result<(), Error> {
     if cfg.messages_topic.is_empty() || cfg.replies_topic.is_empty() {
         return Err(Error::Config("topic names must not be empty".into()));
     }
+    // The adapter owns these: the brokers have their key, and a node's group must be its
+    // own (every node reads every record).
+    for (key, instead) in [
+        ("bootstrap.servers", "brokers"),
+        ("group.id", "group_prefix"),
+    ] {
+        let set = [&cfg.properties, &cfg.producer, &cfg.consumer]
+            .iter()
+            .any(|m| m.contains_key(key));
+        if set {
+            return Err(Error::Config(format!(
+                "{key} cannot be passed through: set `{instead}` in [kafka]"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Whether a librdkafka property holds a secret (a password, a private key, a client
+/// secret): printed redacted, never logged.
+pub fn is_secret_property(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
 }
 
 /// How long one poll of a consumer waits: the live reader's and a log read's.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_properties_are_refused_and_secrets_known() {
+        let mut cfg = KafkaConfig::default();
+        cfg.properties
+            .insert("security.protocol".into(), "SASL_PLAINTEXT".into());
+        assert!(check(&cfg).is_ok());
+        cfg.consumer.insert("group.id".into(), "shared".into());
+        let e = check(&cfg).expect_err("group.id").to_string();
+        assert!(e.contains("group_prefix"), "{e}");
+        assert!(is_secret_property("sasl.password"));
+        assert!(is_secret_property("ssl.key.password"));
+        assert!(is_secret_property("ssl.key.pem"));
+        assert!(is_secret_property("sasl.oauthbearer.client.secret"));
+        assert!(!is_secret_property("sasl.username"));
+    }
+}

@@ -34,7 +34,7 @@ impl Producer {
             .set("message.timeout.ms", millis(timeout))
             .set("linger.ms", "1")
             .set("reconnect.backoff.max.ms", "1000");
-        for (k, v) in &cfg.producer {
+        for (k, v) in cfg.properties.iter().chain(&cfg.producer) {
             pc.set(k, v);
         }
         let producer = pc.create_with_context(Ctx { state, stats: None })?;
