@@ -31,6 +31,9 @@ ensure_build() {
   need_cmd protoc protobuf-compiler
   # etcd-client's protos import protobuf's well-known types.
   [ -f /usr/include/google/protobuf/descriptor.proto ] || apt_install libprotobuf-dev
+  # librdkafka is built with TLS (and SCRAM) on the system's OpenSSL.
+  need_cmd pkg-config pkg-config
+  [ -f /usr/include/openssl/ssl.h ] || apt_install libssl-dev
 }
 
 ensure_test() {

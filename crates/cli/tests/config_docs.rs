@@ -9,8 +9,8 @@ fn with_fixture_files(toml: &str) -> String {
     toml.lines()
         .map(|line| {
             let key = line.split('=').next().unwrap_or_default().trim();
-            let fixture = match key {
-                "cert_file" => "tls-test-cert.pem",
+            let fixture = match key.trim_matches('"') {
+                "cert_file" | "ssl.ca.location" => "tls-test-cert.pem",
                 "key_file" => "tls-test-key.pem",
                 "rs256_public_key_file" => "jwt-test-rsa.pub.pem",
                 _ => return line.to_string(),

@@ -41,6 +41,50 @@ impl Broker {
         (broker, link)
     }
 
+    /// A broker that speaks TLS with the test certificate (`tests/fixtures/`). The
+    /// pinned Tansu (0.6.0) cannot serve TLS itself: its `--cert` and `--key` share a
+    /// clap group that admits only one of them. A TLS-terminating forwarder in front of
+    /// it stands in, and the broker advertises the forwarder, so every connection a
+    /// client makes is TLS.
+    pub async fn behind_tls() -> (Broker, tokio::task::JoinHandle<()>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let tls_addr = free_port();
+        let broker = Broker::start_advertising(free_port(), tls_addr);
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let certs = CertificateDer::pem_file_iter(fixtures.join("tls-test-cert.pem"))
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .expect("test certificate");
+        let key = PrivateKeyDer::from_pem_file(fixtures.join("tls-test-key.pem")).expect("key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind(tls_addr)
+            .await
+            .expect("tls forwarder listens");
+        let to = broker.addr;
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    if let Ok(mut broker) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                    }
+                });
+            }
+        });
+        (broker, task)
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn brokers(&self) -> String {
         self.advertised.to_string()
