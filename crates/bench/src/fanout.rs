@@ -37,6 +37,9 @@ pub struct FanoutOpts {
     /// For `Publish::Kafka`: bootstrap servers and the messages topic.
     pub kafka_brokers: String,
     pub kafka_topic: String,
+    /// librdkafka properties for the producer, as a node's `[kafka.properties]`
+    /// (security and the like).
+    pub kafka_properties: Vec<(String, String)>,
     pub subscribers: usize,
     pub topics: usize,
     /// Publishes per second, spread over the topics in turn.
@@ -416,12 +419,16 @@ fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let producer: FutureProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &o.kafka_brokers)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &o.kafka_properties {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create()?;
     let (topic, topics, size) = (o.kafka_topic.clone(), o.topics.max(1), o.body_size);
     let (total, due) = (total(o), schedule(o, start));
     Ok(vec![tokio::spawn(async move {

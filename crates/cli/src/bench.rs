@@ -116,6 +116,10 @@ enum Scenario {
         /// The topic the nodes read (`kafka.messages_topic`).
         #[arg(long, default_value = "pushcenter.messages")]
         kafka_topic: String,
+        /// A librdkafka property for the producer, `KEY=VALUE`, as in a node's
+        /// `[kafka.properties]` (e.g. `security.protocol=SSL`); repeatable.
+        #[arg(long = "kafka-property", value_parser = key_value)]
+        kafka_properties: Vec<(String, String)>,
         /// Message body size: the publish time in unix µs, padded to this many bytes.
         #[arg(long, default_value_t = 0)]
         body_size: usize,
@@ -232,6 +236,7 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             publish_url,
             kafka_brokers,
             kafka_topic,
+            kafka_properties,
             body_size,
             publishers,
             rate,
@@ -252,6 +257,7 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
                 publish_url,
                 kafka_brokers,
                 kafka_topic,
+                kafka_properties,
                 subscribers,
                 topics: common.topics,
                 rate,
@@ -300,4 +306,15 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
     };
     println!("{json}");
     Ok(())
+}
+
+/// `KEY=VALUE`, for `--kafka-property`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))?;
+    if k.trim().is_empty() {
+        return Err(format!("`{s}`: the key is empty"));
+    }
+    Ok((k.trim().to_string(), v.to_string()))
 }

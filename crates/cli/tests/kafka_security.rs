@@ -54,3 +54,62 @@ async fn a_node_that_does_not_trust_the_brokers_certificate_never_becomes_ready(
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"bus\":false"), "{body}");
 }
+
+/// The bench's Kafka publisher takes the same properties (`--kafka-property`): it
+/// produces to the TLS broker as a backend would, and every record is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_produces_to_a_tls_kafka_with_the_same_properties() {
+    let (broker, _tls) = Broker::behind_tls().await;
+    let ca = fixture("tls-test-cert.pem");
+    let cfg = TempConfig::write(
+        "kafka-tls-bench",
+        &format!(
+            "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = {ca:?}\n"
+        ),
+    );
+    let node = Node::cluster("tls3", &broker.brokers(), &["--config", cfg.path()]);
+    ready(&node).await;
+    let args: Vec<String> = [
+        "bench",
+        "fanout",
+        "--url",
+        &node.ws_url(),
+        "--publish",
+        "kafka",
+        "--kafka-brokers",
+        &broker.brokers(),
+        "--kafka-property",
+        "security.protocol=SSL",
+        "--kafka-property",
+        &format!("ssl.ca.location={ca}"),
+        "--subscribers",
+        "4",
+        "--topics",
+        "1",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+            .args(&args)
+            .output()
+            .expect("run the bench")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["published"], 50, "{r}");
+    assert_eq!(r["publish_failed"], 0, "{r}");
+    assert_eq!(r["deliveries"], 200, "{r}");
+    assert_eq!(r["missed"], 0, "{r}");
+}
