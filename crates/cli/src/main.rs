@@ -350,6 +350,23 @@ async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>
     Ok(())
 }
 
+/// librdkafka retries a connection the broker refused forever. Before the node is
+/// ready, a refused credential (TLS handshake, SASL) is a configuration error: the node
+/// exits non-zero with the reason. Once it runs, a refusal is logged and the node keeps
+/// its clients while the broker is fixed.
+async fn refused_at_start(bus: Arc<KafkaBus>) {
+    loop {
+        if bus.ready() {
+            return;
+        }
+        if let Some(why) = bus.refused() {
+            eprintln!("error: {why}");
+            std::process::exit(1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// The config as `check-config` prints it: secrets replaced, never shown.
 fn redacted(cfg: &NodeConfig) -> Result<toml::Value> {
     let mut v = toml::Value::try_from(cfg)?;
@@ -387,13 +404,16 @@ async fn main() -> Result<()> {
             if !brokers_given {
                 anyhow::bail!(NO_BROKERS);
             }
-            let bus = KafkaBus::new(kafka, &cfg.node_id, cfg.publish_timeout)?
-                .with_history(cfg.replay_window);
+            let bus = Arc::new(
+                KafkaBus::new(kafka, &cfg.node_id, cfg.publish_timeout)?
+                    .with_history(cfg.replay_window),
+            );
+            tokio::spawn(refused_at_start(bus.clone()));
             let registrar: Arc<dyn Registrar> = match etcd {
                 Some(e) => Arc::new(EtcdRegistrar::start(e, &cfg.node_id)),
                 None => Arc::new(MemoryRegistrar::default()),
             };
-            serve(cfg, Arc::new(bus), registrar).await?;
+            serve(cfg, bus, registrar).await?;
         }
         Command::Registry(args) => {
             init_tracing(&args.log_format);

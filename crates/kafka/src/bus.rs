@@ -52,6 +52,37 @@ impl KafkaBus {
         self
     }
 
+    /// Why the broker refused this node's credentials, when it did: a failed TLS
+    /// handshake or SASL authentication, naming the brokers, the security protocol
+    /// and the SASL mechanism with librdkafka's reason.
+    pub fn refused(&self) -> Option<String> {
+        let reason = self
+            .state
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let prop = |k: &str| {
+            self.cfg
+                .properties
+                .get(k)
+                .or_else(|| self.cfg.consumer.get(k))
+                .map_or("", String::as_str)
+        };
+        let protocol = match prop("security.protocol") {
+            "" => "PLAINTEXT",
+            p => p,
+        };
+        let mechanism = match prop("sasl.mechanism") {
+            "" => String::new(),
+            m => format!(", sasl.mechanism {m}"),
+        };
+        Some(format!(
+            "kafka at {} refused this node's credentials (security.protocol {protocol}{mechanism}): {reason}",
+            self.cfg.brokers
+        ))
+    }
+
     /// Checks values that cannot work (librdkafka checks its own properties).
     pub fn check(cfg: &KafkaConfig) -> Result<(), Error> {
         config::check(cfg)

@@ -18,6 +18,10 @@ pub(crate) struct State {
     /// The history read at start reached the live edge: the node delivers live.
     pub(crate) caught_up: AtomicBool,
     pub(crate) stop: AtomicBool,
+    /// The broker refused this node's credentials (a failed TLS handshake or SASL
+    /// authentication): librdkafka's first word on it. librdkafka retries such a
+    /// connection forever; the node decides what to do with it.
+    pub(crate) refused: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for State {
@@ -27,6 +31,7 @@ impl Default for State {
             reachable: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            refused: std::sync::Mutex::new(None),
         }
     }
 }
@@ -74,6 +79,20 @@ impl ClientContext for Ctx {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SSL
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+            )
+        ) {
+            let mut refused = self.state.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.is_none() {
+                error!(%reason, "kafka refused the node's credentials");
+                *refused = Some(reason.to_string());
+            }
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
             && self.state.reachable.swap(false, Ordering::Relaxed)
         {
