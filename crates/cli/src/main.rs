@@ -450,19 +450,7 @@ async fn main() -> Result<()> {
             }
             let mut text = toml::to_string_pretty(&redacted(&cfg)?)?;
             text.push_str("\n[kafka]\n");
-            let mut shown = kafka.clone();
-            for map in [
-                &mut shown.properties,
-                &mut shown.producer,
-                &mut shown.consumer,
-            ] {
-                for (k, v) in map.iter_mut() {
-                    if pushcenter_kafka::is_secret_property(k) {
-                        *v = "(redacted)".into();
-                    }
-                }
-            }
-            text.push_str(&toml::to_string_pretty(&shown)?);
+            text.push_str(&toml::to_string_pretty(&kafka.redacted())?);
             if let Some(e) = etcd {
                 text.push_str("\n[etcd]\n");
                 text.push_str(&toml::to_string_pretty(&e)?);

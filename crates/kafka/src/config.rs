@@ -82,9 +82,28 @@ pub(crate) fn check(cfg: &KafkaConfig) -> Result<(), Error> {
     Ok(())
 }
 
+impl KafkaConfig {
+    /// A copy to show (`check-config`): every secret property's value replaced.
+    pub fn redacted(&self) -> KafkaConfig {
+        let mut shown = self.clone();
+        for map in [
+            &mut shown.properties,
+            &mut shown.producer,
+            &mut shown.consumer,
+        ] {
+            for (k, v) in map.iter_mut() {
+                if is_secret_property(k) {
+                    *v = "(redacted)".into();
+                }
+            }
+        }
+        shown
+    }
+}
+
 /// Whether a librdkafka property holds a secret (a password, a private key, a client
 /// secret): printed redacted, never logged.
-pub fn is_secret_property(key: &str) -> bool {
+pub(crate) fn is_secret_property(key: &str) -> bool {
     key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
 }
 

@@ -27,7 +27,7 @@ use pushcenter_node::{
 };
 
 pub use bus::KafkaBus;
-pub use config::{KafkaConfig, is_secret_property};
+pub use config::KafkaConfig;
 pub use error::Error;
 pub use record::{delivery_from, message_id, reply_from};
 
