@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cluster run test tools-build tools-test fmt-check lint web-test web-client unit bench bench-kafka bench-requests fuzz
+.PHONY: cluster run test tools-build tools-test fmt-check lint web-test web-client unit bench bench-kafka bench-requests fuzz docs
 
 # etcd, Tansu, three nodes and a registry on loopback; Ctrl-C stops them.
 cluster: tools-test
@@ -24,6 +24,10 @@ web-test:
 # Rebuilds web-client/ and refreshes crates/node/assets/pushcenter-client.js.
 web-client:
 	cd web-client && $(NPM_CI) && npm run build && npm run update-assets
+
+# Rewrites the generated key reference in docs/configuration.md (`pushcenter config-keys`).
+docs:
+	UPDATE_DOCS=1 $(CARGO) test -p pushcenter --test config_keys the_reference_in_the_docs_is_the_binarys
 
 tools-build:
 	@deploy/ensure-tools.sh build

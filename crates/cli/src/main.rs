@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod bench;
+mod config;
 mod publish;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use config::Keys;
 use pushcenter_kafka::{KafkaBus, KafkaConfig};
-use pushcenter_node::{Bus, MemoryBus, MemoryRegistrar, NodeConfig, Registrar, Server};
+use pushcenter_node::{Bus, MemoryBus, MemoryRegistrar, NodeConfig, Registrar, Server, TlsConfig};
 use pushcenter_registry::{EtcdConfig, EtcdRegistrar};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -33,6 +35,9 @@ enum Command {
     Registry(RegistryArgs),
     /// Validate a config file and print the effective config.
     CheckConfig(ClusterArgs),
+    /// Print every configuration key: its env variable, type, default and meaning
+    /// (the reference in docs/configuration.md).
+    ConfigKeys,
     /// Publish one message through a node's HTTP API.
     Publish(publish::PublishArgs),
     /// The load generator: `connections`, `fanout` or `request`.
@@ -45,20 +50,26 @@ struct RegistryArgs {
     #[arg(long, env = "PUSHCENTER_CONFIG")]
     config: Option<PathBuf>,
     /// HTTP listen address; port 0 picks a free port.
-    #[arg(long, env = "PUSHCENTER_HTTP_ADDR")]
+    #[arg(long)]
     http_addr: Option<SocketAddr>,
     /// etcd endpoints, comma-separated: `http://host:2379,...`.
-    #[arg(long, env = "PUSHCENTER_ETCD_ENDPOINTS", value_delimiter = ',')]
-    etcd_endpoints: Option<Vec<String>>,
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
+    /// Any configuration key: `--set etcd.ttl=5s` (repeatable; docs/configuration.md).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = config::key_value)]
+    set: Vec<(String, String)>,
     /// Log format: human or json.
     #[arg(long, env = "PUSHCENTER_LOG_FORMAT", default_value = "human")]
     log_format: String,
 }
 
-#[derive(Debug, serde::Serialize, Deserialize)]
+#[derive(Debug, serde::Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 struct RegistryConfig {
+    /// HTTP listener of the discovery service; port 0 picks a free port.
     http_addr: SocketAddr,
+    /// Serve https with this certificate (reloaded when its files change).
+    tls: Option<TlsConfig>,
     etcd: EtcdConfig,
 }
 
@@ -66,28 +77,67 @@ impl Default for RegistryConfig {
     fn default() -> RegistryConfig {
         RegistryConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            tls: None,
             etcd: EtcdConfig::default(),
         }
     }
 }
 
+/// The registry's keys: its file, `PUSHCENTER_...` and flags.
+fn registry_keys() -> Keys {
+    Keys::new()
+        .with::<RegistryConfig>("")
+        .flag("http_addr", "--http-addr")
+        .flag("etcd.endpoints", "--etcd-endpoints")
+}
+
+/// A node's keys: the node's at the top level, the bus in `[kafka]`, the registry in
+/// `[etcd]`.
+fn node_keys() -> Keys {
+    Keys::new()
+        .with::<NodeConfig>("")
+        .with::<KafkaConfig>("kafka")
+        .with::<EtcdConfig>("etcd")
+        .flag("http_addr", "--http-addr")
+        .flag("tcp_addr", "--tcp-addr")
+        .flag("node_id", "--node-id")
+        .flag("advertise_url", "--advertise-url")
+        .flag("kafka.brokers", "--kafka-brokers")
+        .flag("etcd.endpoints", "--etcd-endpoints")
+}
+
+/// The flags' values as `--set` pairs: the common flags after `--set`, so they win.
+fn flag_sets(sets: &[(String, String)], flags: &[(&str, Option<String>)]) -> Vec<(String, String)> {
+    let mut out = sets.to_vec();
+    for (path, value) in flags {
+        if let Some(v) = value {
+            out.push((path.to_string(), v.clone()));
+        }
+    }
+    out
+}
+
 impl RegistryArgs {
     fn config(&self) -> Result<RegistryConfig> {
-        let mut cfg: RegistryConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => RegistryConfig::default(),
-        };
-        if let Some(a) = self.http_addr {
-            cfg.http_addr = a;
-        }
-        if let Some(e) = &self.etcd_endpoints {
-            cfg.etcd.endpoints = e.clone();
-        }
+        let file = config::read_table(self.config.as_deref())?;
+        let sets = flag_sets(
+            &self.set,
+            &[
+                ("http_addr", self.http_addr.map(|a| a.to_string())),
+                ("etcd.endpoints", self.etcd_endpoints.clone()),
+            ],
+        );
+        let table = registry_keys().layer(file, &config::env_vars(), &sets)?;
+        let cfg = RegistryConfig::deserialize(toml::Value::Table(table))
+            .context("the registry's configuration")?;
         cfg.etcd.check().map_err(anyhow::Error::msg)?;
+        if cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.reload_interval < Duration::from_secs(1))
+        {
+            anyhow::bail!("tls.reload_interval must be at least 1s");
+        }
         Ok(cfg)
     }
 }
@@ -97,64 +147,15 @@ struct ClusterArgs {
     #[command(flatten)]
     node: NodeArgs,
     /// Kafka bootstrap servers, `host:port[,host:port]`.
-    #[arg(long, env = "PUSHCENTER_KAFKA_BROKERS")]
+    #[arg(long)]
     kafka_brokers: Option<String>,
     /// The WebSocket URL clients use to reach this node (handed out by the registry).
-    #[arg(long, env = "PUSHCENTER_ADVERTISE_URL")]
+    #[arg(long)]
     advertise_url: Option<String>,
     /// etcd endpoints, comma-separated; without them (and without `[etcd]`) the node
     /// registers nowhere.
-    #[arg(long, env = "PUSHCENTER_ETCD_ENDPOINTS", value_delimiter = ',')]
-    etcd_endpoints: Option<Vec<String>>,
-}
-
-/// A config file: the node's keys at the top level, the bus in `[kafka]`, the
-/// registry in `[etcd]`.
-struct FileConfig {
-    node: NodeConfig,
-    kafka: Option<KafkaConfig>,
-    etcd: Option<EtcdConfig>,
-    /// `[kafka]` names `brokers` (its default is only a placeholder).
-    brokers_given: bool,
-}
-
-fn read_config(path: Option<&PathBuf>) -> Result<FileConfig> {
-    let Some(path) = path else {
-        return Ok(FileConfig {
-            node: NodeConfig::default(),
-            kafka: None,
-            etcd: None,
-            brokers_given: false,
-        });
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let brokers_given = table
-        .get("kafka")
-        .and_then(toml::Value::as_table)
-        .is_some_and(|k| k.contains_key("brokers"));
-    let kafka = match table.remove("kafka") {
-        Some(v) => Some(
-            KafkaConfig::deserialize(v).with_context(|| format!("{}: [kafka]", path.display()))?,
-        ),
-        None => None,
-    };
-    let etcd = match table.remove("etcd") {
-        Some(v) => Some(
-            EtcdConfig::deserialize(v).with_context(|| format!("{}: [etcd]", path.display()))?,
-        ),
-        None => None,
-    };
-    let node = NodeConfig::deserialize(toml::Value::Table(table))
-        .with_context(|| format!("parsing {}", path.display()))?;
-    Ok(FileConfig {
-        node,
-        kafka,
-        etcd,
-        brokers_given,
-    })
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
 }
 
 /// A cluster node's whole configuration.
@@ -172,28 +173,49 @@ const NO_BROKERS: &str = "no Kafka brokers given: pass --kafka-brokers HOST:PORT
 (or PUSHCENTER_KAFKA_BROKERS, or `brokers` in the config's [kafka]); a cluster node reads \
 the cluster's Kafka (one node without Kafka: `pushcenter standalone`)";
 
+/// Splits a layered node table into the node's keys and its `[kafka]` and `[etcd]`.
+fn sections(
+    mut table: toml::Table,
+) -> Result<(NodeConfig, Option<KafkaConfig>, Option<EtcdConfig>)> {
+    let kafka = match table.remove("kafka") {
+        Some(v) => Some(KafkaConfig::deserialize(v).context("[kafka]")?),
+        None => None,
+    };
+    let etcd = match table.remove("etcd") {
+        Some(v) => Some(EtcdConfig::deserialize(v).context("[etcd]")?),
+        None => None,
+    };
+    let node = NodeConfig::deserialize(toml::Value::Table(table)).context("the node's keys")?;
+    Ok((node, kafka, etcd))
+}
+
 impl ClusterArgs {
     fn config(&self) -> Result<ClusterConfig> {
-        let file = read_config(self.node.config.as_ref())?;
-        let brokers_given = file.brokers_given || self.kafka_brokers.is_some();
-        let mut etcd = file.etcd;
-        if let Some(e) = &self.etcd_endpoints {
-            etcd.get_or_insert_with(EtcdConfig::default).endpoints = e.clone();
-        }
+        let file = config::read_table(self.node.config.as_deref())?;
+        let sets = flag_sets(
+            &self.node.set,
+            &[
+                ("http_addr", self.node.http_addr.map(|a| a.to_string())),
+                ("tcp_addr", self.node.tcp_addr.map(|a| a.to_string())),
+                ("node_id", self.node.node_id.clone()),
+                ("advertise_url", self.advertise_url.clone()),
+                ("kafka.brokers", self.kafka_brokers.clone()),
+                ("etcd.endpoints", self.etcd_endpoints.clone()),
+            ],
+        );
+        let table = node_keys().layer(file, &config::env_vars(), &sets)?;
+        let brokers_given = table
+            .get("kafka")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|k| k.contains_key("brokers"));
+        let (node, kafka, etcd) = sections(table)?;
         if let Some(e) = &etcd {
             e.check().map_err(anyhow::Error::msg)?;
         }
-        let mut node = self.node.apply(file.node)?;
-        let mut kafka = file.kafka.unwrap_or_default();
-        if let Some(b) = &self.kafka_brokers {
-            kafka.brokers = b.clone();
-        }
-        if let Some(u) = &self.advertise_url {
-            node.advertise_url = Some(u.clone());
-        }
+        node.validate()?;
         Ok(ClusterConfig {
             node,
-            kafka,
+            kafka: kafka.unwrap_or_default(),
             etcd,
             brokers_given,
         })
@@ -202,47 +224,53 @@ impl ClusterArgs {
 
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// TOML config file; flags and environment variables override it.
+    /// TOML config file; environment variables and flags override it.
     #[arg(long, env = "PUSHCENTER_CONFIG")]
     config: Option<PathBuf>,
     /// HTTP + WebSocket listen address; port 0 picks a free port.
-    #[arg(long, env = "PUSHCENTER_HTTP_ADDR")]
+    #[arg(long)]
     http_addr: Option<SocketAddr>,
     /// STOMP-over-TCP listen address (off unless given).
-    #[arg(long, env = "PUSHCENTER_TCP_ADDR")]
+    #[arg(long)]
     tcp_addr: Option<SocketAddr>,
-    #[arg(long, env = "PUSHCENTER_NODE_ID")]
+    #[arg(long)]
     node_id: Option<String>,
+    /// Any configuration key: `--set auth.anonymous=true` (repeatable;
+    /// docs/configuration.md).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = config::key_value)]
+    set: Vec<(String, String)>,
     /// Log format: human or json.
     #[arg(long, env = "PUSHCENTER_LOG_FORMAT", default_value = "human")]
     log_format: String,
 }
 
 impl NodeArgs {
-    /// The standalone config: a `[kafka]` section there is a mistake worth saying.
+    /// The standalone config: a `[kafka]` section in its file is a mistake worth saying
+    /// (the environment may be shared with cluster nodes: `PUSHCENTER_KAFKA_...` and
+    /// `PUSHCENTER_ETCD_...` are ignored).
     fn node_config(&self) -> Result<NodeConfig> {
-        let file = read_config(self.config.as_ref())?;
-        if file.kafka.is_some() {
+        let mut file = config::read_table(self.config.as_deref())?;
+        if file.contains_key("kafka") {
             anyhow::bail!(
                 "[kafka] is for `pushcenter node`; standalone has its own in-process bus"
             );
         }
-        self.apply(file.node)
-    }
-
-    /// Flags and environment over the file.
-    fn apply(&self, mut cfg: NodeConfig) -> Result<NodeConfig> {
-        if let Some(a) = self.http_addr {
-            cfg.http_addr = a;
-        }
-        if let Some(a) = self.tcp_addr {
-            cfg.tcp_addr = Some(a);
-        }
-        if let Some(id) = &self.node_id {
-            cfg.node_id = id.clone();
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        // Registration is for cluster nodes.
+        file.remove("etcd");
+        let sets = flag_sets(
+            &self.set,
+            &[
+                ("http_addr", self.http_addr.map(|a| a.to_string())),
+                ("tcp_addr", self.tcp_addr.map(|a| a.to_string())),
+                ("node_id", self.node_id.clone()),
+            ],
+        );
+        let mut table = node_keys().layer(file, &config::env_vars(), &sets)?;
+        table.remove("kafka");
+        table.remove("etcd");
+        let (node, _, _) = sections(table)?;
+        node.validate()?;
+        Ok(node)
     }
 }
 
@@ -367,20 +395,11 @@ async fn refused_at_start(bus: Arc<KafkaBus>) {
     }
 }
 
-/// The config as `check-config` prints it: secrets replaced, never shown.
-fn redacted(cfg: &NodeConfig) -> Result<toml::Value> {
+/// A config as `check-config` prints it: secrets replaced, never shown.
+fn shown<T: serde::Serialize>(cfg: &T) -> Result<String> {
     let mut v = toml::Value::try_from(cfg)?;
-    if let Some(auth) = v.get_mut("auth").and_then(toml::Value::as_table_mut) {
-        if auth.contains_key("hs256_secret") {
-            auth.insert("hs256_secret".into(), "(redacted)".into());
-        }
-        if let Some(keys) = auth.get_mut("api_keys").and_then(toml::Value::as_array_mut) {
-            for k in keys {
-                *k = "(redacted)".into();
-            }
-        }
-    }
-    Ok(v)
+    config::redact(&mut v);
+    Ok(toml::to_string_pretty(&v)?)
 }
 
 #[tokio::main]
@@ -418,15 +437,39 @@ async fn main() -> Result<()> {
         Command::Registry(args) => {
             init_tracing(&args.log_format);
             let cfg = args.config()?;
+            // Loaded before binding: a bad certificate is a clear error at start.
+            let tls = match &cfg.tls {
+                Some(t) => {
+                    let certs = pushcenter_node::TlsCerts::load(t)?;
+                    Some((certs.acceptor()?, certs, t.reload_interval))
+                }
+                None => None,
+            };
             let listener = tokio::net::TcpListener::bind(cfg.http_addr)
                 .await
                 .with_context(|| format!("binding {}", cfg.http_addr))?;
             let stop = stop_signals()?;
             println!("listening http={}", listener.local_addr()?);
             let app = pushcenter_registry::router(cfg.etcd);
-            let serving = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped(stop.clone(), Stop::Drain))
-                .into_future();
+            let drained = stopped(stop.clone(), Stop::Drain);
+            let serving: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>> =
+                match tls {
+                    Some((acceptor, certs, every)) => {
+                        tokio::spawn(certs.watch(every));
+                        Box::pin(async move {
+                            let timeout = Duration::from_secs(10);
+                            pushcenter_node::serve_https(listener, acceptor, app, timeout, drained)
+                                .await;
+                            Ok(())
+                        })
+                    }
+                    None => Box::pin(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(drained)
+                            .await?;
+                        Ok(())
+                    }),
+                };
             tokio::select! {
                 biased;
                 () = stopped(stop, Stop::Now) => stop_now(None).await,
@@ -448,14 +491,22 @@ async fn main() -> Result<()> {
                      (`pushcenter standalone` needs none)"
                 );
             }
-            let mut text = toml::to_string_pretty(&redacted(&cfg)?)?;
-            text.push_str("\n[kafka]\n");
-            text.push_str(&toml::to_string_pretty(&kafka.redacted())?);
+            let mut all = toml::Table::try_from(&cfg)?;
+            all.insert("kafka".into(), toml::Value::try_from(&kafka)?);
             if let Some(e) = etcd {
-                text.push_str("\n[etcd]\n");
-                text.push_str(&toml::to_string_pretty(&e)?);
+                all.insert("etcd".into(), toml::Value::try_from(&e)?);
             }
-            println!("{text}");
+            println!("{}", shown(&all)?);
+        }
+        Command::ConfigKeys => {
+            let (node, registry) = (node_keys(), registry_keys());
+            print!(
+                "{}",
+                config::reference(&[
+                    ("`pushcenter node`, `standalone` and `check-config`", &node),
+                    ("`pushcenter registry`", &registry),
+                ])
+            );
         }
         Command::Publish(args) => publish::run(args).await?,
         Command::Bench(args) => bench::run(args).await?,

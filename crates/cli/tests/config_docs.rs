@@ -11,6 +11,8 @@ fn with_fixture_files(toml: &str) -> String {
             let key = line.split('=').next().unwrap_or_default().trim();
             let fixture = match key.trim_matches('"') {
                 "cert_file" | "ssl.ca.location" => "tls-test-cert.pem",
+                "ca_file" => "etcd-test-ca.pem",
+                "password_file" => "etcd-test-password",
                 "key_file" => "tls-test-key.pem",
                 "rs256_public_key_file" => "jwt-test-rsa.pub.pem",
                 _ => return line.to_string(),

@@ -32,6 +32,7 @@ impl KafkaBus {
         publish_timeout: Duration,
     ) -> Result<KafkaBus, Error> {
         KafkaBus::check(&cfg)?;
+        let cfg = crate::config::read_property_files(cfg)?;
         let state = Arc::new(State::default());
         let producer = Producer::new(&cfg, node_id, publish_timeout, state.clone())?;
         Ok(KafkaBus {

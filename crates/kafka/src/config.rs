@@ -1,14 +1,16 @@
 //! The `[kafka]` section of a node's config and the checks librdkafka does not do.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 /// The `[kafka]` section of a node's config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: `host:port[,host:port...]`.
@@ -19,19 +21,26 @@ pub struct KafkaConfig {
     pub replies_topic: String,
     /// Consumer group of a node: this prefix and the node id.
     pub group_prefix: String,
-    /// Partitions and replication factor of topics the node creates when missing.
+    /// Partitions of the topics the node creates when they are missing.
     pub partitions: i32,
+    /// Replication factor of the topics the node creates.
     pub replication_factor: i32,
     /// How often the consumer checks the broker: reachability, topics, new partitions.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub check_interval: Duration,
     /// librdkafka properties for every client of the node (producer, consumers, log
     /// reads): security (`security.protocol`, `sasl.*`, `ssl.*`) and anything else
     /// librdkafka supports. `producer` and `consumer` override them for one kind.
     pub properties: BTreeMap<String, String>,
-    /// librdkafka properties passed through to the producer and the consumer.
+    /// librdkafka properties for the producer only.
     pub producer: BTreeMap<String, String>,
+    /// librdkafka properties for the consumers only (the live reader and log reads).
     pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for every client whose value is a file's content (a
+    /// trailing newline dropped): secrets out of the config file, e.g.
+    /// `"sasl.password" = "/run/secrets/kafka-password"`.
+    pub property_files: BTreeMap<String, PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -47,6 +56,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
+            property_files: BTreeMap::new(),
         }
     }
 }
@@ -82,29 +92,23 @@ pub(crate) fn check(cfg: &KafkaConfig) -> Result<(), Error> {
     Ok(())
 }
 
-impl KafkaConfig {
-    /// A copy to show (`check-config`): every secret property's value replaced.
-    pub fn redacted(&self) -> KafkaConfig {
-        let mut shown = self.clone();
-        for map in [
-            &mut shown.properties,
-            &mut shown.producer,
-            &mut shown.consumer,
-        ] {
-            for (k, v) in map.iter_mut() {
-                if is_secret_property(k) {
-                    *v = "(redacted)".into();
-                }
-            }
+/// `property_files` read into `properties` (a property given both ways is an error).
+pub(crate) fn read_property_files(mut cfg: KafkaConfig) -> Result<KafkaConfig, Error> {
+    for (key, path) in std::mem::take(&mut cfg.property_files) {
+        if cfg.properties.contains_key(&key) {
+            return Err(Error::Config(format!(
+                "{key} is in both properties and property_files"
+            )));
         }
-        shown
+        let mut value = std::fs::read_to_string(&path).map_err(|e| {
+            Error::Config(format!("property_files.{key:?}: {}: {e}", path.display()))
+        })?;
+        while value.ends_with('\n') || value.ends_with('\r') {
+            value.pop();
+        }
+        cfg.properties.insert(key, value);
     }
-}
-
-/// Whether a librdkafka property holds a secret (a password, a private key, a client
-/// secret): printed redacted, never logged.
-pub(crate) fn is_secret_property(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+    Ok(cfg)
 }
 
 /// How long one poll of a consumer waits: the live reader's and a log read's.
@@ -115,7 +119,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn owned_properties_are_refused_and_secrets_known() {
+    fn owned_properties_are_refused() {
         let mut cfg = KafkaConfig::default();
         cfg.properties
             .insert("security.protocol".into(), "SASL_PLAINTEXT".into());
@@ -123,10 +127,5 @@ mod tests {
         cfg.consumer.insert("group.id".into(), "shared".into());
         let e = check(&cfg).expect_err("group.id").to_string();
         assert!(e.contains("group_prefix"), "{e}");
-        assert!(is_secret_property("sasl.password"));
-        assert!(is_secret_property("ssl.key.password"));
-        assert!(is_secret_property("ssl.key.pem"));
-        assert!(is_secret_property("sasl.oauthbearer.client.secret"));
-        assert!(!is_secret_property("sasl.username"));
     }
 }

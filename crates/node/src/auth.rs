@@ -1,13 +1,19 @@
 //! Who a client or a backend is, and what it may do. Clients present a JWT (HS256 or
-//! RS256) whose `sub` is the user and whose `subscribe`/`send` claims may narrow what it
-//! may reach; backends present an API key or a JWT with the backend role.
+//! RS256 with the static keys, or signed by an identity provider's JWKS key) whose
+//! `sub` is the user and whose `subscribe`/`send` claims may narrow what it may reach;
+//! backends present an API key or a JWT with the backend role.
+
+pub(crate) mod jwks;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, errors::ErrorKind};
+use pushcenter_stomp::{Command, Frame};
 use serde::Deserialize;
 
 use crate::config::{AuthConfig, ConfigError};
+use jwks::Provider;
 
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -116,6 +122,7 @@ pub(crate) struct Auth {
     hs: Option<DecodingKey>,
     rs: Option<DecodingKey>,
     api_keys: Vec<String>,
+    providers: Vec<Arc<Provider>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -125,6 +132,7 @@ impl std::fmt::Debug for Auth {
             .field("hs256", &self.hs.is_some())
             .field("rs256", &self.rs.is_some())
             .field("api_keys", &self.api_keys.len())
+            .field("providers", &self.providers)
             .finish()
     }
 }
@@ -181,7 +189,12 @@ impl Auth {
             ));
         }
         let hs = secret.map(|s| DecodingKey::from_secret(&s));
-        if hs.is_none() && rs.is_none() && api_keys.is_empty() {
+        let providers = cfg
+            .providers
+            .iter()
+            .map(|p| Provider::load(p).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        if hs.is_none() && rs.is_none() && api_keys.is_empty() && providers.is_empty() {
             return Ok(None);
         }
         Ok(Some(Auth {
@@ -189,16 +202,90 @@ impl Auth {
             hs,
             rs,
             api_keys,
+            providers,
         }))
     }
 
-    pub(crate) fn clients_need_tokens(&self) -> bool {
-        self.hs.is_some() || self.rs.is_some()
+    /// Starts each identity provider's key refresh (the node runs this at start; the
+    /// keys arrive in the background, a provider that cannot be reached delays nothing).
+    pub(crate) fn start(&self) {
+        for p in &self.providers {
+            p.start();
+        }
     }
 
-    /// The token's claims if it verifies and was issued as a `kind` token.
+    pub(crate) fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    pub(crate) fn clients_need_tokens(&self) -> bool {
+        self.hs.is_some() || self.rs.is_some() || !self.providers.is_empty()
+    }
+
+    /// The provider whose issuer the token's (unverified) `iss` names.
+    fn provider_of(&self, token: &str) -> Option<&Provider> {
+        if self.providers.is_empty() {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Issuer {
+            #[serde(default)]
+            iss: Option<serde_json::Value>,
+        }
+        let peek = jsonwebtoken::dangerous::insecure_decode::<Issuer>(token).ok()?;
+        let iss = peek.claims.iss?;
+        let iss = iss.as_str()?;
+        self.providers
+            .iter()
+            .find(|p| p.issuer == iss)
+            .map(|p| &**p)
+    }
+
+    /// Before a frame's token is checked: when it is a provider's token whose `kid` the
+    /// key set lacks (a key rotated in since the last fetch), waits for the fetch this
+    /// asks for, at most [`jwks::UNKNOWN_KID_WAIT`]. Rate-limited: when the provider
+    /// was fetched less than `min_refresh_interval` ago it returns at once.
+    /// `None` (at once, no allocation) for every other frame.
+    pub(crate) fn await_keys_for<'a>(
+        &'a self,
+        frame: &'a Frame,
+    ) -> Option<impl Future<Output = ()> + 'a> {
+        if self.providers.is_empty() {
+            return None;
+        }
+        let checked = match frame.command {
+            Command::Connect | Command::Stomp => true,
+            Command::Send => frame.get("destination") == Some(crate::session::TOKEN_DESTINATION),
+            _ => false,
+        };
+        let token = frame_token(frame).filter(|_| checked)?;
+        Some(self.await_keys(token))
+    }
+
+    /// [`Auth::await_keys_for`] for a token given some other way (the WebSocket URL).
+    pub(crate) async fn await_keys(&self, token: &str) {
+        let Some(p) = self.provider_of(token) else {
+            return;
+        };
+        let Ok(h) = decode_header(token) else { return };
+        let Some(kid) = h.kid else { return };
+        if !matches!(p.keys().get(&kid, h.alg), Err(true)) {
+            return;
+        }
+        if let Some(mut fetched) = p.unknown_kid() {
+            let _ = tokio::time::timeout(jwks::UNKNOWN_KID_WAIT, fetched.changed()).await;
+        }
+    }
+
+    /// The token's claims if it verifies and was issued as a `kind` token. A provider's
+    /// token: its `role` decides the kind as for any token, and the provider's audience
+    /// (checked in `verify_provider`) replaces the kind's audience.
     fn verify_as(&self, token: &str, kind: Kind) -> Result<Claims, String> {
-        let c = self.verify(token)?;
+        let provider = self.provider_of(token);
+        let c = match provider {
+            Some(p) => verify_provider(p, token, self.cfg.leeway.as_secs())?,
+            None => self.verify(token)?,
+        };
         let role = c.role.as_deref();
         let is = if role == Some(self.cfg.backend_role.as_str()) {
             Kind::Backend
@@ -222,6 +309,7 @@ impl Auth {
             Kind::Callback => &self.cfg.callback_audience,
         };
         match &c.aud {
+            _ if provider.is_some() => Ok(c),
             Some(aud) if !aud.names(audience) => {
                 Err(format!("unauthorized: token audience is not {audience}"))
             }
@@ -314,8 +402,53 @@ impl Auth {
     }
 }
 
+/// A provider's token: a key of its set by `kid`, one of its algorithms, its issuer,
+/// its audience.
+fn verify_provider(p: &Provider, token: &str, leeway: u64) -> Result<Claims, String> {
+    let header = decode_header(token).map_err(|e| reason(e.kind()))?;
+    if !p.algorithms.contains(&header.alg) {
+        return Err("unauthorized: token algorithm not accepted".into());
+    }
+    let kid = header
+        .kid
+        .filter(|k| !k.is_empty())
+        .ok_or("unauthorized: the token has no kid")?;
+    let keys = p.keys();
+    let key = match keys.get(&kid, header.alg) {
+        Ok(k) => k,
+        Err(true) => {
+            // Maybe rotated in since the last fetch: the next token may find it.
+            let _ = p.unknown_kid();
+            return Err("unauthorized: unknown token signing key".into());
+        }
+        Err(false) => return Err("unauthorized: token algorithm not accepted".into()),
+    };
+    let mut v = Validation::new(header.alg);
+    v.leeway = leeway;
+    v.validate_nbf = true;
+    v.set_issuer(&[&p.issuer]);
+    v.set_audience(&p.audience);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    decode::<Claims>(token, key, &v)
+        .map(|d| d.claims)
+        .map_err(|e| reason(e.kind()))
+}
+
+/// A token on a frame: `passcode`, or `authorization: Bearer <token>` (as the session
+/// reads it).
+fn frame_token(frame: &Frame) -> Option<&str> {
+    frame.get("passcode").filter(|p| !p.is_empty()).or_else(|| {
+        frame
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::trim)
+    })
+}
+
 fn reason(kind: &ErrorKind) -> String {
     match kind {
+        ErrorKind::InvalidIssuer => "unauthorized: token issuer not accepted".into(),
+        ErrorKind::InvalidAudience => "unauthorized: token audience not accepted".into(),
         ErrorKind::ExpiredSignature => "unauthorized: token expired".into(),
         ErrorKind::InvalidSignature => "unauthorized: invalid token signature".into(),
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pushcenter_stomp::Limits;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What happens when a connection's outbound queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumerPolicy {
     /// Send ERROR `message:slow consumer` and close the connection.
@@ -18,7 +19,7 @@ pub enum SlowConsumerPolicy {
     DropOldest,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Identifies the node in message ids and the registry.
@@ -29,51 +30,67 @@ pub struct NodeConfig {
     pub tcp_addr: Option<SocketAddr>,
     /// The URL clients use to reach this node's WebSocket endpoint (registry).
     pub advertise_url: Option<String>,
+    /// The STOMP codec's limits.
     pub limits: LimitsConfig,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
     /// Distinct wildcard patterns (`*`, `#`) on one node, and wildcard subscriptions of
     /// one connection: every record is matched against each distinct pattern.
     pub max_patterns: usize,
+    /// Wildcard subscriptions one connection may hold.
     pub max_patterns_per_connection: usize,
     /// Unacknowledged messages per `client`/`client-individual` subscription.
     pub ack_window: usize,
-    /// Outbound queue per connection: messages and bytes.
+    /// Outbound queue per connection: messages ...
     pub outbound_max_messages: usize,
+    /// ... and bytes (at least `limits.max_frame_bytes`).
     pub outbound_max_bytes: usize,
+    /// A full outbound queue: `disconnect` (ERROR, then close) or `drop-oldest`.
     pub slow_consumer: SlowConsumerPolicy,
-    /// Heart-beat intervals the server offers (send, receive); 0 disables.
+    /// Heart-beat interval the server offers to send; 0 disables.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub heartbeat_send: Duration,
+    /// Heart-beat interval the server wants from clients (a client silent twice as
+    /// long is closed); 0 disables.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub heartbeat_receive: Duration,
     /// A connection without heart-beats from the client (it asked for none) that sends
     /// nothing for this long is closed; 0 turns it off.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// TCP keepalive on every accepted socket: probes start after this much silence
     /// (then every 10 s, 5 of them), so a vanished peer's socket goes; 0 turns it off.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub tcp_keepalive: Duration,
     /// Time a new connection has to complete the WebSocket handshake and send CONNECT.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// How long a publish (HTTP or client SEND) waits for the bus before failing.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub publish_timeout: Duration,
     /// A socket write the peer does not take within this closes the connection.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub write_timeout: Duration,
     /// At most one socket write per connection per this interval: messages that
     /// arrive sooner wait and go out together, one syscall for several (0: write at
     /// once). A connection that was quiet for this long writes at once.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub write_delay: Duration,
     /// How often the node reports its load to the registry.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub report_interval: Duration,
     /// How long shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// Clients may SEND to `/topic/...`.
     pub client_send: bool,
@@ -83,17 +100,20 @@ pub struct NodeConfig {
     /// Anyone can then claim any user; for trusted networks and tests until token
     /// authentication is configured.
     pub insecure_login_as_user: bool,
-    /// `POST /v1/requests`: the wait when the request names none, and the longest
-    /// wait a request may ask for.
+    /// `POST /v1/requests`: the wait when the request names none.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout_default: Duration,
+    /// `POST /v1/requests`: the longest wait a request may ask for.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout_max: Duration,
     /// Requests one node may have waiting at once; more get 503.
     pub max_waiters: usize,
     /// How long a callback (`POST /v1/requests/{id}/reply`) waits for the waiting node
     /// to say it took it; then 404.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub callback_timeout: Duration,
     /// Resumes (`resume-from` on SUBSCRIBE) one connection may ask for per minute (a
     /// burst of as many); 0 is off.
@@ -102,12 +122,14 @@ pub struct NodeConfig {
     pub max_log_reads: usize,
     /// The replay window (resume after reconnect): records kept at most this long ...
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub replay_window: Duration,
     /// ... and at most this many bytes (bodies, headers, and a little per record).
     pub replay_window_bytes: usize,
     /// How often connections that ask (`position-updates:on` on CONNECT) hear every
     /// subscription's position; `0s`: never.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub position_updates: Duration,
     /// STOMP connections (WebSocket and TCP) one node accepts; more are refused.
     pub max_connections: usize,
@@ -128,21 +150,37 @@ pub struct NodeConfig {
 }
 
 /// Certificate chain and private key, PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// The chain, leaf first.
+    /// PEM certificate chain, leaf first.
     pub cert_file: std::path::PathBuf,
+    /// PEM private key of `cert_file`.
     pub key_file: std::path::PathBuf,
+    /// How often the files are checked: a changed pair is loaded and served to new
+    /// connections without a restart (one that fails to load keeps the old pair).
+    #[serde(default = "TlsConfig::default_reload", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    fn default_reload() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 /// The codec limits, as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// The largest STOMP frame a client may send (and a WebSocket message).
     pub max_frame_bytes: usize,
+    /// Headers in one frame.
     pub max_headers: usize,
+    /// Bytes in one header line.
     pub max_header_line: usize,
+    /// Bytes in one frame's body (less than `max_frame_bytes`).
     pub max_body_bytes: usize,
 }
 
@@ -261,9 +299,17 @@ impl NodeConfig {
         }
         let tokens = self.auth.hs256_secret.is_some()
             || self.auth.hs256_secret_file.is_some()
-            || self.auth.rs256_public_key_file.is_some();
+            || self.auth.rs256_public_key_file.is_some()
+            || !self.auth.providers.is_empty();
         if self.insecure_login_as_user && tokens {
             return bad("insecure_login_as_user cannot be combined with token authentication");
+        }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.reload_interval < Duration::from_secs(1))
+        {
+            return bad("tls.reload_interval must be at least 1s");
         }
         if self.max_log_reads == 0 {
             return bad("max_log_reads must be at least 1");
@@ -274,6 +320,9 @@ impl NodeConfig {
         let role = self.auth.backend_role.as_str();
         if role.is_empty() || role == "client" || role == "callback" {
             return bad("auth.backend_role must be non-empty and neither client nor callback");
+        }
+        for p in &self.auth.providers {
+            crate::auth::jwks::check_provider(p)?;
         }
         if self.max_connections == 0 || self.max_http_connections == 0 {
             return bad("max_connections and max_http_connections must be at least 1");
@@ -291,7 +340,7 @@ impl NodeConfig {
 }
 
 /// The `[auth]` section of a node's config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret, inline or in a file (its bytes, a trailing newline removed).
@@ -310,6 +359,7 @@ pub struct AuthConfig {
     pub anonymous_send: Vec<String>,
     /// Clock skew allowed on `exp`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub leeway: Duration,
     /// HTTP API credentials: static keys (`Authorization: Bearer <key>`), inline or one
     /// per line in a file, or a token whose `role` claim is `backend_role`.
@@ -322,6 +372,73 @@ pub struct AuthConfig {
     pub backend_audience: String,
     pub callback_audience: String,
     pub require_audience: bool,
+    /// Identity providers (OpenID Connect / JWKS) whose tokens are accepted besides the
+    /// static keys above; a token is theirs when its `iss` names one (security.md).
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// One `[[auth.providers]]` entry: an issuer whose signing keys come from a JWKS URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The issuer: a token's `iss` must be exactly this; also the base of OpenID
+    /// Connect discovery (`{issuer}/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Required, one string or a list: a token's `aud` must name one of them, so a
+    /// token the same provider issued for another application is refused here.
+    #[serde(deserialize_with = "one_or_many")]
+    pub audience: Vec<String>,
+    /// The JWKS document; when absent, the `jwks_uri` of the issuer's discovery
+    /// document. `https://` only, `http://` on a loopback host.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched again.
+    #[serde(default = "ProviderConfig::default_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub refresh_interval: Duration,
+    /// The soonest a token with an unknown `kid` may make the node fetch again (after
+    /// any fetch): random `kid`s cannot make the node flood the provider.
+    #[serde(
+        default = "ProviderConfig::default_min_refresh",
+        with = "humantime_serde"
+    )]
+    #[schemars(with = "String")]
+    pub min_refresh_interval: Duration,
+    /// PEM CA bundle to trust instead of the system's roots (a private provider).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Signature algorithms accepted from this provider: RS256/384/512, PS256/384/512,
+    /// ES256, ES384, EdDSA. Never `none` or HS*: a JWKS is public.
+    #[serde(default = "ProviderConfig::default_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+impl ProviderConfig {
+    fn default_refresh() -> Duration {
+        Duration::from_secs(600)
+    }
+
+    fn default_min_refresh() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    fn default_algorithms() -> Vec<String> {
+        vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+    }
+}
+
+/// `"a"` or `["a", "b"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(list) => list,
+    })
 }
 
 impl Default for AuthConfig {
@@ -343,6 +460,7 @@ impl Default for AuthConfig {
             backend_audience: "pushcenter-backend".into(),
             callback_audience: "pushcenter-callback".into(),
             require_audience: false,
+            providers: Vec::new(),
         }
     }
 }

@@ -64,9 +64,15 @@ pub(crate) fn serve<L: Link>(
     );
     Stats::add(&node.stats.connections, 1);
     Stats::inc(&node.stats.connections_total);
+    // A URL token of a key rotated in since the last fetch: see `Auth::await_keys`.
+    let url_auth = node.auth.clone().filter(|a| !a.providers().is_empty());
+    let url_auth = url_auth.zip(url_token.clone());
     let mut conn = Connection::new(link, node, conn_id, url_token);
     conn.span = span;
     async move {
+        if let Some((auth, token)) = url_auth {
+            Box::pin(auth.await_keys(&token)).await;
+        }
         // The connection's cleanup runs when it is dropped: after `run`, and also when
         // the task unwinds from a panic (router entries and counts never leak).
         let end = conn.run().await;
@@ -279,6 +285,10 @@ impl<L: Link> Connection<L> {
                                     self.span.in_scope(|| {
                                         trace!(command = %frame.command, "frame in");
                                     });
+                                    let auth = self.node.auth.as_ref();
+                                    if let Some(wait) = auth.and_then(|a| a.await_keys_for(&frame)) {
+                                        Box::pin(wait).await;
+                                    }
                                     self.session.on_frame(frame, &mut actions);
                                 }
                             }

@@ -33,10 +33,12 @@ pub use bus::{
     sanitize, unix_ms,
 };
 pub use config::{
-    AuthConfig, ConfigError, LimitsConfig, NodeConfig, SlowConsumerPolicy, TlsConfig,
+    AuthConfig, ConfigError, LimitsConfig, NodeConfig, ProviderConfig, SlowConsumerPolicy,
+    TlsConfig,
 };
 pub use error::{Error, Result};
 pub use http::{discovery, web};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};
 pub use server::{Server, check_config};
 pub use stats::Stats;
+pub use transport::tls::{TlsCerts, serve_https};

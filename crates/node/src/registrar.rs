@@ -33,6 +33,12 @@ pub trait Registrar: Send + Sync + 'static {
     }
     /// Every live node known (standalone: this one).
     fn nodes(&self) -> Vec<NodeInfo>;
+    /// Why the node cannot register, while that lasts (the registry refuses its
+    /// credentials): `/readyz` answers 503 with it. `None` while registered, and while
+    /// the registry is only unreachable: clients are still served then.
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Default)]

@@ -39,16 +39,34 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Everything [`Server::bind`] loads from `config` before it binds: the values, the
 /// token keys, the TLS certificate and key. `check-config` runs it too.
+/// An identity provider it cannot reach is a warning on stderr, not an error: the node
+/// starts without its keys and keeps trying.
 pub fn check_config(config: &NodeConfig) -> Result<()> {
-    load(config).map(|_| ())
+    let (auth, _) = load(config)?;
+    for w in auth
+        .map(|a| auth::jwks::probe(a.providers()))
+        .unwrap_or_default()
+    {
+        eprintln!("warning: {w}; the node starts without these keys and keeps trying");
+    }
+    Ok(())
 }
 
-type Loaded = (Option<Arc<auth::Auth>>, Option<tokio_rustls::TlsAcceptor>);
+type Loaded = (
+    Option<Arc<auth::Auth>>,
+    Option<(tokio_rustls::TlsAcceptor, Arc<tls::TlsCerts>)>,
+);
 
 fn load(config: &NodeConfig) -> Result<Loaded> {
     config.validate()?;
     let auth = auth::Auth::load(&config.auth)?.map(Arc::new);
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = match &config.tls {
+        Some(t) => {
+            let certs = tls::TlsCerts::load(t)?;
+            Some((certs.acceptor()?, certs))
+        }
+        None => None,
+    };
     Ok((auth, tls))
 }
 
@@ -68,6 +86,17 @@ impl Server {
         registrar: Arc<dyn Registrar>,
     ) -> Result<Server> {
         let (auth, tls) = load(&config)?;
+        let tls = tls.map(|(acceptor, certs)| {
+            let every = config
+                .tls
+                .as_ref()
+                .map_or(Duration::from_secs(10), |t| t.reload_interval);
+            tokio::spawn(certs.watch(every));
+            acceptor
+        });
+        if let Some(a) = &auth {
+            a.start();
+        }
         if auth.is_none() {
             tracing::warn!(
                 "no [auth] keys configured: clients connect anonymously and the HTTP API is open"

@@ -1,12 +1,12 @@
 //! A node's side: its key under a lease, re-put with its load, revoked on a clean exit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use pushcenter_node::{BoxFuture, NodeInfo, Registrar};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{Error, EtcdConfig, Result};
 
@@ -24,6 +24,8 @@ pub struct EtcdRegistrar {
     written: watch::Receiver<u64>,
     me: Mutex<Option<NodeInfo>>,
     draining: Mutex<bool>,
+    /// Why etcd refuses this node, while it does (for `/readyz`).
+    problem: Arc<Mutex<Option<String>>>,
 }
 
 impl EtcdRegistrar {
@@ -32,12 +34,14 @@ impl EtcdRegistrar {
         let (desired, desired_rx) = watch::channel(Desired::default());
         let (written_tx, written) = watch::channel(0);
         let key = cfg.node_key(node_id);
-        tokio::spawn(keep(cfg, key, desired_rx, written_tx));
+        let problem = Arc::new(Mutex::new(None));
+        tokio::spawn(keep(cfg, key, desired_rx, written_tx, problem.clone()));
         EtcdRegistrar {
             desired,
             written,
             me: Mutex::new(None),
             draining: Mutex::new(false),
+            problem,
         }
     }
 
@@ -94,6 +98,13 @@ impl Registrar for EtcdRegistrar {
         self.written(u64::MAX)
     }
 
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn nodes(&self) -> Vec<NodeInfo> {
         self.me
             .lock()
@@ -104,33 +115,106 @@ impl Registrar for EtcdRegistrar {
     }
 }
 
-/// Keeps the key alive across etcd outages: (re)connect, grant a lease, put, keep the
-/// lease alive, put again on every change; revoke on deregister.
+/// What survives from one etcd session to the next.
+#[derive(Default)]
+struct Carry {
+    /// The lease of the node's key: a new session takes it over while etcd still has
+    /// it, so a reconnect (a leader change, a refused token) keeps the registration.
+    lease: Option<i64>,
+    /// The key is written in this session.
+    registered: bool,
+}
+
+/// Keeps the key alive across etcd outages: (re)connect, take over or grant a lease,
+/// put, keep the lease alive, put again on every change; revoke on deregister.
 async fn keep(
     cfg: EtcdConfig,
     key: String,
     mut desired: watch::Receiver<Desired>,
     written: watch::Sender<u64>,
+    problem: Arc<Mutex<Option<String>>>,
 ) {
+    let mut carry = Carry::default();
     let mut logged_down = false;
+    let mut logged_refusal: Option<String> = None;
     loop {
-        match session(&cfg, &key, &mut desired, &written).await {
+        carry.registered = false;
+        let result = session(&cfg, &key, &mut desired, &written, &mut carry, &problem).await;
+        if carry.registered {
+            logged_down = false;
+            logged_refusal = None;
+        }
+        let mut pause = Duration::from_millis(500);
+        match result {
             Ok(()) => return,
-            Err(e) => {
-                if !logged_down {
-                    warn!(error = %e, "etcd: registration lost; retrying");
-                    logged_down = true;
+            Err(e) => match e.refusal() {
+                Some(reason) => {
+                    if logged_refusal.as_ref() != Some(&reason) {
+                        error!(
+                            endpoints = %cfg.endpoint_list(),
+                            %reason,
+                            "etcd refused this node's credentials: not registered, clients \
+                             are still served; retrying every 5s"
+                        );
+                        logged_refusal = Some(reason.clone());
+                    }
+                    set(
+                        &problem,
+                        Some(format!("etcd {} refused: {reason}", cfg.endpoint_list())),
+                    );
+                    // A refusal lasts until someone changes a config: no need to hammer.
+                    pause = Duration::from_secs(5);
                 }
-                debug!(error = %e, "etcd registration error");
-            }
+                None => {
+                    if !logged_down {
+                        warn!(endpoints = %cfg.endpoint_list(), error = %e, "etcd: registration lost; retrying");
+                        logged_down = true;
+                    }
+                    debug!(error = %e, "etcd registration error");
+                }
+            },
         }
         if desired.borrow().gone {
             // Shutting down and etcd is away: the lease expires by itself.
             let _ = written.send(u64::MAX);
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(pause).await;
     }
+}
+
+fn set(problem: &Mutex<Option<String>>, value: Option<String>) {
+    *problem.lock().unwrap_or_else(|e| e.into_inner()) = value;
+}
+
+/// The lease of this session: the carried one while etcd still has it, else a new one.
+async fn lease(
+    client: &mut Client,
+    ttl: i64,
+    carry: &mut Carry,
+) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream)> {
+    if let Some(id) = carry.lease {
+        match client.lease_keep_alive(id).await {
+            Ok((keeper, acks)) => {
+                debug!(lease = id, "etcd: kept the lease over a reconnect");
+                return Ok((id, keeper, acks));
+            }
+            // etcd-client's answer for a lease etcd no longer has.
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => carry.lease = None,
+            Err(e) => return Err(Error::request("lease keep-alive")(e)),
+        }
+    }
+    let id = client
+        .lease_grant(ttl, None)
+        .await
+        .map_err(Error::request("lease grant"))?
+        .id();
+    carry.lease = Some(id);
+    let (keeper, acks) = client
+        .lease_keep_alive(id)
+        .await
+        .map_err(Error::request("lease keep-alive"))?;
+    Ok((id, keeper, acks))
 }
 
 async fn session(
@@ -138,23 +222,16 @@ async fn session(
     key: &str,
     desired: &mut watch::Receiver<Desired>,
     written: &watch::Sender<u64>,
+    carry: &mut Carry,
+    problem: &Mutex<Option<String>>,
 ) -> Result<()> {
-    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options()))
+    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options()?))
         .await
         .map_err(Error::EtcdConnect)?;
     let ttl = i64::try_from(cfg.ttl.as_secs().max(1)).unwrap_or(10);
-    let lease = client
-        .lease_grant(ttl, None)
-        .await
-        .map_err(Error::request("lease grant"))?
-        .id();
-    let (mut keeper, mut acks): (LeaseKeeper, LeaseKeepAliveStream) = client
-        .lease_keep_alive(lease)
-        .await
-        .map_err(Error::request("lease keep-alive"))?;
-    // Announced once the key is written, not when the lease is granted.
-    let mut announced = false;
+    let (lease, mut keeper, mut acks) = lease(&mut client, ttl, carry).await?;
     let mut tick = tokio::time::interval(cfg.ttl / 3);
+    // The key is put again in every session: etcd may have lost it with its data.
     let mut put_version = 0;
     loop {
         let want = desired.borrow_and_update().clone();
@@ -171,9 +248,11 @@ async fn session(
                     .put(key, value, Some(PutOptions::new().with_lease(lease)))
                     .await
                     .map_err(Error::request("put"))?;
-                if !announced {
+                // Announced once the key is written, not when the lease is granted.
+                if !carry.registered {
                     info!(key, lease, "registered in etcd");
-                    announced = true;
+                    carry.registered = true;
+                    set(problem, None);
                 }
             }
             put_version = want.version;
@@ -190,7 +269,10 @@ async fn session(
                     Some(r) if r.ttl() > 0 => {}
                     // The lease is gone (etcd restarted without its data, or we were away
                     // past the TTL): start over with a new one.
-                    _ => return Err(Error::LeaseExpired),
+                    _ => {
+                        carry.lease = None;
+                        return Err(Error::LeaseExpired);
+                    }
                 }
             }
         }

@@ -15,7 +15,7 @@ use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use pushcenter_node::discovery::{self, ConnectQuery};
 use pushcenter_node::{NodeInfo, web};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{Error, EtcdConfig, Result};
 
@@ -29,6 +29,8 @@ struct View {
     /// False while the watch is down: answers come from the last view.
     fresh: bool,
     synced_at: Option<Instant>,
+    /// Why etcd refuses the registry's credentials, while it does.
+    problem: Option<String>,
 }
 
 pub(crate) struct Registry {
@@ -88,20 +90,40 @@ impl Registry {
 /// mark the view stale and start over.
 async fn watch_loop(cfg: EtcdConfig, registry: Arc<Registry>) {
     let prefix = cfg.nodes_prefix();
+    let mut logged_refusal: Option<String> = None;
     loop {
+        let mut pause = Duration::from_millis(500);
         if let Err(e) = sync(&cfg, &prefix, &registry).await {
             let was_fresh = std::mem::replace(&mut registry.lock().fresh, false);
             if was_fresh {
                 warn!(error = %e, "etcd watch lost: answering from the last view (stale)");
             }
-            debug!(error = %e, "etcd sync error");
+            match e.refusal() {
+                Some(reason) => {
+                    if logged_refusal.as_ref() != Some(&reason) {
+                        error!(
+                            endpoints = %cfg.endpoint_list(),
+                            %reason,
+                            "etcd refused the registry's credentials: the view is not kept; \
+                             retrying every 5s"
+                        );
+                        logged_refusal = Some(reason.clone());
+                    }
+                    registry.lock().problem =
+                        Some(format!("etcd {} refused: {reason}", cfg.endpoint_list()));
+                    pause = Duration::from_secs(5);
+                }
+                None => debug!(error = %e, "etcd sync error"),
+            }
+        } else {
+            logged_refusal = None;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
 async fn sync(cfg: &EtcdConfig, prefix: &str, registry: &Registry) -> Result<()> {
-    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options()))
+    let mut client = Client::connect(&cfg.endpoints, Some(cfg.connect_options()?))
         .await
         .map_err(Error::EtcdConnect)?;
     let listing = client
@@ -132,6 +154,7 @@ async fn sync(cfg: &EtcdConfig, prefix: &str, registry: &Registry) -> Result<()>
         view.nodes = nodes;
         view.fresh = true;
         view.synced_at = Some(Instant::now());
+        view.problem = None;
     }
     registry.resyncs.fetch_add(1, Ordering::Relaxed);
     info!(
@@ -140,7 +163,8 @@ async fn sync(cfg: &EtcdConfig, prefix: &str, registry: &Registry) -> Result<()>
     );
     while let Some(resp) = stream.message().await.map_err(Error::request("watch"))? {
         if resp.canceled() {
-            break;
+            // etcd cancels a watch it no longer permits (the role lost the prefix).
+            return Err(Error::WatchCanceled(resp.cancel_reason().to_string()));
         }
         let mut view = registry.lock();
         for ev in resp.events() {
@@ -191,6 +215,7 @@ pub fn router(cfg: EtcdConfig) -> Router {
         .route("/demo", get(web::demo_page))
         .route(web::CLIENT_JS_PATH, get(web::client_js))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { discovery::not_found() })
         .with_state(registry)
@@ -203,6 +228,27 @@ async fn connect(State(r): State<Arc<Registry>>, Query(q): Query<ConnectQuery>) 
     let stale = !r.lock().fresh;
     let chosen = r.choose(q.user(), &q.avoid());
     discovery::connect_answer(chosen.as_ref(), stale)
+}
+
+/// Ready once the view was read from etcd, and not while etcd refuses the registry's
+/// credentials (`problem` says why). An etcd that is only unreachable leaves it ready:
+/// it answers from its last view, marked stale.
+async fn readyz(State(r): State<Arc<Registry>>) -> Response {
+    let view = r.lock();
+    let synced = view.synced_at.is_some();
+    let ready = synced && view.problem.is_none();
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "synced": synced,
+        "stale": !view.fresh,
+        "problem": view.problem,
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn nodes(State(r): State<Arc<Registry>>) -> Response {

@@ -33,19 +33,24 @@ fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Ready: the bus is ready, the node is not draining and the registrar is not
+/// refused (`registry` then says why, else it is null).
 pub(crate) async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let draining = *node.shutdown.borrow();
     let bus = node.bus.ready();
-    let status = if bus && !draining {
+    let registry = node.registrar.problem();
+    let status = if bus && !draining && registry.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"ready": status == StatusCode::OK, "bus": bus, "draining": draining})),
-    )
-        .into_response()
+    let body = json!({
+        "ready": status == StatusCode::OK,
+        "bus": bus,
+        "draining": draining,
+        "registry": registry,
+    });
+    (status, Json(body)).into_response()
 }
 
 pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Response {
