@@ -54,10 +54,15 @@ ensure_test() {
   python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
   need_cmd systemd-analyze systemd
   crates/cli/tests/clients/install.sh
-  # A real Kafka-protocol broker for the Kafka tests (memory:// storage needs dynostore).
-  if ! command -v tansu >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  # A real Kafka-protocol broker for the Kafka tests: memory:// storage needs dynostore,
+  # the SASL tests' SQLite storage (SCRAM users are created before --authentication is
+  # on) needs libsql. The marker tells a build with both from an older one.
+  local cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+  local marker="$cargo_home/.tansu-$TANSU_VERSION-dynostore-libsql"
+  if [ ! -f "$marker" ] || [ ! -x "$cargo_home/bin/tansu" ]; then
     echo "installing the Tansu broker (cargo install; takes a while once)" >&2
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+    cargo install tansu --version "$TANSU_VERSION" --locked --force --features dynostore,libsql
+    touch "$marker"
   fi
 }
 

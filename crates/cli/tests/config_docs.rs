@@ -11,6 +11,7 @@ fn with_fixture_files(toml: &str) -> String {
             let key = line.split('=').next().unwrap_or_default().trim();
             let fixture = match key.trim_matches('"') {
                 "cert_file" | "ssl.ca.location" => "tls-test-cert.pem",
+                "sasl.password" => "kafka-test-password",
                 "ca_file" => "etcd-test-ca.pem",
                 "password_file" => "etcd-test-password",
                 "key_file" => "tls-test-key.pem",

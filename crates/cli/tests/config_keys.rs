@@ -101,9 +101,14 @@ fn test_value(row: &Row) -> (toml::Value, Vec<(&'static str, toml::Value)>) {
     use toml::Value as V;
     let s = |x: &str| V::String(x.to_string());
     let list = |xs: &[&str]| V::Array(xs.iter().map(|x| s(x)).collect());
-    let secret_file = temp_file("hs256", "0123456789abcdef0123456789abcdef-file\n");
-    let keys_file = temp_file("api-keys", "api-key-from-a-file-0001\n");
-    let password_file = temp_file("etcd-password", "etcd-password-from-a-file\n");
+    static FILES: std::sync::OnceLock<[PathBuf; 3]> = std::sync::OnceLock::new();
+    let [secret_file, keys_file, password_file] = FILES.get_or_init(|| {
+        [
+            temp_file("hs256", "0123456789abcdef0123456789abcdef-file\n"),
+            temp_file("api-keys", "api-key-from-a-file-0001\n"),
+            temp_file("etcd-password", "etcd-password-from-a-file\n"),
+        ]
+    });
     let by_path = match row.path.as_str() {
         "node_id" => s("n-from-test"),
         "http_addr" => s("127.0.0.1:8181"),
@@ -528,4 +533,33 @@ fn check_key(row: &Row) -> Vec<String> {
         );
     }
     failures
+}
+
+/// The registry reads its keys by the same rule: here all from the environment.
+#[test]
+fn the_registry_takes_its_keys_from_the_environment() {
+    use std::io::BufRead;
+    let mut child = bin()
+        .arg("registry")
+        .env("PUSHCENTER_HTTP_ADDR", "127.0.0.1:0")
+        .env("PUSHCENTER_ETCD_ENDPOINTS", "http://127.0.0.1:9")
+        .env("PUSHCENTER_ETCD_CLUSTER", "from-env")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the registry");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":8090"),
+        "{line}"
+    );
 }

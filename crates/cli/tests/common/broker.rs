@@ -14,6 +14,8 @@ pub struct Broker {
     advertised: SocketAddr,
     /// Started with `--authentication`: every client must pass SASL.
     authenticating: bool,
+    /// Tansu's `--storage-engine`.
+    storage: String,
 }
 
 impl Broker {
@@ -28,6 +30,7 @@ impl Broker {
             addr,
             advertised,
             authenticating: false,
+            storage: "memory://tansu/".into(),
         };
         b.restart();
         b
@@ -107,10 +110,11 @@ impl Broker {
                 "--advertised-listener-url",
                 &advertised,
                 "--storage-engine",
-                "memory://tansu/",
+                &self.storage,
             ])
             .args(self.authenticating.then_some("--authentication"))
             .env("RUST_LOG", "warn")
+            .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,23 +160,19 @@ fn wait_bindable(addr: SocketAddr) {
     }
 }
 
-/// `TANSU` when set, else `tansu` on PATH, else cargo's bin directory.
+/// `TANSU` when set, else the one `make test` installs in cargo's bin directory (built
+/// with the storage engines the tests use), else `tansu` on PATH.
 fn tansu() -> String {
     if let Ok(t) = std::env::var("TANSU") {
         return t;
     }
-    let on_path = Command::new("tansu")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if on_path {
-        return "tansu".into();
-    }
     let home = std::env::var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    format!("{home}/bin/tansu")
+    let installed = format!("{home}/bin/tansu");
+    if std::path::Path::new(&installed).is_file() {
+        return installed;
+    }
+    "tansu".into()
 }
 
 /// A TCP forwarder between clients and the broker that can be cut (every connection
@@ -227,167 +227,44 @@ pub enum Scram {
 }
 
 impl Broker {
-    /// A broker that requires SASL authentication (`tansu broker --authentication`).
-    pub fn start_authenticating() -> Broker {
+    /// A broker that requires SASL (`tansu broker --authentication`) and knows these
+    /// SCRAM users. The pinned Tansu offers only SCRAM-SHA-256/512 (and an OAUTHBEARER
+    /// that refuses every token), and takes AlterUserScramCredentials only from an
+    /// authenticated connection: the users are created first, on a broker without
+    /// `--authentication` over the same SQLite storage, which then restarts requiring it.
+    pub fn start_authenticating(users: &[(&str, &str, Scram)]) -> Broker {
         let addr = free_port();
+        // Tansu resolves sqlite:// paths against its working directory (the temp dir).
+        let db = format!("pushcenter-tansu-{}-{}.db", std::process::id(), addr.port());
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{db}{suffix}")));
+        }
         let mut b = Broker {
             child: None,
             addr,
             advertised: addr,
-            authenticating: true,
+            authenticating: false,
+            storage: format!("sqlite://{db}"),
         };
         b.restart();
+        for (user, password, mechanism) in users {
+            let mechanism = match mechanism {
+                Scram::Sha256 => "scram256",
+                Scram::Sha512 => "scram512",
+            };
+            let out = Command::new(tansu())
+                .args(["user", "create", "--broker", &format!("tcp://{addr}")])
+                .args(["--mechanism", mechanism, user, password])
+                .output()
+                .expect("run tansu user create");
+            assert!(
+                out.status.success(),
+                "tansu user create {user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        b.authenticating = true;
+        b.restart();
         b
-    }
-
-    /// Stores a SCRAM credential for `user` through Kafka's AlterUserScramCredentials,
-    /// the way an operator's admin tool does. The pinned Tansu takes the request from a
-    /// connection authenticated with SASL PLAIN, whose password it does not check.
-    pub async fn add_scram_user(&self, user: &str, password: &str, mechanism: Scram) {
-        scram::add_user(self.addr, user, password, mechanism).await;
-    }
-}
-
-mod scram {
-    //! Just enough of the Kafka protocol for one admin call: SaslHandshake v1,
-    //! SaslAuthenticate v1 (PLAIN), AlterUserScramCredentials v0 (a flexible version).
-
-    use std::net::SocketAddr;
-
-    use hmac::{Mac, SimpleHmac};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    use super::Scram;
-
-    const SASL_HANDSHAKE: i16 = 17;
-    const SASL_AUTHENTICATE: i16 = 36;
-    const ALTER_USER_SCRAM_CREDENTIALS: i16 = 51;
-
-    pub(super) async fn add_user(addr: SocketAddr, user: &str, password: &str, m: Scram) {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .expect("connect to the broker");
-        let mut body = Vec::new();
-        string(&mut body, "PLAIN");
-        let r = call(&mut s, SASL_HANDSHAKE, 1, 1, false, &body).await;
-        assert_eq!(
-            i16::from_be_bytes([r[0], r[1]]),
-            0,
-            "SaslHandshake refused PLAIN"
-        );
-        let mut body = Vec::new();
-        let plain = b"\0admin\0admin";
-        body.extend_from_slice(&(plain.len() as i32).to_be_bytes());
-        body.extend_from_slice(plain);
-        let r = call(&mut s, SASL_AUTHENTICATE, 1, 2, false, &body).await;
-        assert_eq!(
-            i16::from_be_bytes([r[0], r[1]]),
-            0,
-            "SaslAuthenticate failed"
-        );
-
-        let salt: Vec<u8> = (0..16u8)
-            .map(|i| i.wrapping_mul(37).wrapping_add(11))
-            .collect();
-        let iterations = 4096;
-        let (code, salted) = match m {
-            Scram::Sha256 => (1i8, pbkdf2::<sha2::Sha256>(password, &salt, iterations)),
-            Scram::Sha512 => (2i8, pbkdf2::<sha2::Sha512>(password, &salt, iterations)),
-        };
-        let mut body = Vec::new();
-        uvarint(&mut body, 1); // no deletions
-        uvarint(&mut body, 2); // one upsertion
-        compact_bytes(&mut body, user.as_bytes());
-        body.push(code as u8);
-        body.extend_from_slice(&iterations.to_be_bytes());
-        compact_bytes(&mut body, &salt);
-        compact_bytes(&mut body, &salted);
-        uvarint(&mut body, 0); // the upsertion's tagged fields
-        uvarint(&mut body, 0); // the request's
-        let r = call(&mut s, ALTER_USER_SCRAM_CREDENTIALS, 0, 3, true, &body).await;
-        // throttle_time_ms, then results: [user, error_code, error_message].
-        let mut at = 4;
-        let results = r[at] as usize - 1;
-        at += 1;
-        assert_eq!(results, 1, "one result for one upsertion: {r:?}");
-        let name_len = r[at] as usize - 1;
-        at += 1 + name_len;
-        let error = i16::from_be_bytes([r[at], r[at + 1]]);
-        assert_eq!(error, 0, "AlterUserScramCredentials failed: {r:?}");
-    }
-
-    /// One request and its response body (the response header taken off).
-    async fn call(
-        s: &mut TcpStream,
-        api_key: i16,
-        version: i16,
-        correlation: i32,
-        flexible: bool,
-        body: &[u8],
-    ) -> Vec<u8> {
-        let mut req = Vec::new();
-        req.extend_from_slice(&api_key.to_be_bytes());
-        req.extend_from_slice(&version.to_be_bytes());
-        req.extend_from_slice(&correlation.to_be_bytes());
-        string(&mut req, "pushcenter-test");
-        if flexible {
-            uvarint(&mut req, 0);
-        }
-        req.extend_from_slice(body);
-        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
-        framed.extend_from_slice(&req);
-        s.write_all(&framed).await.expect("write a request");
-        let len = s.read_i32().await.expect("a response") as usize;
-        let mut resp = vec![0; len];
-        s.read_exact(&mut resp).await.expect("the response");
-        assert_eq!(
-            i32::from_be_bytes([resp[0], resp[1], resp[2], resp[3]]),
-            correlation
-        );
-        // Flexible responses carry tagged fields after the correlation id (none here).
-        resp.split_off(if flexible { 5 } else { 4 })
-    }
-
-    fn string(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn compact_bytes(out: &mut Vec<u8>, b: &[u8]) {
-        uvarint(out, b.len() as u32 + 1);
-        out.extend_from_slice(b);
-    }
-
-    fn uvarint(out: &mut Vec<u8>, mut v: u32) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    /// RFC 5802's Hi(): PBKDF2 with HMAC, one block (the hash's length).
-    fn pbkdf2<D>(password: &str, salt: &[u8], iterations: i32) -> Vec<u8>
-    where
-        D: sha2::Digest + hmac::digest::core_api::BlockSizeUser + Clone,
-    {
-        let mac = |data: &[&[u8]]| {
-            let mut m =
-                <SimpleHmac<D> as Mac>::new_from_slice(password.as_bytes()).expect("any key");
-            for d in data {
-                m.update(d);
-            }
-            m.finalize().into_bytes().to_vec()
-        };
-        let mut u = mac(&[salt, &1u32.to_be_bytes()]);
-        let mut out = u.clone();
-        for _ in 1..iterations {
-            u = mac(&[&u]);
-            for (o, x) in out.iter_mut().zip(&u) {
-                *o ^= x;
-            }
-        }
-        out
     }
 }
