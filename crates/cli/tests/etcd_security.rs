@@ -283,10 +283,7 @@ async fn etcd_users_are_admitted_and_a_wrong_password_is_refused_saying_why() {
             "report_interval = \"500ms\"\n{}",
             etcd_section(
                 &etcd,
-                &format!(
-                    "user = {USER:?}\npassword_file = {:?}\n",
-                    password_file
-                )
+                &format!("user = {USER:?}\npassword_file = {:?}\n", password_file)
             )
         ),
     );
