@@ -83,11 +83,33 @@ pub(crate) fn env_name(path: &str) -> String {
 /// The keys of one config file: the struct at the top, others as sections.
 pub(crate) struct Keys {
     keys: Vec<Key>,
+    /// The keys of the other kind of process, whose variables are not errors here.
+    others: Vec<Keys>,
 }
 
 impl Keys {
     pub(crate) fn new() -> Keys {
-        Keys { keys: Vec::new() }
+        Keys {
+            keys: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+
+    /// Lets `other`'s variables through (`pushcenter registry` next to nodes).
+    pub(crate) fn tolerating(mut self, other: Keys) -> Keys {
+        self.others.push(other);
+        self
+    }
+
+    /// Whether `var` sets one of these keys (or an entry of a table of strings).
+    fn knows_env(&self, var: &str) -> bool {
+        NOT_KEYS.contains(&var)
+            || self.keys.iter().any(|k| {
+                let name = k.env();
+                var == name
+                    || (k.kind == Kind::StringMap
+                        && var.strip_prefix(&name).is_some_and(|r| r.starts_with('_')))
+            })
     }
 
     /// Adds `T`'s keys under `section` (`""`: the top level).
@@ -188,10 +210,17 @@ impl Keys {
                 out.push((key.path.clone(), None, value));
             }
         }
+        // A misspelt secret's name would otherwise start a node without it (with
+        // authentication off): unknown names are errors, like unknown keys in the file.
+        // Another process's keys (a shared env file) are let through.
         for (var, _) in env {
-            if var.starts_with(ENV_PREFIX) && !known.contains(var.as_str()) {
-                tracing::warn!(variable = %var, "not a configuration variable; ignored");
-                eprintln!("warning: {var} is not a configuration variable; ignored");
+            if var.starts_with(ENV_PREFIX)
+                && !known.contains(var.as_str())
+                && !self.others.iter().any(|o| o.knows_env(var))
+            {
+                bail!(
+                    "{var} is not a configuration variable (`pushcenter config-keys` lists them)"
+                );
             }
         }
         Ok(out)
@@ -427,7 +456,35 @@ pub(crate) fn read_table(path: Option<&Path>) -> Result<toml::Table> {
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    // The place and the reason, not the line: it may hold a secret.
+    toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        anyhow::anyhow!("parsing {}{at}: {}", path.display(), e.message())
+    })
+}
+
+/// A deserialization error to show: when it concerns a secret key, the quoted value
+/// in it is replaced (`invalid type: string "..."` would print the secret).
+pub(crate) fn without_secrets(e: impl std::fmt::Display) -> anyhow::Error {
+    let text = e.to_string();
+    let about_secret = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .any(|path| path.split('.').any(is_secret));
+    if !about_secret {
+        return anyhow::anyhow!(text);
+    }
+    let mut out = String::new();
+    for (i, part) in text.split('"').enumerate() {
+        out.push_str(if i % 2 == 1 { "(redacted)" } else { part });
+    }
+    anyhow::anyhow!(out)
 }
 
 /// The process's `PUSHCENTER_` variables.
@@ -450,8 +507,11 @@ pub(crate) fn is_secret(name: &str) -> bool {
     !name.ends_with("_file")
         && (name.contains("password")
             || name.contains("secret")
+            || name.contains("passphrase")
             || name == "api_keys"
-            || name.ends_with(".key.pem"))
+            || name.ends_with(".key.pem")
+            // librdkafka marks it sensitive: it may carry a client secret.
+            || name == "sasl.oauthbearer.config")
 }
 
 /// A copy of a config to print, every secret replaced.

@@ -127,8 +127,10 @@ impl RegistryArgs {
                 ("etcd.endpoints", self.etcd_endpoints.clone()),
             ],
         );
-        let table = registry_keys().layer(file, &config::env_vars(), &sets)?;
+        let keys = registry_keys().tolerating(node_keys());
+        let table = keys.layer(file, &config::env_vars(), &sets)?;
         let cfg = RegistryConfig::deserialize(toml::Value::Table(table))
+            .map_err(config::without_secrets)
             .context("the registry's configuration")?;
         cfg.etcd.check().map_err(anyhow::Error::msg)?;
         if cfg
@@ -178,14 +180,24 @@ fn sections(
     mut table: toml::Table,
 ) -> Result<(NodeConfig, Option<KafkaConfig>, Option<EtcdConfig>)> {
     let kafka = match table.remove("kafka") {
-        Some(v) => Some(KafkaConfig::deserialize(v).context("[kafka]")?),
+        Some(v) => Some(
+            KafkaConfig::deserialize(v)
+                .map_err(config::without_secrets)
+                .context("[kafka]")?,
+        ),
         None => None,
     };
     let etcd = match table.remove("etcd") {
-        Some(v) => Some(EtcdConfig::deserialize(v).context("[etcd]")?),
+        Some(v) => Some(
+            EtcdConfig::deserialize(v)
+                .map_err(config::without_secrets)
+                .context("[etcd]")?,
+        ),
         None => None,
     };
-    let node = NodeConfig::deserialize(toml::Value::Table(table)).context("the node's keys")?;
+    let node = NodeConfig::deserialize(toml::Value::Table(table))
+        .map_err(config::without_secrets)
+        .context("the node's keys")?;
     Ok((node, kafka, etcd))
 }
 
@@ -203,7 +215,10 @@ impl ClusterArgs {
                 ("etcd.endpoints", self.etcd_endpoints.clone()),
             ],
         );
-        let table = node_keys().layer(file, &config::env_vars(), &sets)?;
+        let table =
+            node_keys()
+                .tolerating(registry_keys())
+                .layer(file, &config::env_vars(), &sets)?;
         let brokers_given = table
             .get("kafka")
             .and_then(toml::Value::as_table)
@@ -265,7 +280,10 @@ impl NodeArgs {
                 ("node_id", self.node_id.clone()),
             ],
         );
-        let mut table = node_keys().layer(file, &config::env_vars(), &sets)?;
+        let mut table =
+            node_keys()
+                .tolerating(registry_keys())
+                .layer(file, &config::env_vars(), &sets)?;
         table.remove("kafka");
         table.remove("etcd");
         let (node, _, _) = sections(table)?;

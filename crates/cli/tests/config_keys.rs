@@ -404,7 +404,7 @@ fn flags_beat_env_and_env_beats_the_file() {
 }
 
 #[test]
-fn bad_values_name_the_variable_and_unknown_variables_are_warned_of() {
+fn bad_values_and_unknown_variables_are_errors_naming_them() {
     let file = toml::Table::new();
     let env = vec![("PUSHCENTER_MAX_WAITERS".to_string(), "many".to_string())];
     let out = check_config(&file, &env, &[]);
@@ -417,7 +417,10 @@ fn bad_values_name_the_variable_and_unknown_variables_are_warned_of() {
     )];
     let out = check_config(&file, &env, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    assert!(
+        !out.status.success(),
+        "a misspelt variable was accepted: {err}"
+    );
     assert!(
         err.contains("PUSHCENTER_KAFKA_BROKER is not a configuration variable"),
         "{err}"
@@ -535,7 +538,8 @@ fn check_key(row: &Row) -> Vec<String> {
     failures
 }
 
-/// The registry reads its keys by the same rule: here all from the environment.
+/// The registry reads its keys by the same rule: here all from the environment, next
+/// to a node's (a shared env file), which it lets through.
 #[test]
 fn the_registry_takes_its_keys_from_the_environment() {
     use std::io::BufRead;
@@ -544,6 +548,7 @@ fn the_registry_takes_its_keys_from_the_environment() {
         .env("PUSHCENTER_HTTP_ADDR", "127.0.0.1:0")
         .env("PUSHCENTER_ETCD_ENDPOINTS", "http://127.0.0.1:9")
         .env("PUSHCENTER_ETCD_CLUSTER", "from-env")
+        .env("PUSHCENTER_KAFKA_BROKERS", "127.0.0.1:9092")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -562,4 +567,47 @@ fn the_registry_takes_its_keys_from_the_environment() {
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":8090"),
         "{line}"
     );
+}
+
+/// A file that does not parse, or a secret of the wrong type, is refused naming the
+/// place, never quoting the secret; a librdkafka property librdkafka refuses is named
+/// without its value.
+#[test]
+fn refusals_never_quote_a_secret() {
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "[auth]\napi_keys = \"THE-ONE-API-KEY-123456\"\n",
+            "THE-ONE-API-KEY",
+            "auth.api_keys",
+        ),
+        (
+            "[auth]\nhs256_secret = \"unterminated-secret-value\n",
+            "unterminated-secret",
+            "line 2",
+        ),
+        (
+            "[kafka.properties]\n\"sasl.pasword\" = \"TOPSECRET-TYPO\"\n",
+            "TOPSECRET",
+            "sasl.pasword",
+        ),
+    ];
+    for (text, secret, named) in cases {
+        let path = temp_file("secret-refusal.toml", text);
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check-config");
+        let _ = std::fs::remove_file(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text} accepted");
+        assert!(
+            err.contains(named),
+            "{text}: the refusal names no {named:?}: {err}"
+        );
+        assert!(
+            !err.contains(secret),
+            "{text}: the secret is printed: {err}"
+        );
+    }
 }
