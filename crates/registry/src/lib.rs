@@ -154,14 +154,6 @@ impl EtcdConfig {
         self.connect_options().map(|_| ())
     }
 
-    /// A copy to show (`check-config`): the password replaced.
-    pub fn redacted(&self) -> EtcdConfig {
-        EtcdConfig {
-            password: self.password.as_ref().map(|_| REDACTED.into()),
-            ..self.clone()
-        }
-    }
-
     pub fn nodes_prefix(&self) -> String {
         format!("/pushcenter/{}/nodes/", self.cluster)
     }
@@ -437,10 +429,5 @@ mod tests {
             ..EtcdConfig::default()
         };
         assert!(!format!("{cfg:?}").contains("hunter2"));
-        let shown = cfg.redacted();
-        assert_eq!(shown.password.as_deref(), Some("(redacted)"));
-        assert_eq!(shown.user.as_deref(), Some("pushcenter"));
-        // Without a password there is nothing to redact.
-        assert_eq!(EtcdConfig::default().redacted(), EtcdConfig::default());
     }
 }
