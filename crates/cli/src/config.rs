@@ -154,7 +154,7 @@ impl Keys {
         env: &[(String, String)],
         sets: &[(String, String)],
     ) -> Result<toml::Table> {
-        for (path, entry, value) in self.from_env(env)? {
+        for (path, entry, value) in self.env_values(env)? {
             match entry {
                 Some(e) => insert_entry(&mut table, &path, &e, value),
                 None => insert(&mut table, &path, value),
@@ -180,7 +180,7 @@ impl Keys {
 
     /// The values the environment gives, by path; unknown `PUSHCENTER_` names warned of.
     #[allow(clippy::type_complexity)]
-    fn from_env(
+    fn env_values(
         &self,
         env: &[(String, String)],
     ) -> Result<Vec<(String, Option<String>, toml::Value)>> {
@@ -206,7 +206,7 @@ impl Keys {
                 continue;
             }
             if let Some((_, raw)) = env.iter().find(|(v, _)| v == name) {
-                let value = parse(key.kind, raw).with_context(|| format!("{name}"))?;
+                let value = parse(key.kind, raw).with_context(|| name.clone())?;
                 out.push((key.path.clone(), None, value));
             }
         }

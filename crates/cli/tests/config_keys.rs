@@ -504,7 +504,7 @@ fn check_key(row: &Row) -> Vec<String> {
             vec![format!("{}={}", row.path, raw(v))],
         ),
     };
-    let shown = effective(&check_config(&base, &env, &[]), &format!("{}", row.env));
+    let shown = effective(&check_config(&base, &env, &[]), &row.env);
     if !shown_matches(get_path(&shown, &row.path), &want, &row.path) {
         failures.push(format!(
             "{} from {}: {:?}",
