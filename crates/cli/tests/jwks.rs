@@ -190,9 +190,27 @@ fn claims(idp: &Idp, user: &str) -> Value {
     json!({"sub": user, "exp": now() + 600, "iss": idp.issuer(), "aud": AUDIENCE})
 }
 
+/// Something with a WebSocket endpoint: a [`Node`], or a node started here with an
+/// environment of the test's own ([`EnvNode`]).
+trait Endpoint {
+    fn ws(&self) -> String;
+}
+
+impl Endpoint for Node {
+    fn ws(&self) -> String {
+        self.ws_url()
+    }
+}
+
+impl<T: Endpoint> Endpoint for Arc<T> {
+    fn ws(&self) -> String {
+        (**self).ws()
+    }
+}
+
 /// CONNECT with `token` as the passcode: the client and the CONNECTED or ERROR.
-async fn connect_token(node: &Node, token: &str) -> (WsClient, Frame) {
-    let mut c = WsClient::open(&node.ws_url(), Some("v12.stomp")).await;
+async fn connect_token(node: &impl Endpoint, token: &str) -> (WsClient, Frame) {
+    let mut c = WsClient::open(&node.ws(), Some("v12.stomp")).await;
     c.send(
         &Frame::new(Command::Connect)
             .header("accept-version", "1.2")
@@ -203,14 +221,14 @@ async fn connect_token(node: &Node, token: &str) -> (WsClient, Frame) {
     (c, f)
 }
 
-async fn accepted(node: &Node, token: &str, user: &str) {
+async fn accepted(node: &impl Endpoint, token: &str, user: &str) {
     let (_c, f) = connect_token(node, token).await;
     assert_eq!(f.command, Command::Connected, "{f:?}");
     assert_eq!(f.get("user-name"), Some(user));
 }
 
 /// Refused with an ERROR whose message holds `why`.
-async fn refused(node: &Node, token: &str, why: &str) {
+async fn refused(node: &impl Endpoint, token: &str, why: &str) {
     let (_c, f) = connect_token(node, token).await;
     assert_eq!(f.command, Command::Error, "{f:?}");
     let message = f.get("message").unwrap_or_default();
@@ -549,10 +567,446 @@ fn unsafe_provider_entries_are_config_errors() {
             "issuer = \"https://idp.example.com\"\naudience = \"a\"\nrefresh_intervall = \"1m\"\n",
             "refresh_intervall",
         ),
+        // No rate limit on unknown kids.
+        (
+            "issuer = \"https://idp.example.com\"\naudience = \"a\"\nmin_refresh_interval = \"0s\"\n",
+            "min_refresh_interval must be at least 1s",
+        ),
+        // Which of the two would a token's iss pick?
+        (
+            "issuer = \"https://idp.example.com\"\naudience = \"a\"\nuser_prefix = \"a:\"\n\
+             [[auth.providers]]\nissuer = \"https://idp.example.com\"\naudience = \"b\"\nuser_prefix = \"b:\"\n",
+            "configured twice",
+        ),
+        // Two sources without prefixes: one sub would be one user of both.
+        (
+            "issuer = \"https://a.example.com\"\naudience = \"a\"\n\
+             [[auth.providers]]\nissuer = \"https://b.example.com\"\naudience = \"a\"\n",
+            "user_prefix is required with several identity providers",
+        ),
+        (
+            "issuer = \"https://a.example.com\"\naudience = \"a\"\nuser_prefix = \"same:\"\n\
+             [[auth.providers]]\nissuer = \"https://b.example.com\"\naudience = \"a\"\nuser_prefix = \"same:\"\n",
+            "also the start of",
+        ),
+        (
+            "issuer = \"https://a.example.com\"\naudience = \"a\"\n\
+             [auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n",
+            "user_prefix is required with identity providers and static keys",
+        ),
     ] {
         let out = check_config("jwks-bad", &format!("[[auth.providers]]\n{toml}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{toml} accepted");
         assert!(stderr.contains(why), "{toml}: {stderr}");
     }
+}
+
+const API_KEY: &str = "jwks-test-backend-key";
+const HS256_SECRET: &str = "jwks-test-hs256-secret-0123456789";
+
+/// Two providers, the same `sub`: two users. A push to one provider's alice reaches
+/// only her, and the other provider's alice cannot take her connection over with a
+/// token refresh. The static keys' users stay out of the providers' namespaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_keep_their_users_apart() {
+    let (a, b) = (Idp::start(&["rsa-1"]).await, Idp::start(&["rsa-2"]).await);
+    let provider = |idp: &Idp, prefix: &str| {
+        format!(
+            "[[auth.providers]]\nissuer = \"{i}\"\naudience = \"{AUDIENCE}\"\n\
+             jwks_url = \"{i}/jwks.json\"\nuser_prefix = \"{prefix}\"\n\n",
+            i = idp.issuer()
+        )
+    };
+    let cfg = TempConfig::write(
+        "jwks-prefix",
+        &format!(
+            "[auth]\nleeway = \"0s\"\napi_keys = [\"{API_KEY}\"]\nhs256_secret = \"{HS256_SECRET}\"\n\n{}{}",
+            provider(&a, "a:"),
+            provider(&b, "b:")
+        ),
+    );
+    let node = Node::standalone(&["--config", cfg.path()]);
+    first_fetch(&a).await;
+    first_fetch(&b).await;
+    let (ka, kb) = (signer("rsa-1"), signer("rsa-2"));
+    let (alice_a, f) = connect_token(&node, &ka.sign(&claims(&a, "alice"))).await;
+    assert_eq!(f.get("user-name"), Some("a:alice"), "{f:?}");
+    let (alice_b, f) = connect_token(&node, &kb.sign(&claims(&b, "alice"))).await;
+    assert_eq!(f.get("user-name"), Some("b:alice"), "{f:?}");
+    let hs = |sub: &str| {
+        encode(
+            &Header::default(),
+            &json!({"sub": sub, "exp": now() + 600}),
+            &EncodingKey::from_secret(HS256_SECRET.as_bytes()),
+        )
+        .expect("sign")
+    };
+    let (alice_static, f) = connect_token(&node, &hs("alice")).await;
+    assert_eq!(f.get("user-name"), Some("alice"), "{f:?}");
+    // A static-key token cannot name a provider's user.
+    refused(&node, &hs("a:alice"), "user_prefix").await;
+    let mut alices = [alice_a, alice_b, alice_static];
+    for c in &mut alices {
+        c.subscribe("n", "/user/queue/news").await;
+    }
+
+    let quiet = Duration::from_millis(500);
+    for (to, user) in ["a:alice", "b:alice", "alice"].into_iter().enumerate() {
+        let push = json!({"destination": "/user/queue/news", "user": user, "body": user});
+        let (status, v) = post_bearer(node.http, "/v1/publish", Some(API_KEY), &push).await;
+        assert_eq!(status, 202, "{v}");
+        for (i, c) in alices.iter_mut().enumerate() {
+            if i == to {
+                let m = c.frame().await.expect("the push");
+                assert_eq!(m.body, user.as_bytes(), "{m:?}");
+            } else {
+                let got = c.frame_within(quiet).await;
+                assert!(got.is_none(), "another alice got {user}'s push: {got:?}");
+            }
+        }
+    }
+    let [mut alice_a, mut alice_b, _] = alices;
+
+    // Provider b's alice, on provider a's alice's connection.
+    alice_a
+        .send(
+            &Frame::new(Command::Send)
+                .header("destination", "/session/token")
+                .header("passcode", kb.sign(&claims(&b, "alice"))),
+        )
+        .await;
+    let f = alice_a.frame().await.expect("ERROR");
+    assert_eq!(f.command, Command::Error, "{f:?}");
+    let message = f.get("message").unwrap_or_default();
+    assert!(message.contains("another user"), "{message}");
+    // Her own provider's fresh token is fine.
+    alice_b
+        .send(
+            &Frame::new(Command::Send)
+                .header("destination", "/session/token")
+                .header("passcode", kb.sign(&claims(&b, "alice")))
+                .header("receipt", "r"),
+        )
+        .await;
+    let r = alice_b.frame().await.expect("RECEIPT");
+    assert_eq!(r.command, Command::Receipt, "{r:?}");
+}
+
+/// A node started here, with environment variables of the test's own.
+struct EnvNode {
+    child: std::process::Child,
+    http: SocketAddr,
+}
+
+impl EnvNode {
+    fn standalone(config: &str, env: &[(&str, String)]) -> EnvNode {
+        use std::io::BufRead;
+        let mut cmd = Process::new(env!("CARGO_BIN_EXE_pushcenter"));
+        cmd.args(["standalone", "--http-addr", "127.0.0.1:0"])
+            .args(["--tcp-addr", "127.0.0.1:0", "--config", config])
+            .env(
+                "RUST_LOG",
+                std::env::var("PUSHCENTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start pushcenter");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no http address in {line:?}"));
+        EnvNode { child, http }
+    }
+}
+
+impl Endpoint for EnvNode {
+    fn ws(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+}
+
+impl Drop for EnvNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy in the node's environment never sees a JWKS fetch: it would serve its own
+/// key set (here: the attacker's key) and so sign any token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_fetches_ignore_the_proxy_environment() {
+    let idp = Idp::start(&["rsa-1"]).await;
+    // The attacker's proxy: whatever is asked, its own key set.
+    let mut forged = jwk("rsa-2");
+    forged["kid"] = json!("attacker");
+    let proxy_hits = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().fallback({
+        let (hits, keys) = (proxy_hits.clone(), json!({ "keys": [forged] }));
+        move || async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            axum::Json(keys)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let cfg = TempConfig::write(
+        "jwks-proxy",
+        &format!(
+            "[auth]\nleeway = \"0s\"\n\n[[auth.providers]]\nissuer = \"{i}\"\naudience = \"{AUDIENCE}\"\n\
+             jwks_url = \"{i}/jwks.json\"\nmin_refresh_interval = \"1s\"\n",
+            i = idp.issuer()
+        ),
+    );
+    let env: Vec<(&str, String)> = [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|k| (k, proxy.clone()))
+    .collect();
+    let node = EnvNode::standalone(cfg.path(), &env);
+    first_fetch(&idp).await;
+    accepted(
+        &node,
+        &signer("rsa-1").sign(&claims(&idp, "alice")),
+        "alice",
+    )
+    .await;
+    // The attacker's kid is unknown: the node fetches again (directly) and still
+    // does not find it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refused(
+        &node,
+        &signer("rsa-2").sign_as("attacker", &claims(&idp, "mallory")),
+        "unknown token signing key",
+    )
+    .await;
+    assert_eq!(idp.jwks_hits(), 2, "both fetches went to the provider");
+    assert_eq!(proxy_hits.load(Ordering::SeqCst), 0, "the proxy was asked");
+}
+
+/// An https:// provider (the etcd test CA's server certificate: `ca_file` trusts the
+/// CA) whose discovery document names `jwks_uri`, whose `/moved.json` redirects to
+/// `moved_to` and whose `/jwks.json` serves the rsa-1 key. Returns its address and the
+/// number of requests it answered.
+async fn tls_idp(jwks_uri: String, moved_to: String) -> (SocketAddr, Arc<AtomicUsize>) {
+    use axum::http::{StatusCode, header};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    struct TlsListener {
+        tcp: tokio::net::TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+    }
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = SocketAddr;
+        async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else {
+                    continue;
+                };
+                if let Ok(tls) = self.tls.accept(tcp).await {
+                    return (tls, addr);
+                }
+            }
+        }
+        fn local_addr(&self) -> std::io::Result<SocketAddr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let certs = CertificateDer::pem_file_iter(dir.join("etcd-test-server-cert.pem"))
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .expect("test certificate");
+    let key = PrivateKeyDer::from_pem_file(dir.join("etcd-test-server-key.pem")).expect("key");
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let discovery = json!({"issuer": format!("https://{addr}"), "jwks_uri": jwks_uri});
+    let keys = json!({"keys": [jwk("rsa-1")]});
+    let count = |hits: &Arc<AtomicUsize>| {
+        hits.fetch_add(1, Ordering::SeqCst);
+    };
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get({
+                let hits = hits.clone();
+                move || async move {
+                    count(&hits);
+                    axum::Json(discovery)
+                }
+            }),
+        )
+        .route(
+            "/moved.json",
+            get({
+                let hits = hits.clone();
+                move || async move {
+                    count(&hits);
+                    (StatusCode::FOUND, [(header::LOCATION, moved_to)])
+                }
+            }),
+        )
+        .route(
+            "/jwks.json",
+            get({
+                let hits = hits.clone();
+                move || async move {
+                    count(&hits);
+                    axum::Json(keys)
+                }
+            }),
+        );
+    let listener = TlsListener {
+        tcp,
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, hits)
+}
+
+/// An https:// provider cannot send the node to a plaintext loopback service (an
+/// internal one), neither by its discovery document's `jwks_uri` nor by a redirect:
+/// what the node fetches is never weaker than what it was configured with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_provider_cannot_downgrade_to_loopback_http() {
+    // The "internal service": plaintext on loopback, serving a key set (rsa-2).
+    let internal = Idp::start(&["rsa-2"]).await;
+    let target = format!("{}/jwks.json", internal.issuer());
+    let (addr, tls_hits) = tls_idp(target.clone(), target).await;
+    let issuer = format!("https://{addr}");
+    let ca =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/etcd-test-ca.pem");
+    let ca = ca.display();
+    let provider = |jwks: &str| {
+        format!(
+            "[auth]\nleeway = \"0s\"\n\n[[auth.providers]]\nissuer = \"{issuer}\"\n\
+             audience = \"{AUDIENCE}\"\nca_file = \"{ca}\"\nmin_refresh_interval = \"1s\"\n{jwks}\n"
+        )
+    };
+    let token = signer("rsa-2").sign(&json!({
+        "sub": "mallory", "exp": now() + 600, "iss": issuer, "aud": AUDIENCE
+    }));
+
+    // The discovery document names the http:// service.
+    let cfg = TempConfig::write("jwks-downgrade", &provider(""));
+    let node = Node::standalone(&["--config", cfg.path()]);
+    let start = Instant::now();
+    while tls_hits.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refused(&node, &token, "unknown token signing key").await;
+    let out = check_config("jwks-downgrade-check", &provider(""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jwks_uri") && stderr.contains("downgrade"),
+        "{stderr}"
+    );
+
+    // A redirect to it.
+    let moved = provider(&format!("jwks_url = \"{issuer}/moved.json\""));
+    let out = check_config("jwks-redirect-check", &moved);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redirect refused") && stderr.contains("downgrade"),
+        "{stderr}"
+    );
+    assert_eq!(
+        internal.jwks_hits(),
+        0,
+        "the node fetched from plaintext http"
+    );
+
+    // The same provider's https:// key set works: the trust is right, only the
+    // downgrade is refused.
+    let cfg = TempConfig::write(
+        "jwks-https",
+        &provider(&format!("jwks_url = \"{issuer}/jwks.json\"")),
+    );
+    let node = Node::standalone(&["--config", cfg.path()]);
+    let start = Instant::now();
+    loop {
+        let (_c, f) = connect_token(
+            &node,
+            &signer("rsa-1").sign(&json!({
+                "sub": "alice", "exp": now() + 600, "iss": issuer, "aud": AUDIENCE
+            })),
+        )
+        .await;
+        if f.command == Command::Connected {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{f:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(internal.jwks_hits(), 0);
+}
+
+/// A provider that empties its key set (`{"keys": []}`) revokes every key: its tokens
+/// are refused from the next fetch on (only a failed fetch keeps the last good set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_set_revokes_every_key() {
+    let idp = Idp::start(&["rsa-1"]).await;
+    let (node, _cfg) = node(
+        "empty",
+        &idp,
+        "refresh_interval = \"1s\"\nmin_refresh_interval = \"1s\"",
+        false,
+    );
+    let rsa = signer("rsa-1");
+    first_fetch(&idp).await;
+    accepted(&node, &rsa.sign(&claims(&idp, "alice")), "alice").await;
+    idp.serve(&[]);
+    let seen = idp.jwks_hits();
+    let start = Instant::now();
+    while idp.jwks_hits() < seen + 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no refresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    refused(
+        &node,
+        &rsa.sign(&claims(&idp, "alice")),
+        "unknown token signing key",
+    )
+    .await;
 }

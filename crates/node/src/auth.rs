@@ -1,7 +1,8 @@
 //! Who a client or a backend is, and what it may do. Clients present a JWT (HS256 or
 //! RS256 with the static keys, or signed by an identity provider's JWKS key) whose
-//! `sub` is the user and whose `subscribe`/`send` claims may narrow what it may reach;
-//! backends present an API key or a JWT with the backend role.
+//! `sub` is the user (after the provider's `user_prefix`) and whose `subscribe`/`send`
+//! claims may narrow what it may reach; backends present an API key or a JWT with the
+//! backend role.
 
 pub(crate) mod jwks;
 
@@ -71,7 +72,11 @@ impl Kind {
 /// A connection's identity and rights.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Identity {
+    /// The token's `sub`, after its provider's `user_prefix`.
     pub(crate) user: Option<String>,
+    /// The issuer of the provider whose token this is; `None` for the static keys
+    /// (and without a token).
+    pub(crate) source: Option<Arc<str>>,
     /// `None`: no restriction (authentication is off).
     pub(crate) subscribe: Option<Vec<String>>,
     pub(crate) send: Option<Vec<String>>,
@@ -94,6 +99,11 @@ impl Identity {
 
     pub(crate) fn may_send(&self, destination: &str) -> bool {
         allowed(self.send.as_deref(), destination)
+    }
+
+    /// The same user from the same token source: what a token refresh must keep.
+    pub(crate) fn same_principal(&self, other: &Identity) -> bool {
+        self.user == other.user && self.source == other.source
     }
 }
 
@@ -280,7 +290,7 @@ impl Auth {
     /// The token's claims if it verifies and was issued as a `kind` token. A provider's
     /// token: its `role` decides the kind as for any token, and the provider's audience
     /// (checked in `verify_provider`) replaces the kind's audience.
-    fn verify_as(&self, token: &str, kind: Kind) -> Result<Claims, String> {
+    fn verify_as(&self, token: &str, kind: Kind) -> Result<(Claims, Option<&Provider>), String> {
         let provider = self.provider_of(token);
         let c = match provider {
             Some(p) => verify_provider(p, token, self.cfg.leeway.as_secs())?,
@@ -309,14 +319,14 @@ impl Auth {
             Kind::Callback => &self.cfg.callback_audience,
         };
         match &c.aud {
-            _ if provider.is_some() => Ok(c),
+            _ if provider.is_some() => Ok((c, provider)),
             Some(aud) if !aud.names(audience) => {
                 Err(format!("unauthorized: token audience is not {audience}"))
             }
             None if self.cfg.require_audience => Err(format!(
                 "unauthorized: token has no audience ({audience} required)"
             )),
-            _ => Ok(c),
+            _ => Ok((c, provider)),
         }
     }
 
@@ -350,6 +360,7 @@ impl Auth {
             if self.cfg.anonymous {
                 return Ok(Identity {
                     user: None,
+                    source: None,
                     subscribe: Some(self.cfg.anonymous_subscribe.clone()),
                     send: Some(self.cfg.anonymous_send.clone()),
                     expires_at: None,
@@ -357,13 +368,33 @@ impl Auth {
             }
             return Err("unauthorized: a token is required".into());
         };
-        let c = self.verify_as(token, Kind::Client)?;
-        let user = c
+        let (c, provider) = self.verify_as(token, Kind::Client)?;
+        let sub = c
             .sub
             .filter(|s| !s.is_empty() && !s.contains(['\r', '\n', '\0']))
             .ok_or("unauthorized: the token has no usable sub")?;
+        let (user, source) = match provider {
+            Some(p) => (
+                format!("{}{sub}", p.user_prefix),
+                Some(p.issuer.as_str().into()),
+            ),
+            // The static keys' users never enter a provider's namespace (check-config
+            // makes every provider's prefix non-empty when static keys are configured).
+            None if self
+                .providers
+                .iter()
+                .any(|p| !p.user_prefix.is_empty() && sub.starts_with(&p.user_prefix)) =>
+            {
+                return Err(
+                    "unauthorized: the token's sub starts with an identity provider's user_prefix"
+                        .into(),
+                );
+            }
+            None => (sub, None),
+        };
         Ok(Identity {
             user: Some(user),
+            source,
             subscribe: Some(c.subscribe.unwrap_or_else(|| self.cfg.subscribe.clone())),
             send: Some(c.send.unwrap_or_else(|| self.cfg.send.clone())),
             expires_at: Some(c.exp.saturating_add(self.cfg.leeway.as_secs())),
@@ -392,7 +423,7 @@ impl Auth {
         if self.backend(bearer) {
             return Ok(None);
         }
-        let c = bearer
+        let (c, _) = bearer
             .and_then(|b| self.verify_as(b, Kind::Callback).ok())
             .ok_or(())?;
         if c.sub.as_deref() != Some(id) {
@@ -487,6 +518,7 @@ mod tests {
     fn user_queues_are_always_ones_own() {
         let id = Identity {
             user: Some("a".into()),
+            source: None,
             subscribe: Some(vec![]),
             send: Some(vec![]),
             expires_at: None,

@@ -321,9 +321,7 @@ impl NodeConfig {
         if role.is_empty() || role == "client" || role == "callback" {
             return bad("auth.backend_role must be non-empty and neither client nor callback");
         }
-        for p in &self.auth.providers {
-            crate::auth::jwks::check_provider(p)?;
-        }
+        crate::auth::jwks::check_providers(&self.auth)?;
         if self.max_connections == 0 || self.max_http_connections == 0 {
             return bad("max_connections and max_http_connections must be at least 1");
         }
@@ -411,6 +409,12 @@ pub struct ProviderConfig {
     /// ES256, ES384, EdDSA. Never `none` or HS*: a JWKS is public.
     #[serde(default = "ProviderConfig::default_algorithms")]
     pub algorithms: Vec<String>,
+    /// Put before the token's `sub` to make the connection's user (`"google:"` and
+    /// `sub: alice` is user `google:alice`), so users of different token sources never
+    /// meet. Required, distinct, and none the start of another, when more than one
+    /// source is configured (several providers, or a provider and static keys).
+    #[serde(default)]
+    pub user_prefix: String,
 }
 
 impl ProviderConfig {

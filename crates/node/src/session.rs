@@ -419,7 +419,9 @@ impl Session {
         };
         let token = token_of(frame).ok_or("missing header: passcode")?;
         let fresh = auth.client(Some(token))?;
-        if fresh.user != self.identity.user {
+        // The same user from the same source: a token of another provider (or of the
+        // static keys) never takes over a connection, whatever its `sub`.
+        if !fresh.same_principal(&self.identity) {
             return Err("unauthorized: the new token is for another user".into());
         }
         out.push(Action::Expires(fresh.expires_at));

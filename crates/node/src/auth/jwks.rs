@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::{ConfigError, ProviderConfig};
+use crate::config::{AuthConfig, ConfigError, ProviderConfig};
 
 /// A JWKS or discovery document larger than this is refused.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -50,15 +50,20 @@ fn bad(p: &ProviderConfig, m: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("auth.providers ({}): {m}", p.issuer))
 }
 
-/// `https://`, or `http://` on a loopback host; no credentials in the URL.
-fn allowed_url(url: &Url) -> Result<(), String> {
+/// `https://`, or `http://` on a loopback host when `http` (the configured URL is
+/// itself `http://` on loopback: a URL it leads to, by discovery or a redirect, may
+/// never be weaker than the one configured); no credentials in the URL.
+fn allowed_url(url: &Url, http: bool) -> Result<(), String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err("credentials in the URL are not accepted".into());
     }
     match url.scheme() {
         "https" => Ok(()),
-        "http" if is_loopback(url) => Ok(()),
-        "http" => Err("http:// only on a loopback host (127.0.0.1, ::1, localhost)".into()),
+        "http" if !is_loopback(url) => {
+            Err("http:// only on a loopback host (127.0.0.1, ::1, localhost)".into())
+        }
+        "http" if http => Ok(()),
+        "http" => Err("http:// where the configured URL is https:// (a downgrade)".into()),
         s => Err(format!("unsupported scheme {s}")),
     }
 }
@@ -69,9 +74,10 @@ fn is_loopback(url: &Url) -> bool {
     host.eq_ignore_ascii_case("localhost") || ip.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
+/// A configured URL: `https://`, or `http://` on loopback.
 fn parse_url(p: &ProviderConfig, what: &str, s: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(s).map_err(|e| bad(p, format_args!("{what} {s}: {e}")))?;
-    allowed_url(&url).map_err(|e| bad(p, format_args!("{what} {s}: {e}")))?;
+    allowed_url(&url, true).map_err(|e| bad(p, format_args!("{what} {s}: {e}")))?;
     Ok(url)
 }
 
@@ -117,13 +123,77 @@ pub(crate) fn check_provider(p: &ProviderConfig) -> Result<(), ConfigError> {
     if p.refresh_interval < Duration::from_secs(1) {
         return Err(bad(p, "refresh_interval must be at least 1s"));
     }
+    // Zero would let every token with a random `kid` cause a fetch.
+    if p.min_refresh_interval < Duration::from_secs(1) {
+        return Err(bad(
+            p,
+            "min_refresh_interval must be at least 1s (it rate-limits fetches for unknown kids)",
+        ));
+    }
     if p.min_refresh_interval > p.refresh_interval {
         return Err(bad(
             p,
             "min_refresh_interval must be at most refresh_interval",
         ));
     }
+    if p.user_prefix.contains(|c: char| c.is_control()) {
+        return Err(bad(p, "user_prefix must not hold control characters"));
+    }
     algorithms(p).map(drop)
+}
+
+/// Every provider entry, and the rules between them: one entry per issuer, and when
+/// tokens come from more than one source (several providers, or a provider and the
+/// static keys) each provider's users are kept apart by a `user_prefix` of its own.
+pub(crate) fn check_providers(cfg: &AuthConfig) -> Result<(), ConfigError> {
+    let providers = &cfg.providers;
+    for p in providers {
+        check_provider(p)?;
+    }
+    for (i, p) in providers.iter().enumerate() {
+        if providers[..i].iter().any(|q| q.issuer == p.issuer) {
+            return Err(bad(
+                p,
+                "the issuer is configured twice (one entry per issuer: a token's iss picks it)",
+            ));
+        }
+    }
+    let static_keys = cfg.hs256_secret.is_some()
+        || cfg.hs256_secret_file.is_some()
+        || cfg.rs256_public_key_file.is_some();
+    if providers.len() + usize::from(static_keys) < 2 {
+        return Ok(());
+    }
+    let others = if static_keys {
+        "identity providers and static keys"
+    } else {
+        "several identity providers"
+    };
+    for (i, p) in providers.iter().enumerate() {
+        if p.user_prefix.is_empty() {
+            return Err(bad(
+                p,
+                format_args!(
+                    "user_prefix is required with {others}: without one, the same sub from \
+                     two sources would be one user (each other's pushes and requests)"
+                ),
+            ));
+        }
+        if let Some(q) = providers
+            .iter()
+            .enumerate()
+            .find_map(|(j, q)| (j != i && q.user_prefix.starts_with(&p.user_prefix)).then_some(q))
+        {
+            return Err(bad(
+                p,
+                format_args!(
+                    "user_prefix {:?} is also the start of {}'s {:?}: their users could meet",
+                    p.user_prefix, q.issuer, q.user_prefix
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A usable key and the algorithms it may verify.
@@ -238,6 +308,14 @@ enum Source {
     Discovery(Url),
 }
 
+impl Source {
+    fn url(&self) -> &Url {
+        match self {
+            Source::Jwks(u) | Source::Discovery(u) => u,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Refresh {
     /// When the last fetch started (any fetch: periodic, at start, or asked for).
@@ -250,9 +328,14 @@ struct Refresh {
 /// One identity provider: its rules and its current key set.
 pub(crate) struct Provider {
     pub(crate) issuer: String,
+    /// Put before `sub` to make the user.
+    pub(crate) user_prefix: String,
     pub(crate) audience: Vec<String>,
     pub(crate) algorithms: Vec<Algorithm>,
     source: Source,
+    /// The configured URL is http:// (on loopback): discovery and redirects may lead
+    /// to http:// (on loopback) too; otherwise https:// only.
+    http: bool,
     refresh_interval: Duration,
     min_refresh_interval: Duration,
     client: reqwest::Client,
@@ -316,14 +399,19 @@ impl Provider {
         .map_err(|e| bad(p, e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        // Only a URL configured as http:// (on loopback) may lead to http:// ones.
+        let http = source.url().scheme() == "http";
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            // Never through HTTP_PROXY / HTTPS_PROXY / ALL_PROXY: whoever runs the
+            // proxy would serve the signing keys (over http://) and forge any token.
+            .no_proxy()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= 3 {
                     attempt.error("too many redirects")
-                } else if let Err(e) = allowed_url(attempt.url()) {
+                } else if let Err(e) = allowed_url(attempt.url(), http) {
                     attempt.error(format!("redirect refused: {e}"))
                 } else {
                     attempt.follow()
@@ -335,6 +423,8 @@ impl Provider {
         let (fetched_tx, _) = watch::channel(0);
         Ok(Provider {
             issuer: p.issuer.clone(),
+            user_prefix: p.user_prefix.clone(),
+            http,
             audience: p.audience.clone(),
             algorithms: algorithms(p)?,
             source,
@@ -351,9 +441,7 @@ impl Provider {
 
     /// The URL named in logs and warnings.
     pub(crate) fn url(&self) -> &Url {
-        match &self.source {
-            Source::Jwks(u) | Source::Discovery(u) => u,
-        }
+        self.source.url()
     }
 
     /// The current key set (a clone of an `Arc`, never waits on I/O).
@@ -411,6 +499,11 @@ impl Provider {
                 };
                 let ok = match p.fetch(&mut discovered).await {
                     Ok(set) => {
+                        if set.keys.is_empty() {
+                            warn!(issuer = %p.issuer, url = %p.url(),
+                                "identity provider: the key set holds no usable signing key; \
+                                 its tokens are refused until it does");
+                        }
                         p.install(set);
                         failures = 0;
                         true
@@ -472,13 +565,12 @@ impl Provider {
                 u
             }
         };
+        // A document that parses is the provider's word, even without a key this node
+        // can use (`{"keys": []}`): the keys it no longer lists stop working. Only a
+        // fetch that fails keeps the last good set.
         let result = async {
             let body = get(&self.client, &jwks).await?;
-            let set = KeySet::parse(&body, &self.algorithms).map_err(|e| format!("{jwks}: {e}"))?;
-            if set.keys.is_empty() {
-                return Err(format!("{jwks}: no usable signing key"));
-            }
-            Ok(set)
+            KeySet::parse(&body, &self.algorithms).map_err(|e| format!("{jwks}: {e}"))
         }
         .await;
         if result.is_err() {
@@ -504,7 +596,7 @@ impl Provider {
             ));
         }
         let url = Url::parse(&d.jwks_uri).map_err(|e| format!("{doc}: jwks_uri: {e}"))?;
-        allowed_url(&url).map_err(|e| format!("{doc}: jwks_uri {url}: {e}"))?;
+        allowed_url(&url, self.http).map_err(|e| format!("{doc}: jwks_uri {url}: {e}"))?;
         Ok(url)
     }
 }
@@ -533,6 +625,11 @@ pub(crate) fn probe(providers: &[Arc<Provider>]) -> Vec<String> {
             let mut out = Vec::new();
             for t in tasks {
                 match t.await {
+                    Ok((Ok(set), p)) if set.keys.is_empty() => out.push(format!(
+                        "auth.providers ({}): {}: no usable signing key",
+                        p.issuer,
+                        p.url()
+                    )),
                     Ok((Ok(set), p)) => {
                         debug!(issuer = %p.issuer, keys = %set.ids().join(","), "reachable")
                     }
@@ -602,7 +699,66 @@ mod tests {
             min_refresh_interval: Duration::from_secs(30),
             ca_file: None,
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            user_prefix: String::new(),
         }
+    }
+
+    #[test]
+    fn a_url_found_from_an_https_one_stays_https() {
+        let url = |u: &str| Url::parse(u).expect("url");
+        // Configured https://: discovery and redirects may not lead to http://.
+        assert!(allowed_url(&url("https://idp.example.com/jwks"), false).is_ok());
+        let e = allowed_url(&url("http://127.0.0.1:8080/jwks"), false).expect_err("downgrade");
+        assert!(e.contains("downgrade"), "{e}");
+        assert!(allowed_url(&url("http://localhost/jwks"), false).is_err());
+        // Configured http:// on loopback: loopback http:// or https://.
+        assert!(allowed_url(&url("http://127.0.0.1:8080/jwks"), true).is_ok());
+        assert!(allowed_url(&url("https://idp.example.com/jwks"), true).is_ok());
+        assert!(allowed_url(&url("http://10.0.0.1/jwks"), true).is_err());
+        let p = Provider::load(&provider(None, "https://idp.example.com")).expect("load");
+        assert!(!p.http);
+        let p = Provider::load(&provider(None, "http://127.0.0.1:9")).expect("load");
+        assert!(p.http);
+        let p = Provider::load(&provider(
+            Some("https://idp.example.com/jwks"),
+            "http://127.0.0.1:9",
+        ))
+        .expect("load");
+        assert!(!p.http, "the JWKS URL is what is fetched");
+    }
+
+    #[test]
+    fn several_sources_need_distinct_prefixes() {
+        let a = provider(None, "https://a.example.com");
+        let b = provider(None, "https://b.example.com");
+        let with = |p: &ProviderConfig, prefix: &str| ProviderConfig {
+            user_prefix: prefix.into(),
+            ..p.clone()
+        };
+        let check = |ps: Vec<ProviderConfig>, statics: bool| {
+            check_providers(&AuthConfig {
+                providers: ps,
+                hs256_secret: statics.then(|| "s".repeat(32)),
+                ..AuthConfig::default()
+            })
+        };
+        assert!(check(vec![a.clone()], false).is_ok(), "one provider alone");
+        let e = check(vec![a.clone(), b.clone()], false).expect_err("no prefixes");
+        assert!(e.0.contains("user_prefix is required"), "{}", e.0);
+        assert!(check(vec![with(&a, "a:"), b.clone()], false).is_err());
+        assert!(check(vec![with(&a, "a:"), with(&b, "b:")], false).is_ok());
+        assert!(check(vec![with(&a, "x:"), with(&b, "x:")], false).is_err());
+        // One prefix the start of another: "a:" + "b:x" = "a:b:" + "x".
+        let e = check(vec![with(&a, "a:"), with(&b, "a:b:")], false).expect_err("nested");
+        assert!(e.0.contains("also the start of"), "{}", e.0);
+        assert!(
+            check(vec![a.clone()], true).is_err(),
+            "a provider and static keys"
+        );
+        assert!(check(vec![with(&a, "a:")], true).is_ok());
+        let e = check(vec![with(&a, "a:"), with(&a, "b:")], false).expect_err("same issuer");
+        assert!(e.0.contains("configured twice"), "{}", e.0);
+        assert!(check(vec![with(&a, "a\n")], false).is_err());
     }
 
     #[test]
@@ -638,9 +794,14 @@ mod tests {
         }
         let fast = ProviderConfig {
             min_refresh_interval: Duration::from_secs(900),
-            ..base
+            ..base.clone()
         };
         assert!(check_provider(&fast).is_err());
+        let unlimited = ProviderConfig {
+            min_refresh_interval: Duration::ZERO,
+            ..base
+        };
+        assert!(check_provider(&unlimited).is_err());
     }
 
     #[test]
