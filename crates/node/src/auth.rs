@@ -16,6 +16,9 @@ use serde::Deserialize;
 use crate::config::{AuthConfig, ConfigError};
 use jwks::Provider;
 
+/// Where a client sends a fresh token before its current one expires.
+pub(crate) const TOKEN_DESTINATION: &str = "/session/token";
+
 #[derive(Debug, Deserialize)]
 struct Claims {
     #[serde(default)]
@@ -154,6 +157,8 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, ConfigError> {
 impl Auth {
     /// The loaded keys; `None` when nothing is configured (authentication off).
     pub(crate) fn load(cfg: &AuthConfig) -> Result<Option<Auth>, ConfigError> {
+        // The providers' rules live with the providers (config.rs stays below auth).
+        jwks::check_providers(cfg)?;
         let secret = match (&cfg.hs256_secret, &cfg.hs256_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError(
@@ -265,7 +270,7 @@ impl Auth {
         }
         let checked = match frame.command {
             Command::Connect | Command::Stomp => true,
-            Command::Send => frame.get("destination") == Some(crate::session::TOKEN_DESTINATION),
+            Command::Send => frame.get("destination") == Some(TOKEN_DESTINATION),
             _ => false,
         };
         let token = frame_token(frame).filter(|_| checked)?;

@@ -321,7 +321,6 @@ impl NodeConfig {
         if role.is_empty() || role == "client" || role == "callback" {
             return bad("auth.backend_role must be non-empty and neither client nor callback");
         }
-        crate::auth::jwks::check_providers(&self.auth)?;
         if self.max_connections == 0 || self.max_http_connections == 0 {
             return bad("max_connections and max_http_connections must be at least 1");
         }

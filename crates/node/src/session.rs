@@ -8,7 +8,7 @@ use pushcenter_stomp::{Command, Frame, HeartBeat, Version};
 
 use std::sync::Arc;
 
-use crate::auth::{Auth, Identity};
+use crate::auth::{Auth, Identity, TOKEN_DESTINATION};
 use crate::bus::{
     Answerer, REPLY_HEADERS, REPLY_PREFIX, REQUEST_HEADERS, Record, Reply, RequestInfo,
     check_correlation_id, check_publish_destination, sanitize, unix_ms,
@@ -31,9 +31,6 @@ pub(crate) struct SessionConfig {
     /// The token of the WebSocket URL (`?access_token=`), if any.
     pub(crate) url_token: Option<String>,
 }
-
-/// Where a client sends a fresh token before its current one expires.
-pub(crate) const TOKEN_DESTINATION: &str = "/session/token";
 
 /// Transactions one session may have open, and frames one transaction may hold.
 const MAX_TRANSACTIONS: usize = 16;
