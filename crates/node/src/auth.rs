@@ -261,20 +261,24 @@ impl Auth {
     /// asks for, at most [`jwks::UNKNOWN_KID_WAIT`]. Rate-limited: when the provider
     /// was fetched less than `min_refresh_interval` ago it returns at once.
     /// `None` (at once, no allocation) for every other frame.
+    /// Whether [`Auth::await_keys_for`] may wait for this frame (cheap, no decoding).
+    pub(crate) fn may_wait_for_keys(&self, frame: &Frame) -> bool {
+        !self.providers.is_empty()
+            && match frame.command {
+                Command::Connect | Command::Stomp => true,
+                Command::Send => frame.get("destination") == Some(TOKEN_DESTINATION),
+                _ => false,
+            }
+    }
+
     pub(crate) fn await_keys_for<'a>(
         &'a self,
         frame: &'a Frame,
     ) -> Option<impl Future<Output = ()> + 'a> {
-        if self.providers.is_empty() {
+        if !self.may_wait_for_keys(frame) {
             return None;
         }
-        let checked = match frame.command {
-            Command::Connect | Command::Stomp => true,
-            Command::Send => frame.get("destination") == Some(TOKEN_DESTINATION),
-            _ => false,
-        };
-        let token = frame_token(frame).filter(|_| checked)?;
-        Some(self.await_keys(token))
+        Some(self.await_keys(frame_token(frame)?))
     }
 
     /// [`Auth::await_keys_for`] for a token given some other way (the WebSocket URL).

@@ -64,15 +64,9 @@ pub(crate) fn serve<L: Link>(
     );
     Stats::add(&node.stats.connections, 1);
     Stats::inc(&node.stats.connections_total);
-    // A URL token of a key rotated in since the last fetch: see `Auth::await_keys`.
-    let url_auth = node.auth.clone().filter(|a| !a.providers().is_empty());
-    let url_auth = url_auth.zip(url_token.clone());
     let mut conn = Connection::new(link, node, conn_id, url_token);
     conn.span = span;
     async move {
-        if let Some((auth, token)) = url_auth {
-            Box::pin(auth.await_keys(&token)).await;
-        }
         // The connection's cleanup runs when it is dropped: after `run`, and also when
         // the task unwinds from a panic (router entries and counts never leak).
         let end = conn.run().await;
@@ -200,7 +194,32 @@ impl<L: Link> Connection<L> {
         }
     }
 
+    /// A frame whose token's key may be new: waits (bounded) for the key set, then
+    /// hands the frame to the session.
+    async fn frame_after_keys(&mut self, frame: Frame, actions: &mut Vec<Action>) {
+        if let Some(auth) = self.node.auth.clone()
+            && let Some(wait) = auth.await_keys_for(&frame)
+        {
+            wait.await;
+        }
+        self.session.on_frame(frame, actions);
+    }
+
+    /// The WebSocket URL's token, when its key may be new (see `Auth::await_keys`).
+    fn url_keys(&self) -> Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        let auth = self
+            .node
+            .auth
+            .as_ref()
+            .filter(|a| !a.providers().is_empty())?;
+        let token = self.session.url_token()?;
+        Some(Box::pin(auth.await_keys(token)))
+    }
+
     async fn run(&mut self) -> End {
+        if let Some(wait) = self.url_keys() {
+            wait.await;
+        }
         // Holds memory only while a frame is partly read.
         let mut inbuf = BytesMut::new();
         let mut actions = Vec::new();
@@ -286,10 +305,15 @@ impl<L: Link> Connection<L> {
                                         trace!(command = %frame.command, "frame in");
                                     });
                                     let auth = self.node.auth.as_ref();
-                                    if let Some(wait) = auth.and_then(|a| a.await_keys_for(&frame)) {
-                                        Box::pin(wait).await;
+                                    if auth.is_some_and(|a| a.may_wait_for_keys(&frame)) {
+                                        // Rare (a token of a key rotated in since the
+                                        // last fetch): boxed with its frame, so the
+                                        // task does not keep a frame's room.
+                                        Box::pin(self.frame_after_keys(frame, &mut actions))
+                                            .await;
+                                    } else {
+                                        self.session.on_frame(frame, &mut actions);
                                     }
-                                    self.session.on_frame(frame, &mut actions);
                                 }
                             }
                             Err(e) => {

@@ -209,6 +209,11 @@ pub(crate) enum Head<'s> {
 type Outcome = Result<(), String>;
 
 impl Session {
+    /// The token the WebSocket URL carried (`?access_token=`), if any.
+    pub(crate) fn url_token(&self) -> Option<&str> {
+        self.cfg.url_token.as_deref()
+    }
+
     pub(crate) fn new(cfg: SessionConfig) -> Session {
         Session {
             cfg,
