@@ -164,6 +164,9 @@ async fn bad_records_are_counted_and_skipped() {
     let m = c.frame().await.expect("the good record");
     assert_eq!(&m.body[..], b"good");
     assert_eq!(stat(&node, "bus_records_skipped_total").await, 5);
+    // Every record the consumer fetched counts, skipped or delivered.
+    assert_eq!(stat(&node, "bus_records_fetched_messages_total").await, 6);
+    assert_eq!(stat(&node, "bus_records_fetched_replies_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,10 @@ impl Reader {
                     } else {
                         Topic::Messages
                     };
+                    Stats::inc(match topic {
+                        Topic::Replies => &self.stats.bus_records_fetched_replies_total,
+                        Topic::Messages => &self.stats.bus_records_fetched_messages_total,
+                    });
                     let place = (topic, m.topic(), m.partition(), m.offset());
                     if !in_order(&self.consumer, &mut self.order, &self.stats, place) {
                         continue;

@@ -103,6 +103,8 @@ stats! {
     counter messages_published_http_total: "Of those, through POST /v1/publish.",
     counter messages_published_send_total: "Of those, by client SEND frames.",
     counter messages_received_total: "Messages received from the bus.",
+    counter bus_records_fetched_messages_total: "Records this node's consumer fetched from the messages topic (whether or not any local subscriber wanted them): its share of the cluster's Kafka egress.",
+    counter bus_records_fetched_replies_total: "Records this node's consumer fetched from the replies topic (replies and delivery notes, for any node's waiters).",
     counter messages_delivered_total: "MESSAGE frames queued to subscribers.",
     counter bus_records_skipped_total: "Records from the bus skipped as malformed (no destination, bad header).",
     counter bus_records_oversized_total: "Records from the bus skipped as too large: body over limits.max_body_bytes, or body and headers over limits.max_frame_bytes.",
