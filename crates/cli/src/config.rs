@@ -237,56 +237,33 @@ pub(crate) fn map_entry(rest: &str) -> String {
         .join("_")
 }
 
+/// The table at a dotted path, made (or a non-table value replaced) where missing.
+fn table_at<'a>(table: &'a mut toml::Table, path: &str) -> &'a mut toml::Table {
+    path.split('.').fold(table, |t, name| {
+        let slot = t
+            .entry(name.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !slot.is_table() {
+            *slot = toml::Value::Table(toml::Table::new());
+        }
+        match slot {
+            toml::Value::Table(inner) => inner,
+            _ => unreachable!("made a table above"),
+        }
+    })
+}
+
 fn insert(table: &mut toml::Table, path: &str, value: toml::Value) {
-    match path.split_once('.') {
-        None => {
-            table.insert(path.to_string(), value);
-        }
-        Some((head, rest)) => {
-            let inner = table
-                .entry(head.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if !inner.is_table() {
-                *inner = toml::Value::Table(toml::Table::new());
-            }
-            if let toml::Value::Table(t) = inner {
-                insert(t, rest, value);
-            }
-        }
-    }
+    let (parent, name) = match path.rsplit_once('.') {
+        Some((parent, name)) => (table_at(table, parent), name),
+        None => (table, path),
+    };
+    parent.insert(name.to_string(), value);
 }
 
 /// Inserts a table-of-strings entry whose name may hold dots (`sasl.password`).
 fn insert_entry(table: &mut toml::Table, path: &str, entry: &str, value: toml::Value) {
-    let mut map = toml::Table::new();
-    map.insert(entry.to_string(), value);
-    insert_merging(table, path, map);
-}
-
-fn insert_merging(table: &mut toml::Table, path: &str, map: toml::Table) {
-    match path.split_once('.') {
-        None => {
-            let slot = table
-                .entry(path.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(t) = slot {
-                t.extend(map);
-            } else {
-                *slot = toml::Value::Table(map);
-            }
-        }
-        Some((head, rest)) => {
-            let inner = table
-                .entry(head.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if !inner.is_table() {
-                *inner = toml::Value::Table(toml::Table::new());
-            }
-            if let toml::Value::Table(t) = inner {
-                insert_merging(t, rest, map);
-            }
-        }
-    }
+    table_at(table, path).insert(entry.to_string(), value);
 }
 
 /// A value as an env variable or `--set` writes it.
