@@ -247,6 +247,18 @@ async fn first_fetch(idp: &Idp) {
     }
 }
 
+/// Waits (10 s at most) for the node's next fetch of the JWKS, and a moment for the
+/// node to take in what it got.
+async fn next_fetch(idp: &Idp) {
+    let seen = idp.jwks_hits();
+    let start = Instant::now();
+    while idp.jwks_hits() < seen + 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no refresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 /// A key rotation at the provider reaches a running node: tokens of the new key work
 /// at once (the CONNECT waits for the fetch its unknown `kid` triggers), tokens of the
 /// removed key stop working.
@@ -297,13 +309,7 @@ async fn the_periodic_refresh_drops_a_removed_key() {
     let old = signer("rsa-1");
     accepted(&node, &old.sign(&claims(&idp, "alice")), "alice").await;
     idp.serve(&["rsa-2"]);
-    let seen = idp.jwks_hits();
-    let start = Instant::now();
-    while idp.jwks_hits() < seen + 1 {
-        assert!(start.elapsed() < Duration::from_secs(10), "no refresh");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    next_fetch(&idp).await;
     refused(
         &node,
         &old.sign(&claims(&idp, "alice")),
@@ -996,13 +1002,7 @@ async fn an_empty_key_set_revokes_every_key() {
     first_fetch(&idp).await;
     accepted(&node, &rsa.sign(&claims(&idp, "alice")), "alice").await;
     idp.serve(&[]);
-    let seen = idp.jwks_hits();
-    let start = Instant::now();
-    while idp.jwks_hits() < seen + 1 {
-        assert!(start.elapsed() < Duration::from_secs(10), "no refresh");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    next_fetch(&idp).await;
     refused(
         &node,
         &rsa.sign(&claims(&idp, "alice")),
