@@ -198,6 +198,8 @@ async fn refused(p: &mut Logged, etcd: &Etcd, field: &str, expected: &[&str]) ->
         })
         .await;
     assert_eq!(v["ready"], false, "{v}");
+    // /readyz is as public as the port: it says why, not where etcd is.
+    assert!(!v.to_string().contains(&etcd.endpoint()), "{v}");
     assert!(p.alive(), "a refused process keeps running");
     reason
 }

@@ -160,7 +160,7 @@ async fn keep(
                     }
                     set(
                         &problem,
-                        Some(format!("etcd {} refused: {reason}", cfg.endpoint_list())),
+                        Some(format!("etcd refused the credentials: {reason}")),
                     );
                     // A refusal lasts until someone changes a config: no need to hammer.
                     pause = Duration::from_secs(5);

@@ -110,7 +110,7 @@ async fn watch_loop(cfg: EtcdConfig, registry: Arc<Registry>) {
                         logged_refusal = Some(reason.clone());
                     }
                     registry.lock().problem =
-                        Some(format!("etcd {} refused: {reason}", cfg.endpoint_list()));
+                        Some(format!("etcd refused the credentials: {reason}"));
                     pause = Duration::from_secs(5);
                 }
                 None => debug!(error = %e, "etcd sync error"),
