@@ -204,6 +204,10 @@ async fn the_registry_serves_https_and_reloads_its_certificate() {
         "--config",
         cfg.path(),
     ]);
+    // A peer that connects and says nothing holds its own task, not the accept loop.
+    let _silent = tokio::net::TcpStream::connect(registry.http)
+        .await
+        .expect("connect");
     let t0 = Instant::now();
     loop {
         let (cert, answer) = served(registry.http, "/v1/nodes").await;
