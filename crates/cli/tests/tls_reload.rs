@@ -208,6 +208,9 @@ async fn the_registry_serves_https_and_reloads_its_certificate() {
     let _silent = tokio::net::TcpStream::connect(registry.http)
         .await
         .expect("connect");
+    tokio::time::timeout(Duration::from_secs(5), open(registry.http))
+        .await
+        .expect("a handshake behind a silent peer within 5 s");
     let t0 = Instant::now();
     loop {
         let (cert, answer) = served(registry.http, "/v1/nodes").await;
