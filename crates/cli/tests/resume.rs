@@ -359,7 +359,11 @@ async fn a_position_kafka_no_longer_has_is_answered_lost() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let cluster = MockCluster::new(1).expect("mock cluster");
-    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+    for topic in [
+        "pushcenter.messages",
+        "pushcenter.targeted",
+        "pushcenter.replies",
+    ] {
         cluster.create_topic(topic, 1, 1).expect("topic");
     }
     let brokers = cluster.bootstrap_servers();

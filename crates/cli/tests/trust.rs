@@ -224,7 +224,9 @@ async fn a_rendezvous_wait_is_completed_only_by_its_callback() {
         });
     producer
         .send(
+            // Where the waiting node reads: n2's partition of the replies topic.
             FutureRecord::to("pushcenter.replies")
+                .partition(2)
                 .key("order-1001")
                 .payload("{\"paid\":true}")
                 .headers(headers),

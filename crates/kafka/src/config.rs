@@ -15,14 +15,24 @@ use crate::error::Error;
 pub struct KafkaConfig {
     /// `bootstrap.servers`: `host:port[,host:port...]`.
     pub brokers: String,
-    /// Where backends and nodes write messages for clients.
+    /// Where backends and nodes write broadcast messages for clients (every node reads
+    /// every partition). Targeted records written here are still delivered.
     pub messages_topic: String,
+    /// Where nodes (and backends, keyed by user) write targeted records: user and
+    /// session pushes, requests. A node reads only the partitions of its users.
+    pub targeted_topic: String,
     /// Where nodes write clients' replies for request/reply.
     pub replies_topic: String,
     /// Consumer group of a node: this prefix and the node id.
     pub group_prefix: String,
-    /// Partitions of the topics the node creates when they are missing.
+    /// Partitions of the messages topic when the node creates it.
     pub partitions: i32,
+    /// Partitions of the targeted topic when the node creates it: at least 8 per node
+    /// keeps every node's share within an eighth of the others'.
+    pub targeted_partitions: i32,
+    /// Partitions of the replies topic when the node creates it: each node reads one
+    /// (the number its id ends with, modulo these), so at least as many as nodes.
+    pub replies_partitions: i32,
     /// Replication factor of the topics the node creates.
     pub replication_factor: i32,
     /// How often the consumer checks the broker: reachability, topics, new partitions.
@@ -48,9 +58,12 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             messages_topic: "pushcenter.messages".into(),
+            targeted_topic: "pushcenter.targeted".into(),
             replies_topic: "pushcenter.replies".into(),
             group_prefix: "pushcenter.".into(),
             partitions: 6,
+            targeted_partitions: 64,
+            replies_partitions: 16,
             replication_factor: 1,
             check_interval: Duration::from_secs(1),
             properties: BTreeMap::new(),
@@ -66,13 +79,26 @@ pub(crate) fn check(cfg: &KafkaConfig) -> Result<(), Error> {
     if cfg.brokers.trim().is_empty() {
         return Err(Error::Config("brokers must not be empty".into()));
     }
-    if cfg.partitions < 1 || cfg.replication_factor < 1 || cfg.check_interval.is_zero() {
+    if cfg.partitions < 1
+        || cfg.targeted_partitions < 1
+        || cfg.replies_partitions < 1
+        || cfg.replication_factor < 1
+        || cfg.check_interval.is_zero()
+    {
         return Err(Error::Config(
-            "partitions, replication_factor and check_interval must be positive".into(),
+            "partitions, targeted_partitions, replies_partitions, replication_factor and \
+             check_interval must be positive"
+                .into(),
         ));
     }
-    if cfg.messages_topic.is_empty() || cfg.replies_topic.is_empty() {
+    let names = [&cfg.messages_topic, &cfg.targeted_topic, &cfg.replies_topic];
+    if names.iter().any(|n| n.is_empty()) {
         return Err(Error::Config("topic names must not be empty".into()));
+    }
+    if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+        return Err(Error::Config(
+            "messages_topic, targeted_topic and replies_topic must differ".into(),
+        ));
     }
     // The adapter owns these: the brokers have their key, and a node's group must be its
     // own (every node reads every record).

@@ -2,7 +2,7 @@
 //! context that turns librdkafka's logs, statistics and errors into the node's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pushcenter_node::Stats;
 use rdkafka::client::ClientContext;
@@ -10,6 +10,9 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, error, warn};
+
+use crate::interest::Interest;
+use crate::topic::PerTopic;
 
 /// What the consumer thread and `ready()` share.
 pub(crate) struct State {
@@ -22,6 +25,19 @@ pub(crate) struct State {
     /// authentication): librdkafka's first word on it. librdkafka retries such a
     /// connection forever; the node decides what to do with it.
     pub(crate) refused: std::sync::Mutex<Option<String>>,
+    /// Partitions of each topic as the reader last saw them (0: not known yet): where
+    /// the producer puts targeted records and replies.
+    pub(crate) partitions: PerTopic<AtomicU32>,
+    /// The targeted partitions this node's users need.
+    pub(crate) interest: std::sync::Mutex<Interest>,
+    /// `interest` wants another set of partitions: the reader assigns again.
+    pub(crate) interest_changed: AtomicBool,
+}
+
+impl State {
+    pub(crate) fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
+        self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Default for State {
@@ -32,6 +48,9 @@ impl Default for State {
             caught_up: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             refused: std::sync::Mutex::new(None),
+            partitions: PerTopic::default(),
+            interest: std::sync::Mutex::new(Interest::default()),
+            interest_changed: AtomicBool::new(false),
         }
     }
 }

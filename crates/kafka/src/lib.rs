@@ -1,8 +1,9 @@
 //! The node's [`Bus`] on Kafka. Publishing is one producer. Receiving is one consumer
-//! per node that reads every partition of the messages and replies topics: it assigns
-//! them itself (no group rebalance to wait for; the group `pushcenter.<node_id>` only
-//! holds committed offsets), starts at the current end, and adds partitions created
-//! later.
+//! per node that reads every partition of the messages topic, the partitions of the
+//! targeted topic its users hash to, and its own partition of the replies topic: it
+//! assigns them itself (no group rebalance to wait for; the group
+//! `pushcenter.<node_id>` only holds committed offsets), starts at the current end, and
+//! follows partitions added later and users who come and go.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -12,6 +13,7 @@ mod bus;
 mod config;
 mod context;
 mod error;
+mod interest;
 mod log_read;
 mod ordering;
 mod producer;
@@ -29,9 +31,9 @@ use pushcenter_node::{
 pub use bus::KafkaBus;
 pub use config::KafkaConfig;
 pub use error::Error;
-pub use record::{delivery_from, message_id, reply_from};
 
-use topic::Topic;
+/// How long a new connection waits for the node to read its user's partition.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Bus for KafkaBus {
     fn start(&self, deliver: DeliverFn, reply: ReplyFn, started: StartedFn, stats: Arc<Stats>) {
@@ -39,12 +41,38 @@ impl Bus for KafkaBus {
     }
 
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>> {
-        self.producer
-            .publish(Topic::Messages.name(&self.cfg), record)
+        self.producer.publish(record)
     }
 
     fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>> {
-        self.producer.reply(Topic::Replies.name(&self.cfg), reply)
+        self.producer.reply(reply)
+    }
+
+    fn follow(&self, user: &str) -> BoxFuture<()> {
+        let wait = {
+            let mut interest = self.state.interest();
+            let wait = interest.follow(user);
+            if std::mem::take(&mut interest.changed) || wait.is_some() {
+                self.state.interest_changed.store(true, Ordering::Relaxed);
+            }
+            wait
+        };
+        match wait {
+            None => Box::pin(std::future::ready(())),
+            // Kafka down or slow: the connection goes on after a while (its resume
+            // reads the log, or says what it lost).
+            Some(rx) => Box::pin(async move {
+                let _ = tokio::time::timeout(FOLLOW_WAIT, rx).await;
+            }),
+        }
+    }
+
+    fn unfollow(&self, user: &str) {
+        let mut interest = self.state.interest();
+        interest.unfollow(user, std::time::Instant::now());
+        if std::mem::take(&mut interest.changed) {
+            self.state.interest_changed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn ready(&self) -> bool {

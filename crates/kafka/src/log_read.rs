@@ -1,5 +1,5 @@
-//! Reads a range of the messages log back for a client's resume that the node's
-//! replay window no longer holds.
+//! Reads a range of the messages or targeted log back for a client's resume that the
+//! node's replay window no longer holds.
 
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,15 @@ use crate::topic::Topic;
 /// Most records one resume may read back from the log; more is answered as lost.
 const MAX_READ: i64 = 100_000;
 
-/// `from..=to` of the messages partition `stream` names; `None` when the log no
-/// longer holds all of it (or `stream` is no partition).
+/// `from..=to` of the messages or targeted partition `stream` names; `None` when the
+/// log no longer holds all of it (or `stream` is no partition).
 pub(crate) fn read(
     bus: &KafkaBus,
     stream: &str,
     from: i64,
     to: i64,
 ) -> BoxFuture<Result<Option<Vec<Delivery>>, BusError>> {
-    let Ok(partition) = stream.parse::<i32>() else {
+    let Some((topic, partition)) = Topic::of_stream(stream) else {
         return Box::pin(std::future::ready(Ok(None)));
     };
     let mut cc = bus.consumer_config();
@@ -36,19 +36,21 @@ pub(crate) fn read(
         format!("{}{}.replay", bus.cfg.group_prefix, bus.node_id),
     )
     .set("enable.auto.commit", "false");
-    let topic = Topic::Messages.name(&bus.cfg).to_owned();
+    let name = topic.name(&bus.cfg).to_owned();
     let timeout = bus.publish_timeout;
     Box::pin(async move {
-        tokio::task::spawn_blocking(move || read_range(&cc, &topic, partition, from, to, timeout))
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            read_range(&cc, (topic, &name), partition, from, to, timeout)
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))?
     })
 }
 
 /// Reads `from..=to` of one partition with a throwaway consumer (assign + seek).
 fn read_range(
     cc: &ClientConfig,
-    topic: &str,
+    (kind, topic): (Topic, &str),
     partition: i32,
     from: i64,
     to: i64,
@@ -83,7 +85,7 @@ fn read_range(
                 }
                 if m.offset() >= from {
                     // A malformed record was skipped live too.
-                    if let Ok(d) = delivery_from(&m) {
+                    if let Ok(d) = delivery_from(&m, kind) {
                         out.push(d);
                     }
                 }

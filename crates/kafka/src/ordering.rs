@@ -8,6 +8,10 @@ use tracing::debug;
 
 use crate::topic::{PerTopic, Topic};
 
+/// The next offset of a partition the node does not read: its records are skipped
+/// (one fetched before the partition was let go).
+pub(crate) const NOT_READ: i64 = i64::MIN;
+
 /// How often a gap in a partition's offsets is read again before it is accepted.
 pub(crate) const GAP_REREADS: u32 = 3;
 
@@ -48,6 +52,9 @@ impl Order {
         let Some(expected) = self.next_mut(topic, partition).map(|n| *n) else {
             return Verdict::Deliver;
         };
+        if expected == NOT_READ {
+            return Verdict::Skip;
+        }
         if offset < expected {
             Stats::inc(&stats.bus_records_repeated_total);
             debug!(
@@ -84,7 +91,7 @@ impl Order {
         if !self.rereads.is_empty() {
             self.rereads.remove(&(topic, partition));
         }
-        if let Some(n) = self.next_mut(topic, partition) {
+        if let Some(n) = self.next_mut(topic, partition).filter(|n| **n != NOT_READ) {
             *n = offset + 1;
         }
     }
@@ -104,7 +111,11 @@ mod tests {
 
     fn order(messages: Vec<i64>, replies: Vec<i64>) -> Order {
         Order {
-            next: PerTopic { messages, replies },
+            next: PerTopic {
+                messages,
+                targeted: Vec::new(),
+                replies,
+            },
             ..Order::default()
         }
     }
@@ -174,6 +185,7 @@ mod tests {
             order.next,
             PerTopic {
                 messages: vec![1, 11],
+                targeted: Vec::new(),
                 replies: vec![1]
             }
         );
@@ -188,6 +200,7 @@ mod tests {
             order.next,
             PerTopic {
                 messages: vec![1, 11],
+                targeted: Vec::new(),
                 replies: vec![1]
             }
         );

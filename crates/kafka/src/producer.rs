@@ -10,14 +10,20 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use pushcenter_node::placement::{partition_of, reply_partition, target_key};
+
 use crate::config::KafkaConfig;
 use crate::context::{Ctx, State};
 use crate::record::message_id;
+use crate::topic::{PerTopic, Topic};
 
 pub(crate) struct Producer {
     producer: FutureProducer<Ctx>,
     /// How long a record may wait for the broker's acknowledgement.
     timeout: Duration,
+    topics: PerTopic<String>,
+    /// The partition counts the reader saw.
+    state: Arc<State>,
 }
 
 impl Producer {
@@ -37,17 +43,38 @@ impl Producer {
         for (k, v) in cfg.properties.iter().chain(&cfg.producer) {
             pc.set(k, v);
         }
-        let producer = pc.create_with_context(Ctx { state, stats: None })?;
-        Ok(Producer { producer, timeout })
+        let producer = pc.create_with_context(Ctx {
+            state: state.clone(),
+            stats: None,
+        })?;
+        let topics = PerTopic {
+            messages: cfg.messages_topic.clone(),
+            targeted: cfg.targeted_topic.clone(),
+            replies: cfg.replies_topic.clone(),
+        };
+        Ok(Producer {
+            producer,
+            timeout,
+            topics,
+            state,
+        })
     }
 
-    /// Writes a record for clients to `topic` (the messages topic); resolves with its
-    /// message id.
-    pub(crate) fn publish(
-        &self,
-        topic: &str,
-        record: Record,
-    ) -> BoxFuture<Result<String, BusError>> {
+    /// Partitions of `topic` as the reader last saw them.
+    fn partitions(&self, topic: Topic) -> Result<u32, BusError> {
+        match self.state.partitions[topic].load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Err(BusError::Unavailable(format!(
+                "partitions of {} not known yet",
+                self.topics[topic]
+            ))),
+            n => Ok(n),
+        }
+    }
+
+    /// Writes a record for clients: a broadcast to the messages topic, a targeted one
+    /// to the targeted topic's partition of its user (or its session's node), keyed by
+    /// it. Resolves with its message id.
+    pub(crate) fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>> {
         let mut headers = Vec::with_capacity(record.headers.len() + 3);
         headers.push(("destination", record.destination.as_str()));
         if let Some(u) = &record.user {
@@ -59,13 +86,26 @@ impl Producer {
         for (k, v) in &record.headers {
             headers.push((k, v));
         }
-        let key = record.key.as_deref().unwrap_or(&record.destination);
-        let sent = self.produce(topic, key, &headers, &record.body);
-        Box::pin(async move { sent.await.map(|(p, o)| message_id(p, o)) })
+        let (topic, key, partition) =
+            match target_key(record.user.as_deref(), record.session.as_deref()) {
+                Some(target) => match self.partitions(Topic::Targeted) {
+                    Ok(n) => (Topic::Targeted, target, Some(partition_of(target, n))),
+                    Err(e) => return Box::pin(std::future::ready(Err(e))),
+                },
+                None => (
+                    Topic::Messages,
+                    record.key.as_deref().unwrap_or(&record.destination),
+                    None,
+                ),
+            };
+        let sent = self.produce(&self.topics[topic], key, partition, &headers, &record.body);
+        Box::pin(async move { sent.await.map(|(p, o)| message_id(topic, p, o)) })
     }
 
-    /// Writes a client's reply to `topic` (the replies topic).
-    pub(crate) fn reply(&self, topic: &str, reply: Reply) -> BoxFuture<Result<(), BusError>> {
+    /// Writes a client's reply to the replies topic: to the waiting node's partition, or
+    /// when the waiting node is not known (a callback whose token names none), to every
+    /// partition, so each node sees it once.
+    pub(crate) fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>> {
         let mut headers = Vec::with_capacity(reply.headers.len() + 7);
         headers.push(("correlation-id", reply.correlation_id.as_str()));
         if let Some(n) = &reply.node {
@@ -86,16 +126,34 @@ impl Producer {
         for (k, v) in &reply.headers {
             headers.push((k, v));
         }
-        // Keyed by correlation id: a request's delivery note and answer keep their order.
-        let sent = self.produce(topic, &reply.correlation_id, &headers, &reply.body);
-        Box::pin(async move { sent.await.map(drop) })
+        let n = match self.partitions(Topic::Replies) {
+            Ok(n) => n,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let partitions: Vec<u32> = match &reply.node {
+            Some(node) => vec![reply_partition(node, n)],
+            None => (0..n).collect(),
+        };
+        let topic = &self.topics[Topic::Replies];
+        let sent: Vec<_> = partitions
+            .into_iter()
+            .map(|p| self.produce(topic, &reply.correlation_id, Some(p), &headers, &reply.body))
+            .collect();
+        Box::pin(async move {
+            for s in sent {
+                s.await?;
+            }
+            Ok(())
+        })
     }
 
-    /// Produces one record; resolves with its (partition, offset).
+    /// Produces one record (to `partition`, or where the key hashes); resolves with its
+    /// (partition, offset).
     fn produce(
         &self,
         topic: &str,
         key: &str,
+        partition: Option<u32>,
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> impl std::future::Future<Output = Result<(i32, i64), BusError>> + Send + 'static {
@@ -106,7 +164,10 @@ impl Producer {
                 value: Some(value.as_bytes()),
             });
         }
-        let fr = FutureRecord::to(topic).key(key).payload(body).headers(hs);
+        let mut fr = FutureRecord::to(topic).key(key).payload(body).headers(hs);
+        if let Some(p) = partition.and_then(|p| i32::try_from(p).ok()) {
+            fr = fr.partition(p);
+        }
         // `send_result` enqueues now (so the record borrows end here).
         let queued = self.producer.send_result(fr).map_err(|(e, _)| e);
         let timeout = self.timeout;

@@ -1,4 +1,5 @@
-//! The consumer thread: one consumer that reads every partition of both topics,
+//! The consumer thread: one consumer that reads every partition of the messages topic,
+//! the targeted partitions this node's users need and its own replies partition,
 //! assigned by the node itself, kept in order, and restarted by a supervisor when it
 //! panics.
 
@@ -6,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use pushcenter_node::placement::{partition_of, reply_partition};
 use pushcenter_node::{DeliverFn, ReplyFn, StartedFn, Stats};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::bus::KafkaBus;
 use crate::config::{KafkaConfig, POLL};
 use crate::context::{Ctx, State};
-use crate::ordering::{Order, Verdict};
+use crate::ordering::{NOT_READ, Order, Verdict};
 use crate::record::{delivery_from, reply_from};
 use crate::topic::{PerTopic, Topic};
 
@@ -43,6 +45,7 @@ pub(crate) fn start(
     }
     let admin_cc = bus.consumer_config();
     let (cfg, state, history) = (bus.cfg.clone(), bus.state.clone(), bus.history);
+    let node_id = bus.node_id.clone();
     let runtime = tokio::runtime::Handle::current();
     let consumer: Result<BaseConsumer<Ctx>, _> = cc.create_with_context(Ctx {
         state: state.clone(),
@@ -61,6 +64,7 @@ pub(crate) fn start(
     };
     let mut reader = Reader {
         cfg,
+        node_id,
         consumer,
         admin,
         runtime,
@@ -72,7 +76,9 @@ pub(crate) fn start(
         order: Order::default(),
         reread: PerTopic::default(),
         history,
-        live: Vec::new(),
+        live: PerTopic::default(),
+        counts: PerTopic::default(),
+        reading: PerTopic::default(),
         assigned_at: Instant::now(),
         reassign: false,
     };
@@ -107,6 +113,7 @@ pub(crate) fn start(
 /// The consumer thread: owns the consumer, polls, hands records to the node.
 struct Reader {
     cfg: KafkaConfig,
+    node_id: String,
     consumer: BaseConsumer<Ctx>,
     admin: AdminClient<Ctx>,
     runtime: tokio::runtime::Handle,
@@ -121,8 +128,12 @@ struct Reader {
     reread: PerTopic<bool>,
     /// How far back a fresh start reads the messages topic into the replay window.
     history: Duration,
-    /// Per messages partition: the first offset routed live.
-    live: Vec<i64>,
+    /// Per partition: the first offset routed live ([`NOT_READ`]: not read).
+    live: PerTopic<Vec<i64>>,
+    /// Partitions per topic, as the last check found them.
+    counts: PerTopic<usize>,
+    /// Per partition: assigned now.
+    reading: PerTopic<Vec<bool>>,
     assigned_at: Instant,
     /// Assign again from `order.next` (after a panic left the consumer's assignment unknown).
     reassign: bool,
@@ -143,18 +154,24 @@ impl Reader {
             if !self.state.caught_up.load(Ordering::Relaxed) {
                 self.check_caught_up();
             }
+            if self.state.interest_changed.swap(false, Ordering::Relaxed) {
+                self.assign_wanted();
+            }
             match self.consumer.poll(POLL) {
                 None => {}
                 Some(Ok(m)) => {
                     self.state.reachable.store(true, Ordering::Relaxed);
-                    // Only the two topics are assigned: what is not a reply is a message.
+                    // Only the three topics are assigned.
                     let topic = if m.topic() == self.cfg.replies_topic {
                         Topic::Replies
+                    } else if m.topic() == self.cfg.targeted_topic {
+                        Topic::Targeted
                     } else {
                         Topic::Messages
                     };
                     Stats::inc(match topic {
                         Topic::Replies => &self.stats.bus_records_fetched_replies_total,
+                        Topic::Targeted => &self.stats.bus_records_fetched_targeted_total,
                         Topic::Messages => &self.stats.bus_records_fetched_messages_total,
                     });
                     let place = (topic, m.topic(), m.partition(), m.offset());
@@ -163,7 +180,7 @@ impl Reader {
                     }
                     let handled = match topic {
                         Topic::Replies => reply_from(&m).map(|r| (self.reply)(r)),
-                        Topic::Messages => delivery_from(&m).map(|d| (self.deliver)(d)),
+                        _ => delivery_from(&m, topic).map(|d| (self.deliver)(d)),
                     };
                     match handled {
                         Ok(()) => {}
@@ -184,9 +201,10 @@ impl Reader {
         }
     }
 
-    /// Checks the broker: reachable? topics there? more partitions than assigned?
+    /// Checks the broker: reachable? topics there? more partitions than assigned? Then
+    /// reads what is wanted now.
     fn check(&mut self) {
-        let timeout = self.cfg.check_interval.min(Duration::from_secs(2));
+        let timeout = self.timeout();
         let mut counts = PerTopic::<usize>::default();
         for topic in Topic::ALL {
             let name = topic.name(&self.cfg);
@@ -233,40 +251,95 @@ impl Reader {
             }
             return;
         }
-        if Topic::ALL
-            .iter()
-            .all(|&topic| counts[topic] == self.order.next[topic].len())
-            && !self.reassign
-        {
+        for topic in Topic::ALL {
+            let n = u32::try_from(counts[topic]).unwrap_or(u32::MAX);
+            self.state.partitions[topic].store(n, Ordering::Relaxed);
+        }
+        let targeted = i64::try_from(counts.targeted).unwrap_or(i64::MAX);
+        Stats::set(&self.stats.targeted_partitions, targeted);
+        self.counts = counts;
+        self.assign_wanted();
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.check_interval.min(Duration::from_secs(2))
+    }
+
+    /// What this node reads of each topic: every messages partition, its own replies
+    /// partition, and the targeted partitions its users need.
+    fn wanted(&self) -> PerTopic<Vec<bool>> {
+        let count = |topic: Topic| u32::try_from(self.counts[topic]).unwrap_or(u32::MAX);
+        let mut replies = vec![false; self.counts.replies];
+        let mine = reply_partition(&self.node_id, count(Topic::Replies)) as usize;
+        if let Some(r) = replies.get_mut(mine) {
+            *r = true;
+        }
+        let targeted = {
+            let mut interest = self.state.interest();
+            interest.set_partitions(count(Topic::Targeted));
+            let home = partition_of(&self.node_id, count(Topic::Targeted));
+            interest.wanted(home, Instant::now())
+        };
+        PerTopic {
+            messages: vec![true; self.counts.messages],
+            targeted,
+            replies,
+        }
+    }
+
+    /// Assigns what [`Reader::wanted`] says when it is not what is read now: partitions
+    /// read on keep their positions; new ones start at their end (targeted ones with
+    /// the history that fills the replay window).
+    fn assign_wanted(&mut self) {
+        if self.counts.messages == 0 {
             return;
         }
+        let wanted = self.wanted();
+        if wanted == self.reading && !self.reassign {
+            return;
+        }
+        let timeout = self.timeout();
         let mut next = PerTopic::<Vec<i64>>::default();
-        // Per messages partition: the first offset routed live (before it: history).
-        let mut live: Vec<i64> = Vec::new();
+        // Per partition: the first offset routed live (before it: history).
+        let mut live = PerTopic::<Vec<i64>>::default();
+        let mut started: Vec<(Topic, i32)> = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for topic in Topic::ALL {
             let name = topic.name(&self.cfg);
             let fresh = self.order.next[topic].is_empty();
-            for p in 0..counts[topic] {
+            for (p, &want) in wanted[topic].iter().enumerate() {
                 let Ok(pi) = i32::try_from(p) else { return };
-                let (offset, from_live) = match self.order.next[topic].get(p) {
-                    Some(&n) => (n, self.live.get(p).copied().unwrap_or(n)),
+                if !want {
+                    next[topic].push(NOT_READ);
+                    live[topic].push(NOT_READ);
+                    continue;
+                }
+                let read_on = self.order.next[topic]
+                    .get(p)
+                    .copied()
+                    .filter(|&n| n != NOT_READ);
+                let (offset, from_live) = match read_on {
+                    Some(n) => (n, self.live[topic].get(p).copied().unwrap_or(n)),
                     // A topic the broker lost and that was created again: all of it.
                     None if self.reread[topic] => (0, 0),
-                    // At start: live from the current end, so the node delivers what
-                    // is published from now on and nothing older; the messages of the
-                    // last `history` are read first into the replay window.
-                    None if fresh => match self.start_at(topic, pi, timeout) {
-                        Some(at) => at,
-                        None => return,
-                    },
-                    // A partition added later: everything in it is new.
+                    // At start, and a targeted or replies partition wanted now: live
+                    // from the current end, so the node delivers what is published from
+                    // now on and nothing older; the messages of the last `history` are
+                    // read first into the replay window.
+                    None if fresh || topic != Topic::Messages => {
+                        match self.start_at(topic, pi, timeout) {
+                            Some(at) => at,
+                            None => return,
+                        }
+                    }
+                    // A messages partition added later: everything in it is new.
                     None => (0, 0),
                 };
-                if topic == Topic::Messages {
-                    live.push(from_live);
+                if read_on.is_none() {
+                    started.push((topic, pi));
                 }
                 next[topic].push(offset);
+                live[topic].push(from_live);
                 if tpl
                     .add_partition_offset(name, pi, Offset::Offset(offset))
                     .is_err()
@@ -277,19 +350,37 @@ impl Reader {
         }
         match self.consumer.assign(&tpl) {
             Ok(()) => {
+                let read = |t: Topic| wanted[t].iter().filter(|&&w| w).count();
                 info!(
-                    messages = counts.messages,
-                    replies = counts.replies,
-                    "reading every partition"
+                    messages = read(Topic::Messages),
+                    targeted = read(Topic::Targeted),
+                    targeted_of = self.counts.targeted,
+                    replies = read(Topic::Replies),
+                    replies_of = self.counts.replies,
+                    "reading partitions"
                 );
-                // Message ids are `<partition>-<offset>`: partitions are the streams of
-                // the node's replay window.
-                for (p, (&offset, &from_live)) in next.messages.iter().zip(&live).enumerate() {
-                    (self.started)(&p.to_string(), offset, from_live);
+                // Message ids are `<stream>-<offset>`: partitions are the streams of the
+                // node's replay window.
+                for (topic, p) in started {
+                    if topic == Topic::Replies {
+                        continue;
+                    }
+                    let i = usize::try_from(p).unwrap_or(usize::MAX);
+                    if let (Some(&n), Some(&l)) = (next[topic].get(i), live[topic].get(i)) {
+                        (self.started)(&topic.stream(p), n, l);
+                    }
                 }
                 self.order.next = next;
                 self.live = live;
-                self.assigned_at = Instant::now();
+                self.state.interest().reading(&wanted.targeted);
+                Stats::set(
+                    &self.stats.bus_partitions_read_targeted,
+                    wanted.targeted.iter().filter(|&&w| w).count() as i64,
+                );
+                self.reading = wanted;
+                if !self.state.assigned.load(Ordering::Relaxed) {
+                    self.assigned_at = Instant::now();
+                }
                 self.check_caught_up();
                 self.reread = PerTopic::default();
                 self.reassign = false;
@@ -307,7 +398,7 @@ impl Reader {
             .next
             .messages
             .iter()
-            .zip(&self.live)
+            .zip(&self.live.messages)
             .all(|(n, l)| n >= l)
             || self.assigned_at.elapsed() > HISTORY_WAIT;
         if caught_up && !self.state.caught_up.swap(true, Ordering::Relaxed) {
@@ -331,7 +422,7 @@ impl Reader {
                 return None;
             }
         };
-        if topic != Topic::Messages || self.history.is_zero() {
+        if topic == Topic::Replies || self.history.is_zero() {
             return Some((high, high));
         }
         let since = std::time::SystemTime::now()
@@ -359,7 +450,7 @@ impl Reader {
     fn create_topics(&self) {
         let repl = || TopicReplication::Fixed(self.cfg.replication_factor);
         let topics =
-            Topic::ALL.map(|t| NewTopic::new(t.name(&self.cfg), self.cfg.partitions, repl()));
+            Topic::ALL.map(|t| NewTopic::new(t.name(&self.cfg), t.partitions(&self.cfg), repl()));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
         match self
             .runtime

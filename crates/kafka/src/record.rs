@@ -10,9 +10,12 @@ use pushcenter_node::{
 use rdkafka::Message;
 use rdkafka::message::Headers;
 
-/// `<partition>-<offset>`: the same on every node for the same record.
-pub fn message_id(partition: i32, offset: i64) -> String {
-    format!("{partition}-{offset}")
+use crate::topic::Topic;
+
+/// `<stream>-<offset>` (`<partition>` on the messages topic, `t<partition>` on the
+/// targeted one): the same on every node for the same record.
+pub(crate) fn message_id(topic: Topic, partition: i32, offset: i64) -> String {
+    format!("{}-{offset}", topic.stream(partition))
 }
 
 /// Calls `each(name, value)` for every header, first occurrence of a name only; fails
@@ -40,8 +43,9 @@ fn headers<M: Message>(m: &M, mut each: impl FnMut(&str, &str)) -> Result<(), &'
     Ok(())
 }
 
-/// The delivery a record stands for, or why it cannot be delivered.
-pub fn delivery_from<M: Message>(m: &M) -> Result<Delivery, &'static str> {
+/// The delivery a record of `topic` (messages or targeted) stands for, or why it
+/// cannot be delivered.
+pub(crate) fn delivery_from<M: Message>(m: &M, topic: Topic) -> Result<Delivery, &'static str> {
     let mut record = Record::default();
     let mut destination = None;
     headers(m, |k, value| match k {
@@ -58,13 +62,13 @@ pub fn delivery_from<M: Message>(m: &M) -> Result<Delivery, &'static str> {
     record.destination = destination;
     record.body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
     Ok(Delivery {
-        id: message_id(m.partition(), m.offset()),
+        id: message_id(topic, m.partition(), m.offset()),
         record,
     })
 }
 
 /// The reply a record of the replies topic stands for, or why it is none.
-pub fn reply_from<M: Message>(m: &M) -> Result<Reply, &'static str> {
+pub(crate) fn reply_from<M: Message>(m: &M) -> Result<Reply, &'static str> {
     let mut reply = Reply::default();
     let mut id = None;
     let mut kind = Ok(ReplyKind::Answer);
@@ -132,7 +136,7 @@ mod tests {
             ],
             b"{}",
         );
-        let d = delivery_from(&m).expect("delivery");
+        let d = delivery_from(&m, Topic::Messages).expect("delivery");
         assert_eq!(d.id, "3-42");
         assert_eq!(d.record.destination, "/topic/orders.7");
         assert_eq!(&d.record.body[..], b"{}");
@@ -217,10 +221,13 @@ mod tests {
             &[("destination", b"/user/queue/orders"), ("session", b"n1-4")],
             b"",
         );
-        let d = delivery_from(&m).expect("session-targeted");
+        let d = delivery_from(&m, Topic::Messages).expect("session-targeted");
         assert_eq!(d.record.session.as_deref(), Some("n1-4"));
         let m = message(&[("destination", b"/user/queue/orders")], b"");
-        assert_eq!(delivery_from(&m).map(|_| ()), Err("bad destination"));
+        assert_eq!(
+            delivery_from(&m, Topic::Messages).map(|_| ()),
+            Err("bad destination")
+        );
     }
 
     #[test]
@@ -236,7 +243,10 @@ mod tests {
             ),
         ];
         for (headers, why) in cases {
-            assert_eq!(delivery_from(&message(headers, b"")).map(|_| ()), Err(why));
+            assert_eq!(
+                delivery_from(&message(headers, b""), Topic::Messages).map(|_| ()),
+                Err(why)
+            );
         }
     }
 }

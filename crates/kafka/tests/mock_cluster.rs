@@ -19,7 +19,11 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_reply_come_back_through_the_consumer() {
     let cluster = MockCluster::new(1).expect("mock cluster");
-    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+    for topic in [
+        "pushcenter.messages",
+        "pushcenter.targeted",
+        "pushcenter.replies",
+    ] {
         cluster.create_topic(topic, 3, 1).expect("topic");
     }
     let cfg = KafkaConfig {
@@ -94,7 +98,11 @@ async fn publish_and_reply_come_back_through_the_consumer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
     let cluster = MockCluster::new(1).expect("mock cluster");
-    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+    for topic in [
+        "pushcenter.messages",
+        "pushcenter.targeted",
+        "pushcenter.replies",
+    ] {
         cluster.create_topic(topic, 3, 1).expect("topic");
     }
     let cfg = KafkaConfig {
@@ -131,7 +139,11 @@ async fn publish_fails_within_the_timeout_when_the_broker_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_reader_goes_on_from_where_it_was() {
     let cluster = MockCluster::new(1).expect("mock cluster");
-    for topic in ["pushcenter.messages", "pushcenter.replies"] {
+    for topic in [
+        "pushcenter.messages",
+        "pushcenter.targeted",
+        "pushcenter.replies",
+    ] {
         cluster.create_topic(topic, 1, 1).expect("topic");
     }
     let cfg = KafkaConfig {

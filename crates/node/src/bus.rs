@@ -267,6 +267,17 @@ pub trait Bus: Send + Sync + 'static {
     fn reply(&self, reply: Reply) -> BoxFuture<Result<(), BusError>>;
     /// True when publishing and receiving work.
     fn ready(&self) -> bool;
+    /// A connection of `user` is here: resolves once the node reads what is published
+    /// to that user (on Kafka: the targeted partition the user hashes to), or after a
+    /// while anyway. Called before CONNECTED is sent.
+    fn follow(&self, user: &str) -> BoxFuture<()> {
+        let _ = user;
+        Box::pin(std::future::ready(()))
+    }
+    /// A connection of `user` closed (each [`Bus::follow`] is matched by one of these).
+    fn unfollow(&self, user: &str) {
+        let _ = user;
+    }
     /// True when this node is the whole cluster (standalone): a reply for no local
     /// waiter has nobody else to reach.
     fn is_local(&self) -> bool {

@@ -107,6 +107,8 @@ struct Connection<L> {
     recv_within: Option<Duration>,
     /// Reachable by session id and user (after CONNECT).
     attached: bool,
+    /// The bus follows this session's user (`Bus::follow`).
+    following: bool,
     /// When the client's token runs out.
     expires: Option<Instant>,
     /// Frames the client may still send now (refilled at `max_frames_per_second`).
@@ -188,6 +190,7 @@ impl<L: Link> Connection<L> {
             send_every: None,
             recv_within: None,
             attached: false,
+            following: false,
             expires: None,
             frames: Bucket::full(budget),
             resumes: Bucket::full(resumes),
@@ -526,6 +529,13 @@ impl<L: Link> Connection<L> {
                     self.span.record("session", self.session.id());
                     if let Some(u) = user.as_deref() {
                         self.span.record("user", u);
+                        // Before CONNECTED: what is published to the user from then on
+                        // reaches this node. Boxed by the bus: no room in every task.
+                        // Counted at once: a connection dropped while it waits is
+                        // uncounted on drop.
+                        let wait = self.node.bus.follow(u);
+                        self.following = true;
+                        wait.await;
                     }
                     self.node.router.attach(
                         self.conn_id,
@@ -876,6 +886,11 @@ impl<L> Drop for Connection<L> {
         }
         if self.attached {
             self.node.router.detach(self.conn_id, self.session.id());
+        }
+        if self.following {
+            if let Some(u) = self.session.user() {
+                self.node.bus.unfollow(u);
+            }
         }
         self.outbox.clear();
         Stats::add(&self.node.stats.connections, -1);

@@ -15,6 +15,7 @@ mod delivery;
 mod error;
 mod http;
 mod node;
+pub mod placement;
 mod registrar;
 mod requests;
 mod routing;

@@ -355,6 +355,8 @@ pub(crate) fn info(node: &Node) -> NodeInfo {
         draining: *node.shutdown.borrow(),
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: node.started_at,
+        targeted_partitions: u32::try_from(node.stats.targeted_partitions.load(Ordering::Relaxed))
+            .unwrap_or(0),
     }
 }
 

@@ -19,6 +19,15 @@ pub struct NodeInfo {
     pub draining: bool,
     pub version: String,
     pub started_at: u64,
+    /// Partitions of the targeted topic as this node sees them (0 or absent: not
+    /// known, or no Kafka): the registry sends a user to the node that reads the
+    /// user's partition.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub targeted_partitions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub trait Registrar: Send + Sync + 'static {

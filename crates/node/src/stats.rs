@@ -104,7 +104,10 @@ stats! {
     counter messages_published_send_total: "Of those, by client SEND frames.",
     counter messages_received_total: "Messages received from the bus.",
     counter bus_records_fetched_messages_total: "Records this node's consumer fetched from the messages topic (whether or not any local subscriber wanted them): its share of the cluster's Kafka egress.",
-    counter bus_records_fetched_replies_total: "Records this node's consumer fetched from the replies topic (replies and delivery notes, for any node's waiters).",
+    counter bus_records_fetched_targeted_total: "Records this node's consumer fetched from the targeted topic (the partitions its users hash to, and its home partition).",
+    counter bus_records_fetched_replies_total: "Records this node's consumer fetched from the replies topic (its own partition: replies and delivery notes for its waiters, and for nodes that share the partition).",
+    gauge bus_partitions_read_targeted: "Partitions of the targeted topic this node reads now.",
+    gauge targeted_partitions: "Partitions of the targeted topic as the node last saw them (the registry places users with it; 0: not known).",
     counter messages_delivered_total: "MESSAGE frames queued to subscribers.",
     counter bus_records_skipped_total: "Records from the bus skipped as malformed (no destination, bad header).",
     counter bus_records_oversized_total: "Records from the bus skipped as too large: body over limits.max_body_bytes, or body and headers over limits.max_frame_bytes.",
@@ -144,6 +147,10 @@ impl Stats {
 
     pub fn add(gauge: &AtomicI64, n: i64) {
         gauge.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicI64, n: i64) {
+        gauge.store(n, Ordering::Relaxed);
     }
 }
 

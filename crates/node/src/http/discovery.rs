@@ -3,7 +3,6 @@
 //! registry from its view of etcd, a node from its registrar's view (in standalone
 //! mode: itself).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,6 +14,7 @@ use serde_json::json;
 
 use crate::http::respond::{cors, error};
 use crate::node::Node;
+use crate::placement;
 use crate::registrar::NodeInfo;
 
 /// `GET /v1/connect`'s query.
@@ -43,11 +43,14 @@ impl ConnectQuery {
     }
 }
 
-/// A live, non-draining node: with `user`, the one rendezvous hashing gives that user
-/// (it changes only when that node leaves), else the least loaded by `load`, ties
-/// broken by `tie` (given how many tie, it picks one). Nodes in `avoid` (the client just
-/// lost them; a killed node stays listed until its lease runs out) only when nothing
-/// else is.
+/// A live, non-draining node. With `user`: the node that reads the user's partition of
+/// the targeted topic ([`placement::assign`] over the live nodes, sorted by id), unless
+/// that node carries more than twice the mean load and 100 connections more (then the
+/// least loaded: a hot partition must not pile every user on one node); when the nodes
+/// do not say how many targeted partitions there are, rendezvous hashing of the user
+/// over the node ids. Without a user: the least loaded by `load`, ties broken by `tie`
+/// (given how many tie, it picks one). Nodes in `avoid` (the client just lost them; a
+/// killed node stays listed until its lease runs out) only when nothing else is.
 pub fn choose<'a>(
     nodes: impl IntoIterator<Item = &'a NodeInfo>,
     user: Option<&str>,
@@ -59,19 +62,55 @@ pub fn choose<'a>(
     if live.iter().any(|n| !avoid.contains(&n.node_id.as_str())) {
         live.retain(|n| !avoid.contains(&n.node_id.as_str()));
     }
-    match user {
-        Some(u) => live.into_iter().max_by_key(|n| {
-            let mut h = std::hash::DefaultHasher::new();
-            (u, &n.node_id).hash(&mut h);
-            h.finish()
-        }),
-        None => {
-            let least = live.iter().map(|n| load(n)).min()?;
-            let ties: Vec<&NodeInfo> = live.into_iter().filter(|n| load(n) == least).collect();
-            let i = tie(ties.len()).min(ties.len() - 1);
-            ties.get(i).copied()
+    if let Some(u) = user {
+        let partitions = live
+            .iter()
+            .map(|n| n.targeted_partitions)
+            .max()
+            .unwrap_or(0);
+        if partitions == 0 {
+            return live
+                .into_iter()
+                .max_by_key(|n| placement::user_rank(u, &n.node_id));
+        }
+        live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let owner = owner_of(&live, partitions, placement::partition_of(u, partitions))?;
+        let total: u64 = live.iter().map(|n| load(n)).sum();
+        let mean = total / live.len() as u64;
+        if load(owner) <= mean.saturating_mul(2).saturating_add(100) {
+            return Some(owner);
         }
     }
+    let least = live.iter().map(|n| load(n)).min()?;
+    let ties: Vec<&NodeInfo> = live.into_iter().filter(|n| load(n) == least).collect();
+    let i = tie(ties.len()).min(ties.len() - 1);
+    ties.get(i).copied()
+}
+
+/// The node of `sorted` (by id) that [`placement::assign`] gives `partition`. The last
+/// assignment is kept per thread: it changes only when the nodes do.
+fn owner_of<'a>(sorted: &[&'a NodeInfo], partitions: u32, partition: u32) -> Option<&'a NodeInfo> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Vec<String>, u32, Vec<usize>)> =
+            const { std::cell::RefCell::new((Vec::new(), 0, Vec::new())) };
+    }
+    let index = LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let same = last.1 == partitions
+            && last.0.len() == sorted.len()
+            && last.0.iter().zip(sorted).all(|(a, n)| *a == n.node_id);
+        if !same {
+            let ids: Vec<&str> = sorted.iter().map(|n| n.node_id.as_str()).collect();
+            let owners = placement::assign(partitions, &ids);
+            *last = (
+                ids.iter().map(|s| s.to_string()).collect(),
+                partitions,
+                owners,
+            );
+        }
+        last.2.get(partition as usize).copied()
+    })?;
+    sorted.get(index).copied()
 }
 
 /// The answer to `/v1/connect`: the chosen node, or 503 when there is none.

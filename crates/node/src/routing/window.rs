@@ -250,11 +250,39 @@ impl Window {
         s.live = live;
         // Read again from further back (a broker that lost its log): keep what is here.
         if from - 1 > s.last {
+            // Read again after a hole (a partition let go and read again later): what
+            // is here of it is older than the hole, and goes, so that a resume reads
+            // the hole from the log and nothing twice.
             *s = Stream {
                 base: from - 1,
                 last: from - 1,
                 live,
             };
+            let key: Arc<str> = Arc::from(stream);
+            self.drop_stream(&key);
+        }
+    }
+
+    /// Removes every entry of `stream` (the stream itself stays).
+    fn drop_stream(&mut self, stream: &Arc<str>) {
+        if !self.entries.iter().any(|e| e.stream == *stream) {
+            return;
+        }
+        let mut freed = 0;
+        self.entries.retain(|e| {
+            let keep = e.stream != *stream;
+            if !keep {
+                freed += e.cost;
+            }
+            keep
+        });
+        self.bytes -= freed;
+        self.by_dest.clear();
+        for e in &self.entries {
+            self.by_dest
+                .entry(e.dest.clone())
+                .or_default()
+                .push_back(e.clone());
         }
     }
 
@@ -283,25 +311,14 @@ impl Window {
                     last: offset - 1,
                     live: s.live.min(offset),
                 };
-                let mut freed = 0;
-                self.entries.retain(|e| {
-                    let keep = e.stream != key;
-                    if !keep {
-                        freed += e.cost;
-                    }
-                    keep
-                });
-                self.bytes -= freed;
-                self.by_dest.clear();
-                for e in &self.entries {
-                    let dest = Arc::<str>::from(e.delivery.record.destination.as_str());
-                    self.by_dest.entry(dest).or_default().push_back(e.clone());
-                }
+                self.drop_stream(&key);
             } else {
                 return live;
             }
         }
-        s.last = offset;
+        if let Some(s) = self.streams.get_mut(&key) {
+            s.last = offset;
+        }
         let cost = d.record.body.len()
             + d.record.destination.len()
             + d.record
