@@ -1,6 +1,8 @@
 //! Failover with resume on real processes: etcd, a Tansu broker, three nodes, the
-//! registry; 300 clients found their node through the registry, each subscribed to its
-//! own destination and to one of 20 shared ones; a publisher at 1,000 records/s for 30 s;
+//! registry; 300 clients (each its own user) found their node through the registry, each
+//! subscribed to its own destination, to one of 20 shared ones and to its user queue; a
+//! publisher at 1,000 records/s for 30 s, a third of them pushes to one user (the
+//! targeted topic, read only by the nodes of its users);
 //! one node killed (kill -9) or drained (SIGTERM) mid-run, or every node restarted in
 //! turn (a rolling restart: SIGTERM, exit, start again). Their clients rediscover,
 //! reconnect and resume. Every client must get every record of its destinations exactly
@@ -30,7 +32,8 @@ const CLIENTS: usize = 300;
 const SHARED: usize = 20;
 // Position updates often, so resumes start from them as much as from messages.
 const NODE_CONFIG: &str = "report_interval = \"500ms\"\nshutdown_grace = \"3s\"\n\
-    position_updates = \"200ms\"\n[etcd]\nttl = \"3s\"\n";
+    position_updates = \"200ms\"\ninsecure_login_as_user = true\n[etcd]\nttl = \"3s\"\n\
+    [kafka]\ntargeted_partitions = 24\n";
 
 /// One run at a time: each uses both cores.
 static RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -48,6 +51,20 @@ fn own(i: usize) -> String {
 
 fn shared(i: usize) -> String {
     format!("/topic/chaos.s{}", i % SHARED)
+}
+
+/// Client `i`'s user.
+fn user(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// Where pushes to a user go.
+const USER_QUEUE: &str = "/user/queue/chaos";
+
+/// What a client's three subscriptions are kept under: its own destination, the shared
+/// one, its user's pushes.
+fn keys(i: usize) -> [String; 3] {
+    [own(i), shared(i), format!("user:{}", user(i))]
 }
 
 /// What one client saw.
@@ -107,13 +124,14 @@ async fn send(ws: &mut Ws, f: &Frame) -> bool {
 /// One client: discover, connect, subscribe (resuming), read until the connection ends
 /// or `stop`; then again, avoiding the node it lost.
 async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
-    let dests = [own(i), shared(i)];
-    let mut pos: [Positions; 2] = Default::default();
+    let dests = [own(i), shared(i), USER_QUEUE.to_string()];
+    let keys = keys(i);
+    let mut pos: [Positions; 3] = Default::default();
     let mut avoid: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         let path = match &avoid {
-            Some(n) => format!("/v1/connect?avoid={n}"),
-            None => "/v1/connect".to_string(),
+            Some(n) => format!("/v1/connect?user={}&avoid={n}", user(i)),
+            None => format!("/v1/connect?user={}", user(i)),
         };
         let (status, body) = http(registry, "GET", &path, "").await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
@@ -141,6 +159,7 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
             &Frame::new(Command::Connect)
                 .header("accept-version", "1.2")
                 .header("heart-beat", "0,0")
+                .header("login", user(i))
                 .header("position-updates", "on"),
         )
         .await;
@@ -156,7 +175,7 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
         }
         let mut buf = BytesMut::new();
         let mut resumed_first = true;
-        let mut receipted = [false; 2];
+        let mut receipted = [false; 3];
         if !ok {
             avoid = Some(node);
             continue;
@@ -194,7 +213,7 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
                     }
                     Command::Receipt => {
                         let k: usize = f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0);
-                        if k < 2 {
+                        if k < 3 {
                             receipted[k] = true;
                         }
                         if !pos[k].positioned {
@@ -229,11 +248,11 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
                         if d != dests[k] {
                             s.mismatched.push((seq, d.to_string(), dests[k].clone()));
                         }
-                        s.seqs.entry(dests[k].clone()).or_default().push(seq);
-                        s.offsets.entry(dests[k].clone()).or_default().push(offset);
+                        s.seqs.entry(keys[k].clone()).or_default().push(seq);
+                        s.offsets.entry(keys[k].clone()).or_default().push(offset);
                         let conn = s.nodes.len() - 1;
                         s.via
-                            .entry(dests[k].clone())
+                            .entry(keys[k].clone())
                             .or_default()
                             .push((conn, !receipted[k]));
                     }
@@ -326,7 +345,7 @@ async fn run(kill_signal: &str) {
     loop {
         let (_, b) = http(registry.http, "GET", "/v1/nodes", "").await;
         let v: Value = serde_json::from_str(&b).unwrap_or_default();
-        if v["totals"]["subscriptions"] == 2 * CLIENTS as u64 {
+        if v["totals"]["subscriptions"] == 3 * CLIENTS as u64 {
             break;
         }
         assert!(
@@ -342,8 +361,8 @@ async fn run(kill_signal: &str) {
         .count();
     eprintln!("clients per node at start: n1 {on_victim} (the one to go)");
 
-    // The publisher: half to own destinations, half to shared ones, through n2 and n3
-    // (a publish cut by the kill would leave its fate unknown).
+    // The publisher: a third each to own destinations, shared ones and users, through
+    // n2 and n3 (a publish cut by the kill would leave its fate unknown).
     let published: Arc<Mutex<HashMap<String, HashSet<u64>>>> = Arc::default();
     let total = seconds * rate;
     let targets = match &publisher {
@@ -396,21 +415,32 @@ async fn run(kill_signal: &str) {
                 }
             }
         }
-        let dest = if seq % 2 == 0 {
-            own((seq as usize / 2) % CLIENTS)
-        } else {
-            shared((seq as usize / 2) % SHARED)
+        let j = seq as usize / 3;
+        let (key, body) = match seq % 3 {
+            0 => (
+                own(j % CLIENTS),
+                serde_json::json!({"destination": own(j % CLIENTS), "body": seq.to_string()}),
+            ),
+            1 => (
+                shared(j % SHARED),
+                serde_json::json!({"destination": shared(j % SHARED), "body": seq.to_string()}),
+            ),
+            _ => (
+                keys(j % CLIENTS)[2].clone(),
+                serde_json::json!({"destination": USER_QUEUE, "user": user(j % CLIENTS),
+                    "body": seq.to_string()}),
+            ),
         };
         let permit = sem.clone().acquire_owned().await.expect("permit");
         let published = published.clone();
         let target = targets[(seq % 2) as usize];
         pubs.push(tokio::spawn(async move {
-            let (status, body) = publish(target, &dest, &seq.to_string()).await;
+            let (status, body) = http(target, "POST", "/v1/publish", &body.to_string()).await;
             assert_eq!(status, 202, "publish {seq}: {body}");
             published
                 .lock()
                 .unwrap()
-                .entry(dest)
+                .entry(key)
                 .or_default()
                 .insert(seq);
             drop(permit);
@@ -428,7 +458,7 @@ async fn run(kill_signal: &str) {
     // Wait until every client has everything (or give up after 30 s and report).
     let published = published.lock().unwrap().clone();
     let expected = |i: usize| -> usize {
-        [own(i), shared(i)]
+        keys(i)
             .iter()
             .map(|d| published.get(d).map_or(0, HashSet::len))
             .sum()
@@ -467,7 +497,7 @@ async fn run(kill_signal: &str) {
     let mut misses: BTreeMap<(String, u64), Vec<(usize, String)>> = BTreeMap::new();
     for (i, s) in seen.iter().enumerate() {
         let s = s.lock().unwrap();
-        for d in [own(i), shared(i)] {
+        for d in keys(i) {
             let set: HashSet<u64> = s.seqs.get(&d).into_iter().flatten().copied().collect();
             for m in published.get(&d).into_iter().flatten() {
                 if !set.contains(m) {
@@ -513,7 +543,7 @@ async fn run(kill_signal: &str) {
         let s = s.lock().unwrap();
         lost_resumes += s.lost_resumes;
         position_updates += s.position_updates;
-        for d in [own(i), shared(i)] {
+        for d in keys(i) {
             let got = s.seqs.get(&d).cloned().unwrap_or_default();
             let set: HashSet<u64> = got.iter().copied().collect();
             if set.len() != got.len() {
