@@ -32,6 +32,8 @@ pub use bus::KafkaBus;
 pub use config::KafkaConfig;
 pub use error::Error;
 
+use topic::Topic;
+
 /// How long a new connection waits for the node to read its user's partition.
 const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -64,6 +66,19 @@ impl Bus for KafkaBus {
             Some(rx) => Box::pin(async move {
                 let _ = tokio::time::timeout(FOLLOW_WAIT, rx).await;
             }),
+        }
+    }
+
+    fn carries(&self, stream: &str, user: Option<&str>) -> bool {
+        match Topic::of_stream(stream) {
+            Some((Topic::Targeted, p)) => {
+                let n = self.state.partitions.targeted.load(Ordering::Relaxed);
+                n == 0
+                    || user.is_some_and(|u| {
+                        i64::from(pushcenter_node::placement::partition_of(u, n)) == i64::from(p)
+                    })
+            }
+            _ => true,
         }
     }
 

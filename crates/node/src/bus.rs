@@ -278,6 +278,14 @@ pub trait Bus: Send + Sync + 'static {
     fn unfollow(&self, user: &str) {
         let _ = user;
     }
+    /// Whether `stream` may carry records for a subscription of `user` (a resume looks
+    /// only at those: on Kafka a targeted partition carries one user's records only if
+    /// the user hashes to it, and a resumed subscription's session is new, so no
+    /// earlier session push is for it).
+    fn carries(&self, stream: &str, user: Option<&str>) -> bool {
+        let _ = (stream, user);
+        true
+    }
     /// True when this node is the whole cluster (standalone): a reply for no local
     /// waiter has nobody else to reach.
     fn is_local(&self) -> bool {

@@ -771,11 +771,29 @@ impl<L: Link> Connection<L> {
         let (messages, bytes) = self.outbox.room();
         let room = Room { messages, bytes };
         let mut from_log = FromLog::default();
+        // Streams that cannot carry this subscription's records (another user's targeted
+        // partitions) count as seen to their end: neither read from the log nor lost.
+        let own = resume.map(|positions| {
+            let mut own = positions.to_vec();
+            let user = self.session.user();
+            let streams = node.window().frontier();
+            for (stream, _) in streams {
+                if node.bus.carries(&stream, user) {
+                    continue;
+                }
+                match own.iter_mut().find(|(s, _)| *s == stream) {
+                    Some(p) => p.1 = i64::MAX,
+                    None => own.push((stream, i64::MAX)),
+                }
+            }
+            own
+        });
+        let scanned = own.as_deref();
         // The window moves on while the log is read: read what it lost meanwhile too,
         // a few times, before a gap counts as lost.
         let mut reads = 0;
         loop {
-            if let Some(positions) = resume {
+            if let Some(positions) = scanned {
                 let gaps = node.window().gaps(positions, std::time::Instant::now());
                 for read in from_log.reads(&gaps) {
                     let who = self.subscriber(destination);
@@ -784,7 +802,7 @@ impl<L: Link> Connection<L> {
                 }
             }
             reads += 1;
-            let covered = resume.is_none_or(|positions| {
+            let covered = scanned.is_none_or(|positions| {
                 let gaps = node.window().gaps(positions, std::time::Instant::now());
                 from_log.covers(&gaps)
             });
@@ -805,7 +823,7 @@ impl<L: Link> Connection<L> {
         let (scan, frontier) = {
             let mut window = node.window();
             let mut scan = None;
-            if let (Some(positions), true) = (resume, registered) {
+            if let (Some(positions), true) = (scanned, registered) {
                 let who = self.subscriber(destination);
                 let budget = Budget {
                     messages: room.messages,

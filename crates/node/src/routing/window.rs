@@ -455,7 +455,9 @@ impl Window {
             .map(|(name, s)| {
                 let f = after(positions, name);
                 let floor = if s.loading() { f.max(s.live - 1) } else { f };
-                (name.clone(), floor, false, s.base)
+                // Nothing here above the floor: done before it starts (a stream the
+                // subscription cannot receive is given as seen to its end).
+                (name.clone(), floor, floor >= s.last, s.base)
             })
             .collect();
         Scan {
