@@ -8,8 +8,10 @@
 //! server and generator CPU per delivery) and `request` (request/reply round trips).
 //! Each returns a report that serialises to JSON.
 
+mod cluster;
 mod conn;
 mod connections;
+mod consume;
 mod error;
 mod fanout;
 mod procfs;
@@ -27,7 +29,11 @@ use tokio::net::TcpStream;
 
 use conn::Conn;
 
+pub use cluster::{
+    ClusterNodeReport, ClusterOpts, ClusterParameters, ClusterReport, ClusterTotals, cluster,
+};
 pub use connections::{ChildCommand, ConnectionsOpts, ConnectionsReport, child, connections};
+pub use consume::{ConsumeMode, ConsumeOpts, ConsumeReport, consume};
 pub use error::{Error, Result};
 pub use fanout::{FanoutOpts, FanoutReport, Publish, fanout, latency_svg};
 pub use procfs::nofile_limit;

@@ -6,7 +6,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use pushcenter_bench::{ChildCommand, ConnectionsOpts, FanoutOpts, Publish, Server, Target};
+use pushcenter_bench::{
+    ChildCommand, ClusterOpts, ConnectionsOpts, ConsumeMode, ConsumeOpts, FanoutOpts, Publish,
+    Server, Target,
+};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -64,6 +67,14 @@ enum PublishVia {
     Stomp,
     /// Records produced to Kafka (`--kafka-brokers`), as a backend would.
     Kafka,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsumeVia {
+    /// Nobody subscribes: each record is read, kept in the replay window, dropped.
+    Drop,
+    /// One subscriber of `/topic/consume` reads every record.
+    Route,
 }
 
 #[derive(clap::Subcommand)]
@@ -163,6 +174,58 @@ enum Scenario {
         /// Each request's `timeout_ms`.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+    },
+    /// A whole cluster on this machine under targeted and broadcast load: what each
+    /// node fetches from Kafka, delivers and spends in CPU.
+    ///
+    /// Starts a Tansu broker, an etcd, `pushcenter registry` and N `pushcenter node`s
+    /// (this executable), each on free loopback ports with its data in a temp dir; U users connected through the registry, each subscribed to
+    /// `/user/queue/bench` and one of `/topic/bench.b<k>`; targeted and broadcast
+    /// publishes (`POST /v1/publish` on the nodes in turn) at fixed rates. Reports
+    /// what each node fetched from Kafka, delivered and spent in CPU, and whether every
+    /// targeted record reached its user exactly once. The nodes run with
+    /// `insecure_login_as_user = true` (CONNECT's `login` is the user, unchecked): only
+    /// for this loopback benchmark. Every process it starts stops with the run. Needs
+    /// `tansu` ($TANSU, $CARGO_HOME/bin or PATH) and `etcd` ($ETCD or PATH).
+    Cluster {
+        /// Nodes `n1`..`nN`.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Users `u0`..: one connection each, placed by the registry.
+        #[arg(long, default_value_t = 1200)]
+        users: usize,
+        /// Partitions of the targeted topic; default 16 per node.
+        #[arg(long)]
+        targeted_partitions: Option<u32>,
+        /// Targeted publishes per second, to the users in turn.
+        #[arg(long, default_value_t = 2000)]
+        targeted_rate: u64,
+        /// Broadcast publishes per second, to the topics in turn.
+        #[arg(long, default_value_t = 100)]
+        broadcast_rate: u64,
+        /// How long to publish.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Topics `/topic/bench.b<k>`; user `u<i>` subscribes to `b<i % topics>`.
+        #[arg(long, default_value_t = 10)]
+        broadcast_topics: usize,
+    },
+    /// A node's CPU to consume records from Kafka, per 100,000.
+    ///
+    /// Starts a Tansu broker and one `pushcenter node`
+    /// (this executable) on loopback; the node is stopped (SIGSTOP) while the records
+    /// are produced to `pushcenter.messages` (header `destination: /topic/consume`,
+    /// 100-byte bodies, every partition), then continued; its CPU counts from then
+    /// until it has fetched them all (routing: until the subscriber read them all).
+    /// Every process it starts stops with the run. Needs `tansu` ($TANSU,
+    /// $CARGO_HOME/bin or PATH).
+    Consume {
+        /// Records to produce while the node is stopped.
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        /// `drop`: nobody subscribes; `route`: one subscriber reads every record.
+        #[arg(long, value_enum, default_value = "drop")]
+        mode: ConsumeVia,
     },
 }
 
@@ -297,6 +360,43 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
                 server: Server {
                     pid: common.server_pid,
                     stats_url: None,
+                },
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+            serde_json::to_string_pretty(&report)?
+        }
+        Scenario::Cluster {
+            nodes,
+            users,
+            targeted_partitions,
+            targeted_rate,
+            broadcast_rate,
+            seconds,
+            broadcast_topics,
+        } => {
+            let per_node = u32::try_from(nodes).unwrap_or(u32::MAX).saturating_mul(16);
+            let report = pushcenter_bench::cluster(ClusterOpts {
+                program: std::env::current_exe()?,
+                nodes,
+                users,
+                targeted_partitions: targeted_partitions.unwrap_or(per_node),
+                targeted_rate,
+                broadcast_rate,
+                seconds,
+                broadcast_topics,
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+            serde_json::to_string_pretty(&report)?
+        }
+        Scenario::Consume { records, mode } => {
+            let report = pushcenter_bench::consume(ConsumeOpts {
+                program: std::env::current_exe()?,
+                records,
+                mode: match mode {
+                    ConsumeVia::Drop => ConsumeMode::Drop,
+                    ConsumeVia::Route => ConsumeMode::Route,
                 },
             })
             .await
