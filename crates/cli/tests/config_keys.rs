@@ -159,6 +159,7 @@ fn test_value(row: &Row) -> (toml::Value, Vec<(&'static str, toml::Value)>) {
         "kafka.brokers" => s("127.0.0.2:9092"),
         "kafka.messages_topic" => s("test.messages"),
         "kafka.replies_topic" => s("test.replies"),
+        "kafka.targeted_topic" => s("test.targeted"),
         "kafka.group_prefix" => s("test."),
         "kafka.properties" | "kafka.producer" | "kafka.consumer" => {
             let mut t = toml::Table::new();
