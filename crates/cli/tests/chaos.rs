@@ -30,10 +30,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 300;
 const SHARED: usize = 20;
-// Position updates often, so resumes start from them as much as from messages.
+// Position updates often, so resumes start from them as much as from messages; records
+// routed on two threads, so order per partition is checked across them.
 const NODE_CONFIG: &str = "report_interval = \"500ms\"\nshutdown_grace = \"3s\"\n\
     position_updates = \"200ms\"\ninsecure_login_as_user = true\n[etcd]\nttl = \"3s\"\n\
-    [kafka]\ntargeted_partitions = 24\n";
+    [kafka]\ntargeted_partitions = 24\nrouting_threads = 2\n";
 
 /// One run at a time: each uses both cores.
 static RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -96,7 +96,8 @@ fn numbered(from: usize, to: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_fetches_only_the_targeted_records_of_its_own_users() {
     let broker = Broker::start();
-    let cfg = TempConfig::write("targeted", CONFIG);
+    // Routed on three threads: each user's records still in order.
+    let cfg = TempConfig::write("targeted", &format!("{CONFIG}routing_threads = 3\n"));
     let ids = ["n1", "n2", "n3"];
     let nodes = nodes(&broker, &cfg, &ids);
     for n in &nodes {

@@ -35,6 +35,10 @@ pub struct KafkaConfig {
     pub replies_partitions: i32,
     /// Replication factor of the topics the node creates.
     pub replication_factor: i32,
+    /// Threads that parse and route the records the consumer reads (each partition on
+    /// one of them, so its order holds): 1 routes on the consumer's own thread, which
+    /// carries a few hundred thousand records a second; more when the rate needs it.
+    pub routing_threads: usize,
     /// How often the consumer checks the broker: reachability, topics, new partitions.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -65,6 +69,7 @@ impl Default for KafkaConfig {
             targeted_partitions: 64,
             replies_partitions: 16,
             replication_factor: 1,
+            routing_threads: 1,
             check_interval: Duration::from_secs(1),
             properties: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -76,6 +81,9 @@ impl Default for KafkaConfig {
 
 /// Checks values that cannot work (librdkafka checks its own properties).
 pub(crate) fn check(cfg: &KafkaConfig) -> Result<(), Error> {
+    if cfg.routing_threads == 0 || cfg.routing_threads > 64 {
+        return Err(Error::Config("routing_threads must be 1 to 64".into()));
+    }
     if cfg.brokers.trim().is_empty() {
         return Err(Error::Config("brokers must not be empty".into()));
     }

@@ -12,7 +12,9 @@ use pushcenter_node::{DeliverFn, ReplyFn, StartedFn, Stats};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use std::sync::mpsc::SyncSender;
 use tracing::{debug, info, warn};
 
 use crate::bus::KafkaBus;
@@ -62,7 +64,12 @@ pub(crate) fn start(
             return;
         }
     };
+    let threads = cfg.routing_threads;
+    let workers = (threads > 1)
+        .then(|| start_workers(threads, &deliver, &reply, &stats))
+        .filter(|w| !w.is_empty());
     let mut reader = Reader {
+        workers,
         cfg,
         node_id,
         consumer,
@@ -112,6 +119,8 @@ pub(crate) fn start(
 
 /// The consumer thread: owns the consumer, polls, hands records to the node.
 struct Reader {
+    /// Routing threads (`kafka.routing_threads` > 1); `None`: routed on this thread.
+    workers: Option<Vec<SyncSender<Work>>>,
     cfg: KafkaConfig,
     node_id: String,
     consumer: BaseConsumer<Ctx>,
@@ -178,21 +187,15 @@ impl Reader {
                     if !in_order(&self.consumer, &mut self.order, &self.stats, place) {
                         continue;
                     }
-                    let handled = match topic {
-                        Topic::Replies => reply_from(&m).map(|r| (self.reply)(r)),
-                        _ => delivery_from(&m, topic).map(|d| (self.deliver)(d)),
-                    };
-                    match handled {
-                        Ok(()) => {}
-                        Err(why) => {
-                            Stats::inc(&self.stats.bus_records_skipped_total);
-                            debug!(
-                                topic = m.topic(),
-                                partition = m.partition(),
-                                offset = m.offset(),
-                                why,
-                                "record skipped"
-                            );
+                    match &self.workers {
+                        None => handle(&m, topic, &self.deliver, &self.reply, &self.stats),
+                        // Parsed and routed on the partition's worker: one partition, one
+                        // thread, so its order holds.
+                        Some(workers) => {
+                            let w = worker_of(topic, m.partition(), workers.len());
+                            if let Some(tx) = workers.get(w) {
+                                let _ = tx.send((topic, m.detach()));
+                            }
                         }
                     }
                 }
@@ -471,6 +474,77 @@ impl Reader {
         }
     }
 }
+
+/// Parses a record of `topic` and hands it to the node, or counts it skipped.
+fn handle<M: Message>(m: &M, topic: Topic, deliver: &DeliverFn, reply: &ReplyFn, stats: &Stats) {
+    let handled = match topic {
+        Topic::Replies => reply_from(m).map(|r| reply(r)),
+        _ => delivery_from(m, topic).map(|d| deliver(d)),
+    };
+    if let Err(why) = handled {
+        Stats::inc(&stats.bus_records_skipped_total);
+        debug!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            why,
+            "record skipped"
+        );
+    }
+}
+
+/// Which of `n` workers parses and routes a partition's records.
+fn worker_of(topic: Topic, partition: i32, n: usize) -> usize {
+    let t = match topic {
+        Topic::Messages => 0,
+        Topic::Targeted => 1,
+        Topic::Replies => 2,
+    };
+    (usize::try_from(partition).unwrap_or(0) + t) % n.max(1)
+}
+
+/// A record in order, on its way to a worker.
+type Work = (Topic, OwnedMessage);
+
+/// `n` threads that parse and route records (`kafka.routing_threads` > 1); each ends
+/// when the reader drops its sender. Bounded queues: a slow worker slows the reader,
+/// as routing inline would.
+fn start_workers(
+    n: usize,
+    deliver: &DeliverFn,
+    reply: &ReplyFn,
+    stats: &Arc<Stats>,
+) -> Vec<SyncSender<Work>> {
+    let mut senders = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(WORKER_QUEUE);
+        let (deliver, reply, stats) = (deliver.clone(), reply.clone(), stats.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("kafka-route-{i}"))
+            .spawn(move || {
+                while let Ok((topic, m)) = rx.recv() {
+                    // A panic in one record's routing must not end the worker.
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        handle(&m, topic, &deliver, &reply, &stats)
+                    });
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!(offset = m.offset(), "routing a record panicked; skipped");
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => senders.push(tx),
+            Err(e) => {
+                warn!(error = %e, "cannot start a routing thread: routing on the consumer thread");
+                return Vec::new();
+            }
+        }
+    }
+    senders
+}
+
+/// Records queued per routing thread at most.
+const WORKER_QUEUE: usize = 4096;
 
 /// Asks `order` about a record and does the seek a gap calls for; a seek that fails
 /// accepts the gap. False: do not deliver.
