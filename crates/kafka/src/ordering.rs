@@ -166,6 +166,25 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_let_go_delivers_nothing_more() {
+        let stats = Stats::default();
+        let mut order = order(vec![0], Vec::new());
+        order.next.targeted = vec![NOT_READ, 4];
+        // One fetched before the partition was let go: skipped, and the position stays.
+        assert_eq!(
+            order.check(&stats, (Topic::Targeted, "t", 0, 7)),
+            Verdict::Skip
+        );
+        order.accept(Topic::Targeted, 0, 7);
+        assert_eq!(order.next.targeted, [NOT_READ, 4]);
+        assert_eq!(
+            order.check(&stats, (Topic::Targeted, "t", 1, 4)),
+            Verdict::Deliver
+        );
+        assert_eq!(order.next.targeted, [NOT_READ, 5]);
+    }
+
+    #[test]
     fn topics_and_partitions_keep_their_own_order() {
         let stats = Stats::default();
         let mut order = order(vec![0, 10], vec![0]);

@@ -223,6 +223,9 @@ mod tests {
         );
         let d = delivery_from(&m, Topic::Messages).expect("session-targeted");
         assert_eq!(d.record.session.as_deref(), Some("n1-4"));
+        // On the targeted topic the id names it: `t<partition>-<offset>`.
+        let d = delivery_from(&m, Topic::Targeted).expect("on the targeted topic");
+        assert_eq!(d.id, "t3-42");
         let m = message(&[("destination", b"/user/queue/orders")], b"");
         assert_eq!(
             delivery_from(&m, Topic::Messages).map(|_| ()),

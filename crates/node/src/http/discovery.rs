@@ -199,4 +199,43 @@ mod tests {
         assert_eq!(u1.map(|n| &n.node_id), again.map(|n| &n.node_id));
         assert!(choose(&[info("x", 0, true)], None, &[], |_| 0, |_| 0).is_none());
     }
+
+    #[test]
+    fn a_user_goes_to_the_node_that_reads_their_partition_unless_it_is_overloaded() {
+        let mut nodes: Vec<NodeInfo> = ["n3", "n1", "n2"]
+            .iter()
+            .map(|id| NodeInfo {
+                targeted_partitions: 24,
+                ..info(id, 10, false)
+            })
+            .collect();
+        let owners = placement::assign(24, &["n1", "n2", "n3"]);
+        let pick = |nodes: &[NodeInfo], user: &str| {
+            choose(nodes, Some(user), &[], |n| n.connections, |_| 0).map(|n| n.node_id.clone())
+        };
+        for i in 0..200 {
+            let user = format!("u{i}");
+            let p = placement::partition_of(&user, 24) as usize;
+            let want = ["n1", "n2", "n3"][owners[p]];
+            assert_eq!(pick(&nodes, &user).as_deref(), Some(want), "{user}");
+        }
+        // Every user of a partition on one node: each node owns 8 partitions.
+        for k in 0..3 {
+            assert_eq!(owners.iter().filter(|&&o| o == k).count(), 8);
+        }
+        // The owner past twice the mean and 100: the least loaded instead.
+        let user = "u0";
+        let p = placement::partition_of(user, 24) as usize;
+        let owner = ["n1", "n2", "n3"][owners[p]];
+        for n in &mut nodes {
+            n.connections = if n.node_id == owner { 10_000 } else { 50 };
+        }
+        let other = pick(&nodes, user).expect("a node");
+        assert_ne!(other, owner);
+        // Nodes that do not know the partitions: rendezvous of the user, stable.
+        for n in &mut nodes {
+            n.targeted_partitions = 0;
+        }
+        assert_eq!(pick(&nodes, user), pick(&nodes, user));
+    }
 }
