@@ -104,11 +104,15 @@ export function fatalReason(errorMessage: string | undefined): 'unauthorized' | 
   return null;
 }
 
-/** The node of a session id `<node>-<n>`. */
+/** The node of a session id `<node>-<boot>-<n>` (`<boot>`: 12 hex digits, fresh at
+ * every start of the node; ids of older nodes are `<node>-<n>`). */
 export function nodeOfSession(session: string | undefined): string | null {
   if (!session) return null;
   const i = session.lastIndexOf('-');
-  return i > 0 ? session.slice(0, i) : null;
+  if (i <= 0) return null;
+  const rest = session.slice(0, i);
+  const boot = rest.match(/^(.+)-[0-9a-f]{12}$/);
+  return boot ? boot[1] : rest;
 }
 
 /** `<registry>/v1/connect` with the user hint and the nodes to stay away from. */

@@ -152,6 +152,8 @@ test('refusals that a reconnect cannot cure are told apart', () => {
 
 test('node ids come from session ids; discovery URLs carry user and avoid', () => {
   assert.equal(nodeOfSession('node-a-17'), 'node-a');
+  assert.equal(nodeOfSession('node-a-0123456789ab-17'), 'node-a');
+  assert.equal(nodeOfSession('n1-ab12cd34ef56-3'), 'n1');
   assert.equal(nodeOfSession('x'), null);
   assert.equal(discoveryUrl('http://r:8090/', 'alice', ['n1']), 'http://r:8090/v1/connect?user=alice&avoid=n1');
   assert.equal(discoveryUrl('http://r:8090'), 'http://r:8090/v1/connect');
