@@ -28,6 +28,10 @@ use crate::topic::{PerTopic, Topic};
 /// (trailing transaction markers leave offsets no record ever shows).
 const HISTORY_WAIT: Duration = Duration::from_secs(30);
 
+/// Records between two readings of the clock by the consumer loop (and after every
+/// empty poll): at 20 records a second that is still a check within a second.
+const CLOCK_EVERY: u32 = 16;
+
 /// Most records of one partition read at start into the replay window.
 const MAX_HISTORY: i64 = 100_000;
 
@@ -151,13 +155,20 @@ struct Reader {
 impl Reader {
     fn run(&mut self) {
         let mut next_check = Instant::now();
+        // The clock is read every so many records, and whenever a poll comes back empty.
+        let mut since_clock = CLOCK_EVERY;
         while !self.state.stop.load(Ordering::Relaxed) {
-            if Instant::now() >= next_check {
-                self.check();
-                next_check = Instant::now() + self.cfg.check_interval;
+            since_clock = since_clock.saturating_add(1);
+            if since_clock >= CLOCK_EVERY {
+                since_clock = 0;
+                if Instant::now() >= next_check {
+                    self.check();
+                    next_check = Instant::now() + self.cfg.check_interval;
+                }
             }
             if !self.state.assigned.load(Ordering::Relaxed) {
                 std::thread::sleep(POLL);
+                since_clock = CLOCK_EVERY;
                 continue;
             }
             if !self.state.caught_up.load(Ordering::Relaxed) {
@@ -167,7 +178,7 @@ impl Reader {
                 self.assign_wanted();
             }
             match self.consumer.poll(POLL) {
-                None => {}
+                None => since_clock = CLOCK_EVERY,
                 Some(Ok(m)) => {
                     self.state.reachable.store(true, Ordering::Relaxed);
                     // Only the three topics are assigned.

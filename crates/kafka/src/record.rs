@@ -15,7 +15,7 @@ use crate::topic::Topic;
 /// `<stream>-<offset>` (`<partition>` on the messages topic, `t<partition>` on the
 /// targeted one): the same on every node for the same record.
 pub(crate) fn message_id(topic: Topic, partition: i32, offset: i64) -> String {
-    format!("{}-{offset}", topic.stream(partition))
+    format!("{}{partition}-{offset}", topic.stream_prefix())
 }
 
 /// Calls `each(name, value)` for every header, first occurrence of a name only; fails

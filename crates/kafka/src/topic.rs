@@ -39,9 +39,14 @@ impl Topic {
     /// The replay window's name for one of its partitions (messages topics only): the
     /// first part of a message id, `<partition>` or `t<partition>`.
     pub(crate) fn stream(self, partition: i32) -> String {
+        format!("{}{partition}", self.stream_prefix())
+    }
+
+    /// What a stream name starts with before the partition number.
+    pub(crate) fn stream_prefix(self) -> &'static str {
         match self {
-            Topic::Targeted => format!("t{partition}"),
-            _ => partition.to_string(),
+            Topic::Targeted => "t",
+            _ => "",
         }
     }
 

@@ -354,6 +354,13 @@ impl<'a, G> Held<'a, G> {
     }
 }
 
+impl<G> Held<'_, G> {
+    /// When the lock was taken: a clock reading its holder may reuse.
+    pub(crate) fn since(&self) -> std::time::Instant {
+        self.since
+    }
+}
+
 impl<G> Drop for Held<'_, G> {
     fn drop(&mut self) {
         self.into.observe(self.since.elapsed());
