@@ -5,7 +5,10 @@
 //! processes when one process's file descriptors do not suffice; report the connect
 //! rate and the server's memory per connection), `fanout` (S subscribers over T topics,
 //! HTTP or STOMP publishes at a fixed rate, deliveries per second, end-to-end latency,
-//! server and generator CPU per delivery) and `request` (request/reply round trips).
+//! server and generator CPU per delivery), `request` (request/reply round trips),
+//! `cluster` (a whole local cluster: Tansu, etcd, the registry and N nodes, users placed
+//! through the registry, targeted and broadcast traffic; records fetched, deliveries and
+//! CPU per node) and `consume` (a node's CPU per 100,000 records of a pre-filled topic).
 //! Each returns a report that serialises to JSON.
 
 mod cluster;

@@ -40,7 +40,7 @@ enum Command {
     ConfigKeys,
     /// Publish one message through a node's HTTP API.
     Publish(publish::PublishArgs),
-    /// The load generator: `connections`, `fanout` or `request`.
+    /// The load generator: `connections`, `fanout`, `request`, `cluster` or `consume`.
     Bench(bench::BenchArgs),
 }
 
