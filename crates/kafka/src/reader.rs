@@ -90,6 +90,7 @@ pub(crate) fn start(
         live: PerTopic::default(),
         counts: PerTopic::default(),
         reading: PerTopic::default(),
+        loaded: Vec::new(),
         assigned_at: Instant::now(),
         reassign: false,
     };
@@ -147,6 +148,8 @@ struct Reader {
     counts: PerTopic<usize>,
     /// Per partition: assigned now.
     reading: PerTopic<Vec<bool>>,
+    /// Per targeted partition: read, and its history in the window.
+    loaded: Vec<bool>,
     assigned_at: Instant,
     /// Assign again from `order.next` (after a panic left the consumer's assignment unknown).
     reassign: bool,
@@ -207,6 +210,16 @@ impl Reader {
                             if let Some(tx) = workers.get(w) {
                                 let _ = tx.send((topic, m.detach()));
                             }
+                        }
+                    }
+                    if topic == Topic::Targeted {
+                        let i = usize::try_from(m.partition()).unwrap_or(usize::MAX);
+                        // The last record of its history is in the window now: the
+                        // connections waiting for the partition go on.
+                        if self.loaded.get(i) == Some(&false) && loaded(&self.order, &self.live, i)
+                        {
+                            self.loaded[i] = true;
+                            self.state.interest().reading(&self.loaded);
                         }
                     }
                 }
@@ -362,7 +375,49 @@ impl Reader {
                 }
             }
         }
-        match self.consumer.assign(&tpl) {
+        // Only targeted partitions come or go (users connecting and leaving): added and
+        // removed without touching the others, whose fetches go on.
+        let incremental = !self.reassign
+            && wanted.messages == self.reading.messages
+            && wanted.replies == self.reading.replies
+            && wanted.targeted.len() == self.reading.targeted.len();
+        let assigned = if incremental {
+            let name = Topic::Targeted.name(&self.cfg);
+            let (mut added, mut removed) = (TopicPartitionList::new(), TopicPartitionList::new());
+            for (p, (&w, &r)) in wanted
+                .targeted
+                .iter()
+                .zip(&self.reading.targeted)
+                .enumerate()
+            {
+                let Ok(pi) = i32::try_from(p) else { return };
+                let list = match (w, r) {
+                    (true, false) => &mut added,
+                    (false, true) => &mut removed,
+                    _ => continue,
+                };
+                let offset = next.targeted.get(p).copied().filter(|&n| n != NOT_READ);
+                let at = offset.map_or(Offset::Invalid, Offset::Offset);
+                if list.add_partition_offset(name, pi, at).is_err() {
+                    return;
+                }
+            }
+            let unassigned = match removed.count() {
+                0 => Ok(()),
+                _ => self.consumer.incremental_unassign(&removed),
+            };
+            let done = unassigned.and_then(|()| match added.count() {
+                0 => Ok(()),
+                _ => self.consumer.incremental_assign(&added),
+            });
+            done.or_else(|e| {
+                debug!(error = %e, "incremental assignment refused: assigning everything");
+                self.consumer.assign(&tpl)
+            })
+        } else {
+            self.consumer.assign(&tpl)
+        };
+        match assigned {
             Ok(()) => {
                 let read = |t: Topic| wanted[t].iter().filter(|&&w| w).count();
                 info!(
@@ -386,7 +441,12 @@ impl Reader {
                 }
                 self.order.next = next;
                 self.live = live;
-                self.state.interest().reading(&wanted.targeted);
+                // A connection waiting for its user's partition goes on once the
+                // partition's history is in the window: its resume finds it there.
+                self.loaded = (0..wanted.targeted.len())
+                    .map(|p| wanted.targeted[p] && self.targeted_loaded(p))
+                    .collect();
+                self.state.interest().reading(&self.loaded);
                 Stats::set(
                     &self.stats.bus_partitions_read_targeted,
                     wanted.targeted.iter().filter(|&&w| w).count() as i64,
@@ -402,6 +462,11 @@ impl Reader {
             }
             Err(e) => warn!(error = %e, "cannot assign partitions"),
         }
+    }
+
+    /// The targeted partition `p` is read up to where live routing starts.
+    fn targeted_loaded(&self, p: usize) -> bool {
+        loaded(&self.order, &self.live, p)
     }
 
     /// Ready only once the history read at start reached the live edge: until then the
@@ -483,6 +548,14 @@ impl Reader {
             }
             Err(e) => warn!(error = %e, "cannot create topics"),
         }
+    }
+}
+
+/// Whether targeted partition `p` is read up to where live routing starts.
+fn loaded(order: &Order, live: &PerTopic<Vec<i64>>, p: usize) -> bool {
+    match (order.next.targeted.get(p), live.targeted.get(p)) {
+        (Some(&n), Some(&l)) => n != NOT_READ && n >= l,
+        _ => false,
     }
 }
 
