@@ -46,8 +46,13 @@ async fn publish_and_reply_come_back_through_the_consumer() {
         Arc::new(Stats::default()),
     );
     until("bus ready", || bus.ready()).await;
-    // Every partition of the messages topic is a stream of the replay window.
-    assert_eq!(*starts.lock().expect("lock"), ["0", "1", "2"]);
+    // Every partition of the messages topic is a stream of the replay window, and the
+    // node's home partition of the targeted topic (where pushes to its sessions land).
+    let home = pushcenter_node::placement::partition_of("t1", 3);
+    assert_eq!(
+        *starts.lock().expect("lock"),
+        ["0".to_string(), "1".into(), "2".into(), format!("t{home}")]
+    );
 
     let id = bus
         .publish(Record {
