@@ -82,6 +82,12 @@ impl Bus for KafkaBus {
         }
     }
 
+    fn stream_of(&self, user: &str) -> Option<String> {
+        let n = self.state.partitions.targeted.load(Ordering::Relaxed);
+        let p = pushcenter_node::placement::partition_of(user, n);
+        (n > 0).then(|| Topic::Targeted.stream(i32::try_from(p).unwrap_or(0)))
+    }
+
     fn unfollow(&self, user: &str) {
         let mut interest = self.state.interest();
         interest.unfollow(user, std::time::Instant::now());

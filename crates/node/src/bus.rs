@@ -286,6 +286,12 @@ pub trait Bus: Send + Sync + 'static {
         let _ = (stream, user);
         true
     }
+    /// The one stream that carries records for `user` alone (on Kafka: the user's
+    /// targeted partition), if the bus has such streams.
+    fn stream_of(&self, user: &str) -> Option<String> {
+        let _ = user;
+        None
+    }
     /// True when this node is the whole cluster (standalone): a reply for no local
     /// waiter has nobody else to reach.
     fn is_local(&self) -> bool {

@@ -882,7 +882,13 @@ impl<L: Link> Connection<L> {
             self.session
                 .set_floor(slot, &resume::floor(&frontier, positions));
         }
-        extra.push(("position", format_positions(&frontier)));
+        // Only the streams that can carry this subscription's records.
+        let user = self.session.user();
+        let own: Vec<(String, i64)> = frontier
+            .into_iter()
+            .filter(|(stream, _)| node.bus.carries(stream, user))
+            .collect();
+        extra.push(("position", format_positions(&own)));
         Ok(extra)
     }
 

@@ -250,9 +250,33 @@ impl Node {
             tick.tick().await;
             let _routing = self.routing();
             let window = self.window();
-            let position = window::format_positions(&window.frontier());
+            let frontier = window.frontier();
+            let position = window::format_positions(&frontier);
             if position != last {
-                self.router.position_update(&Arc::from(position.as_str()));
+                // A connection hears of the streams that can carry its records: the
+                // shared ones, and its user's own (not every user's partition here).
+                let (shared, own): (Vec<_>, Vec<_>) = frontier
+                    .into_iter()
+                    .partition(|(stream, _)| self.bus.carries(stream, None));
+                let base: Arc<str> = Arc::from(window::format_positions(&shared));
+                let mut with_own: std::collections::HashMap<String, Arc<str>> =
+                    std::collections::HashMap::new();
+                self.router.position_update(|user| {
+                    let Some(stream) = user.and_then(|u| self.bus.stream_of(u)) else {
+                        return base.clone();
+                    };
+                    let Some(at) = own.iter().find(|(s, _)| *s == stream) else {
+                        return base.clone();
+                    };
+                    with_own
+                        .entry(stream)
+                        .or_insert_with(|| {
+                            let mut v = shared.clone();
+                            v.push(at.clone());
+                            Arc::from(window::format_positions(&v))
+                        })
+                        .clone()
+                });
                 last = position;
             }
         }

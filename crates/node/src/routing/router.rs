@@ -243,7 +243,7 @@ impl Router {
     /// up to `position` has been routed: so each of these subscriptions has everything
     /// up to it queued before this (a resuming one registers under the same lock,
     /// after its replay).
-    pub(crate) fn position_update(&self, position: &Arc<str>) {
+    pub(crate) fn position_update(&self, mut position: impl FnMut(Option<&str>) -> Arc<str>) {
         let t = self.read();
         for c in t
             .conns
@@ -253,7 +253,7 @@ impl Router {
             let subs = c.subs.iter().map(|(slot, _)| *slot).collect();
             c.outbox.push(Out::Position {
                 subs,
-                position: position.clone(),
+                position: position(c.user.as_deref()),
             });
         }
     }
