@@ -207,6 +207,10 @@ async fn a_user_who_moves_to_a_node_that_did_not_read_their_partition_gets_every
     assert_eq!(bodies(&mut ws, 1).await.0, ["15"]);
     ws.expect_silence(Duration::from_millis(300)).await;
     assert!(stat(nodes[1].http, "bus_records_fetched_targeted_total").await >= 1);
+    // n2 read the partition's recent history before CONNECTED: the resume came from its
+    // window, not from the log.
+    assert_eq!(stat(nodes[1].http, "resume_log_reads_total").await, 0);
+    assert!(stat(nodes[1].http, "messages_history_total").await >= 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
