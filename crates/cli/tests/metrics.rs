@@ -236,7 +236,8 @@ async fn a_kafka_node_reports_its_lag_per_partition() {
         assert_eq!(status, 202);
     }
     let _ = std::fs::remove_file(&config);
-    // Every partition of both topics, caught up.
+    // Every partition the node reads, caught up: the 6 of the messages topic, its own
+    // replies partition and its home partition of the targeted topic.
     let lag = |m: &BTreeMap<String, f64>| -> Vec<(String, f64)> {
         m.iter()
             .filter(|(k, _)| k.starts_with("pushcenter_kafka_consumer_lag{"))
@@ -246,14 +247,23 @@ async fn a_kafka_node_reports_its_lag_per_partition() {
     let mut m = scrape(node.http).await;
     for _ in 0..100 {
         let l = lag(&m);
-        if l.len() == 12 && l.iter().all(|(_, v)| *v == 0.0) {
+        if l.len() == 8 && l.iter().all(|(_, v)| *v == 0.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         m = scrape(node.http).await;
     }
     let l = lag(&m);
-    assert_eq!(l.len(), 12, "6 partitions of 2 topics: {l:?}");
+    assert_eq!(l.len(), 8, "6 + 1 + 1 partitions: {l:?}");
+    let home = pushcenter_node::placement::partition_of("n1", 64);
+    let read = |topic: &str, p: u32| {
+        let key = format!("pushcenter_kafka_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}}");
+        l.iter().any(|(k, _)| *k == key)
+    };
+    assert!(
+        read("pushcenter.targeted", home) && read("pushcenter.replies", 1),
+        "{l:?}"
+    );
     assert!(
         l.iter().any(|(k, _)| k
             == "pushcenter_kafka_consumer_lag{topic=\"pushcenter.messages\",partition=\"0\"}"),
