@@ -3,6 +3,7 @@
 //! assigned by the node itself, kept in order, and restarted by a supervisor when it
 //! panics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ const HISTORY_WAIT: Duration = Duration::from_secs(30);
 /// Records between two readings of the clock by the consumer loop (and after every
 /// empty poll): at 20 records a second that is still a check within a second.
 const CLOCK_EVERY: u32 = 16;
+
+/// How far back a targeted partition started for a connecting user is read into the
+/// replay window.
+const TARGETED_HISTORY: Duration = Duration::from_secs(30);
 
 /// Most records of one partition read at start into the replay window.
 const MAX_HISTORY: i64 = 100_000;
@@ -326,6 +331,23 @@ impl Reader {
             return;
         }
         let timeout = self.timeout();
+        // The partitions that start now, looked up together.
+        let mut starting = Vec::new();
+        for topic in Topic::ALL {
+            let fresh = self.order.next[topic].is_empty();
+            for (p, &want) in wanted[topic].iter().enumerate() {
+                let Ok(pi) = i32::try_from(p) else { return };
+                let read_on = self.order.next[topic]
+                    .get(p)
+                    .is_some_and(|&n| n != NOT_READ);
+                if want && !read_on && !self.reread[topic] && (fresh || topic != Topic::Messages) {
+                    starting.push((topic, pi));
+                }
+            }
+        }
+        let Some(starts) = self.starts(&starting, timeout) else {
+            return;
+        };
         let mut next = PerTopic::<Vec<i64>>::default();
         // Per partition: the first offset routed live (before it: history).
         let mut live = PerTopic::<Vec<i64>>::default();
@@ -353,12 +375,10 @@ impl Reader {
                     // from the current end, so the node delivers what is published from
                     // now on and nothing older; the messages of the last `history` are
                     // read first into the replay window.
-                    None if fresh || topic != Topic::Messages => {
-                        match self.start_at(topic, pi, timeout) {
-                            Some(at) => at,
-                            None => return,
-                        }
-                    }
+                    None if fresh || topic != Topic::Messages => match starts.get(&(topic, pi)) {
+                        Some(&at) => at,
+                        None => return,
+                    },
                     // A messages partition added later: everything in it is new.
                     None => (0, 0),
                 };
@@ -488,42 +508,85 @@ impl Reader {
         }
     }
 
-    /// Where a fresh node starts reading a partition, and where live routing starts:
-    /// the partition's end, and for the messages topic, as far back as `history` reaches
-    /// (by record time, at most [`MAX_HISTORY`] records), so the replay window is full
-    /// from the start and clients that move here resume without reading the log.
-    fn start_at(&self, topic: Topic, partition: i32, timeout: Duration) -> Option<(i64, i64)> {
-        let name = topic.name(&self.cfg);
-        let (low, high) = match self.consumer.fetch_watermarks(name, partition, timeout) {
-            Ok(w) => w,
-            Err(e) => {
-                debug!(error = %e, topic = name, partition, "watermarks unavailable");
+    /// Where each of `parts` starts being read, and where its live routing starts: the
+    /// partition's end, and for the messages and targeted topics, as far back as
+    /// `history` reaches (by record time, at most [`MAX_HISTORY`] records), so the replay
+    /// window holds it and clients that move here resume without reading the log. Three
+    /// requests to the broker however many partitions start (a user's connection waits
+    /// for them). `None` when the broker cannot say.
+    fn starts(
+        &self,
+        parts: &[(Topic, i32)],
+        timeout: Duration,
+    ) -> Option<HashMap<(Topic, i32), (i64, i64)>> {
+        let mut out = HashMap::new();
+        if parts.is_empty() {
+            return Some(out);
+        }
+        // Offsets by time: -2 is a partition's start, -1 its end (Kafka's ListOffsets).
+        let lookup = |at: &dyn Fn(Topic) -> Option<Offset>| -> Option<HashMap<(Topic, i32), i64>> {
+            let mut tpl = TopicPartitionList::new();
+            for &(topic, p) in parts {
+                if let Some(o) = at(topic) {
+                    tpl.add_partition_offset(topic.name(&self.cfg), p, o).ok()?;
+                }
+            }
+            if tpl.count() == 0 {
+                return Some(HashMap::new());
+            }
+            let found = match self.consumer.offsets_for_times(tpl, timeout) {
+                Ok(found) => found,
+                Err(e) => {
+                    debug!(error = %e, "offsets unavailable");
+                    return None;
+                }
+            };
+            let mut got = HashMap::new();
+            for e in found.elements() {
+                let Some(topic) = Topic::ALL
+                    .into_iter()
+                    .find(|t| t.name(&self.cfg) == e.topic())
+                else {
+                    continue;
+                };
+                if let Offset::Offset(o) = e.offset() {
+                    got.insert((topic, e.partition()), o);
+                }
+            }
+            Some(got)
+        };
+        let low = lookup(&|_| Some(Offset::Beginning))?;
+        let high = lookup(&|_| Some(Offset::End))?;
+        let since = lookup(&|topic| {
+            // A targeted partition starts while its users wait to connect: a short
+            // history covers those who just lost their node; who was away longer reads
+            // the log.
+            let history = match topic {
+                Topic::Replies => return None,
+                Topic::Targeted => self.history.min(TARGETED_HISTORY),
+                Topic::Messages => self.history,
+            };
+            if history.is_zero() {
                 return None;
             }
-        };
-        if topic == Topic::Replies || self.history.is_zero() {
-            return Some((high, high));
+            let ms = std::time::SystemTime::now()
+                .checked_sub(history)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+                .unwrap_or(0);
+            Some(Offset::Offset(ms))
+        })
+        .unwrap_or_default();
+        for &part in parts {
+            let (Some(&l), Some(&h)) = (low.get(&part), high.get(&part)) else {
+                debug!(topic = ?part.0, partition = part.1, "watermarks unavailable");
+                return None;
+            };
+            // Nothing that recent, or no history wanted: from the end.
+            let from = since.get(&part).copied().unwrap_or(h);
+            out.insert(part, history_start(l, h, from));
         }
-        let since = std::time::SystemTime::now()
-            .checked_sub(self.history)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .unwrap_or(0);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(name, partition, Offset::Offset(since))
-            .ok()?;
-        let from = match self.consumer.offsets_for_times(tpl, timeout) {
-            Ok(found) => match found.find_partition(name, partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                // Nothing that recent: no history.
-                _ => high,
-            },
-            Err(e) => {
-                debug!(error = %e, topic = name, partition, "no offset by time; starting without history");
-                high
-            }
-        };
-        Some(history_start(low, high, from))
+        Some(out)
     }
 
     fn create_topics(&self) {
