@@ -36,8 +36,8 @@ pub struct KafkaConfig {
     /// Replication factor of the topics the node creates.
     pub replication_factor: i32,
     /// Threads that parse and route the records the consumer reads (each partition on
-    /// one of them, so its order holds): 1 routes on the consumer's own thread, which
-    /// carries a few hundred thousand records a second; more when the rate needs it.
+    /// one of them, so its order holds): 1 routes on the consumer's own thread (about
+    /// 4 µs a record on a 2.6 GHz core); more when that thread is the limit.
     pub routing_threads: usize,
     /// How often the consumer checks the broker: reachability, topics, new partitions.
     #[serde(with = "humantime_serde")]
