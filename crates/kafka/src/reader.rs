@@ -77,7 +77,16 @@ pub(crate) fn start(
     let workers = (threads > 1)
         .then(|| start_workers(threads, &deliver, &reply, &stats))
         .filter(|w| !w.is_empty());
+    let starter = bus
+        .consumer_config()
+        .create_with_context(Ctx {
+            state: state.clone(),
+            stats: None,
+        })
+        .ok()
+        .and_then(|c| Starter::start(c, cfg.clone(), history));
     let mut reader = Reader {
+        starter,
         workers,
         cfg,
         node_id,
@@ -129,6 +138,8 @@ pub(crate) fn start(
 
 /// The consumer thread: owns the consumer, polls, hands records to the node.
 struct Reader {
+    /// Looks up where partitions start, off this thread; `None`: on it.
+    starter: Option<Starter>,
     /// Routing threads (`kafka.routing_threads` > 1); `None`: routed on this thread.
     workers: Option<Vec<SyncSender<Work>>>,
     cfg: KafkaConfig,
@@ -166,6 +177,7 @@ impl Reader {
         // The clock is read every so many records, and whenever a poll comes back empty.
         let mut since_clock = CLOCK_EVERY;
         while !self.state.stop.load(Ordering::Relaxed) {
+            self.poll_starter();
             since_clock = since_clock.saturating_add(1);
             if since_clock >= CLOCK_EVERY {
                 since_clock = 0;
@@ -293,6 +305,28 @@ impl Reader {
         self.assign_wanted();
     }
 
+    /// Takes the lookup thread's answer when there is one, and assigns with it.
+    fn poll_starter(&mut self) {
+        let Some(st) = self.starter.as_mut().filter(|st| st.pending) else {
+            return;
+        };
+        match st.answers.try_recv() {
+            Ok(found) => {
+                st.pending = false;
+                // Not found: asked again at the next check.
+                if let Some(found) = found {
+                    st.found.extend(found);
+                    self.assign_wanted();
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                warn!("the lookup thread ended: looking up on the consumer thread");
+                self.starter = None;
+            }
+        }
+    }
+
     fn timeout(&self) -> Duration {
         self.cfg.check_interval.min(Duration::from_secs(2))
     }
@@ -345,8 +379,28 @@ impl Reader {
                 }
             }
         }
-        let Some(starts) = self.starts(&starting, timeout) else {
-            return;
+        let starts = match self.starter.as_mut() {
+            None => {
+                match look_up_starts(&self.consumer, &self.cfg, self.history, &starting, timeout) {
+                    Some(s) => s,
+                    None => return,
+                }
+            }
+            Some(st) => {
+                let missing: Vec<(Topic, i32)> = starting
+                    .iter()
+                    .filter(|p| !st.found.contains_key(p))
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    // Assigned once the answer is here (`poll_starter`).
+                    if !st.pending {
+                        st.pending = st.ask.send(missing).is_ok();
+                    }
+                    return;
+                }
+                std::mem::take(&mut st.found)
+            }
         };
         let mut next = PerTopic::<Vec<i64>>::default();
         // Per partition: the first offset routed live (before it: history).
@@ -508,87 +562,6 @@ impl Reader {
         }
     }
 
-    /// Where each of `parts` starts being read, and where its live routing starts: the
-    /// partition's end, and for the messages and targeted topics, as far back as
-    /// `history` reaches (by record time, at most [`MAX_HISTORY`] records), so the replay
-    /// window holds it and clients that move here resume without reading the log. Three
-    /// requests to the broker however many partitions start (a user's connection waits
-    /// for them). `None` when the broker cannot say.
-    fn starts(
-        &self,
-        parts: &[(Topic, i32)],
-        timeout: Duration,
-    ) -> Option<HashMap<(Topic, i32), (i64, i64)>> {
-        let mut out = HashMap::new();
-        if parts.is_empty() {
-            return Some(out);
-        }
-        // Offsets by time: -2 is a partition's start, -1 its end (Kafka's ListOffsets).
-        let lookup = |at: &dyn Fn(Topic) -> Option<Offset>| -> Option<HashMap<(Topic, i32), i64>> {
-            let mut tpl = TopicPartitionList::new();
-            for &(topic, p) in parts {
-                if let Some(o) = at(topic) {
-                    tpl.add_partition_offset(topic.name(&self.cfg), p, o).ok()?;
-                }
-            }
-            if tpl.count() == 0 {
-                return Some(HashMap::new());
-            }
-            let found = match self.consumer.offsets_for_times(tpl, timeout) {
-                Ok(found) => found,
-                Err(e) => {
-                    debug!(error = %e, "offsets unavailable");
-                    return None;
-                }
-            };
-            let mut got = HashMap::new();
-            for e in found.elements() {
-                let Some(topic) = Topic::ALL
-                    .into_iter()
-                    .find(|t| t.name(&self.cfg) == e.topic())
-                else {
-                    continue;
-                };
-                if let Offset::Offset(o) = e.offset() {
-                    got.insert((topic, e.partition()), o);
-                }
-            }
-            Some(got)
-        };
-        let low = lookup(&|_| Some(Offset::Beginning))?;
-        let high = lookup(&|_| Some(Offset::End))?;
-        let since = lookup(&|topic| {
-            // A targeted partition starts while its users wait to connect: a short
-            // history covers those who just lost their node; who was away longer reads
-            // the log.
-            let history = match topic {
-                Topic::Replies => return None,
-                Topic::Targeted => self.history.min(TARGETED_HISTORY),
-                Topic::Messages => self.history,
-            };
-            if history.is_zero() {
-                return None;
-            }
-            let ms = std::time::SystemTime::now()
-                .checked_sub(history)
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .and_then(|d| i64::try_from(d.as_millis()).ok())
-                .unwrap_or(0);
-            Some(Offset::Offset(ms))
-        })
-        .unwrap_or_default();
-        for &part in parts {
-            let (Some(&l), Some(&h)) = (low.get(&part), high.get(&part)) else {
-                debug!(topic = ?part.0, partition = part.1, "watermarks unavailable");
-                return None;
-            };
-            // Nothing that recent, or no history wanted: from the end.
-            let from = since.get(&part).copied().unwrap_or(h);
-            out.insert(part, history_start(l, h, from));
-        }
-        Some(out)
-    }
-
     fn create_topics(&self) {
         let repl = || TopicReplication::Fixed(self.cfg.replication_factor);
         let topics =
@@ -610,6 +583,131 @@ impl Reader {
                 }
             }
             Err(e) => warn!(error = %e, "cannot create topics"),
+        }
+    }
+}
+
+/// Where each of `parts` starts being read, and where its live routing starts: the
+/// partition's end, and for the messages and targeted topics, as far back as
+/// `history` reaches (by record time, at most [`MAX_HISTORY`] records), so the replay
+/// window holds it and clients that move here resume without reading the log. Three
+/// requests to the broker however many partitions start (a user's connection waits
+/// for them). `None` when the broker cannot say.
+fn look_up_starts(
+    consumer: &BaseConsumer<Ctx>,
+    cfg: &KafkaConfig,
+    history: Duration,
+    parts: &[(Topic, i32)],
+    timeout: Duration,
+) -> Option<Starts> {
+    let mut out = HashMap::new();
+    if parts.is_empty() {
+        return Some(out);
+    }
+    // Offsets by time: -2 is a partition's start, -1 its end (Kafka's ListOffsets).
+    let lookup = |at: &dyn Fn(Topic) -> Option<Offset>| -> Option<HashMap<(Topic, i32), i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for &(topic, p) in parts {
+            if let Some(o) = at(topic) {
+                tpl.add_partition_offset(topic.name(cfg), p, o).ok()?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Some(HashMap::new());
+        }
+        let found = match consumer.offsets_for_times(tpl, timeout) {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(error = %e, "offsets unavailable");
+                return None;
+            }
+        };
+        let mut got = HashMap::new();
+        for e in found.elements() {
+            let Some(topic) = Topic::ALL.into_iter().find(|t| t.name(cfg) == e.topic()) else {
+                continue;
+            };
+            if let Offset::Offset(o) = e.offset() {
+                got.insert((topic, e.partition()), o);
+            }
+        }
+        Some(got)
+    };
+    let low = lookup(&|_| Some(Offset::Beginning))?;
+    let high = lookup(&|_| Some(Offset::End))?;
+    let since = lookup(&|topic| {
+        // A targeted partition starts while its users wait to connect: a short
+        // history covers those who just lost their node; who was away longer reads
+        // the log.
+        let history = match topic {
+            Topic::Replies => return None,
+            Topic::Targeted => history.min(TARGETED_HISTORY),
+            Topic::Messages => history,
+        };
+        if history.is_zero() {
+            return None;
+        }
+        let ms = std::time::SystemTime::now()
+            .checked_sub(history)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0);
+        Some(Offset::Offset(ms))
+    })
+    .unwrap_or_default();
+    for &part in parts {
+        let (Some(&l), Some(&h)) = (low.get(&part), high.get(&part)) else {
+            debug!(topic = ?part.0, partition = part.1, "watermarks unavailable");
+            return None;
+        };
+        // Nothing that recent, or no history wanted: from the end.
+        let from = since.get(&part).copied().unwrap_or(h);
+        out.insert(part, history_start(l, h, from));
+    }
+    Some(out)
+}
+
+/// Where partitions start being read, and where their live routing starts.
+type Starts = HashMap<(Topic, i32), (i64, i64)>;
+
+/// Looks starts up on a thread of its own, with a client of its own: the consumer
+/// thread goes on delivering while the broker answers (a user who connects must not
+/// hold up everyone's delivery).
+struct Starter {
+    ask: std::sync::mpsc::Sender<Vec<(Topic, i32)>>,
+    answers: std::sync::mpsc::Receiver<Option<Starts>>,
+    /// A question is out.
+    pending: bool,
+    /// Answers not used yet.
+    found: Starts,
+}
+
+impl Starter {
+    fn start(consumer: BaseConsumer<Ctx>, cfg: KafkaConfig, history: Duration) -> Option<Starter> {
+        let (ask, questions) = std::sync::mpsc::channel::<Vec<(Topic, i32)>>();
+        let (answer, answers) = std::sync::mpsc::channel();
+        let timeout = cfg.check_interval.min(Duration::from_secs(2));
+        let spawned = std::thread::Builder::new()
+            .name("kafka-starts".into())
+            .spawn(move || {
+                while let Ok(parts) = questions.recv() {
+                    let found = look_up_starts(&consumer, &cfg, history, &parts, timeout);
+                    if answer.send(found).is_err() {
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Starter {
+                ask,
+                answers,
+                pending: false,
+                found: HashMap::new(),
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot start the lookup thread: looking up on the consumer thread");
+                None
+            }
         }
     }
 }
