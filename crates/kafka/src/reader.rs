@@ -379,6 +379,7 @@ impl Reader {
                 }
             }
         }
+        let mut wanted = wanted;
         let starts = match self.starter.as_mut() {
             None => {
                 match look_up_starts(&self.consumer, &self.cfg, self.history, &starting, timeout) {
@@ -392,11 +393,22 @@ impl Reader {
                     .filter(|p| !st.found.contains_key(p))
                     .copied()
                     .collect();
-                if !missing.is_empty() {
-                    // Assigned once the answer is here (`poll_starter`).
-                    if !st.pending {
-                        st.pending = st.ask.send(missing).is_ok();
+                // Asked for; assigned once the answer is here (`poll_starter`).
+                if !missing.is_empty() && !st.pending {
+                    st.pending = st.ask.send(missing.clone()).is_ok();
+                }
+                // The messages and replies partitions go together; targeted ones whose
+                // answer is here go now, the others with a later answer.
+                if missing.iter().any(|(t, _)| *t != Topic::Targeted) {
+                    return;
+                }
+                for (_, p) in missing {
+                    let i = usize::try_from(p).unwrap_or(usize::MAX);
+                    if let Some(w) = wanted.targeted.get_mut(i) {
+                        *w = false;
                     }
+                }
+                if wanted == self.reading && !self.reassign {
                     return;
                 }
                 std::mem::take(&mut st.found)
