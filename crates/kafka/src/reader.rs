@@ -303,6 +303,43 @@ impl Reader {
         Stats::set(&self.stats.targeted_partitions, targeted);
         self.counts = counts;
         self.assign_wanted();
+        self.refresh_loaded();
+    }
+
+    /// A targeted partition whose history ends in offsets no record shows (a
+    /// transaction's commit marker) never hands over its last history record: it counts
+    /// as loaded once the consumer's position passed where live routing starts.
+    fn refresh_loaded(&mut self) {
+        let waiting = self
+            .loaded
+            .iter()
+            .zip(&self.reading.targeted)
+            .any(|(&loaded, &read)| read && !loaded);
+        if !waiting {
+            return;
+        }
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let mut changed = false;
+        for e in positions.elements_for_topic(Topic::Targeted.name(&self.cfg)) {
+            let Ok(i) = usize::try_from(e.partition()) else {
+                continue;
+            };
+            let (Offset::Offset(at), Some(&live)) = (e.offset(), self.live.targeted.get(i)) else {
+                continue;
+            };
+            if self.loaded.get(i) == Some(&false)
+                && self.reading.targeted.get(i) == Some(&true)
+                && at >= live
+            {
+                self.loaded[i] = true;
+                changed = true;
+            }
+        }
+        if changed {
+            self.state.interest().reading(&self.loaded);
+        }
     }
 
     /// Takes the lookup thread's answer when there is one, and assigns with it.
