@@ -10,41 +10,6 @@ use common::*;
 use pushcenter_stomp::{Command, Frame};
 
 /// SUBSCRIBE with a receipt (and `resume-from` when given); returns the RECEIPT.
-async fn subscribe(ws: &mut WsClient, id: &str, dest: &str, resume: Option<&str>) -> Frame {
-    let mut f = Frame::new(Command::Subscribe)
-        .header("id", id)
-        .header("destination", dest)
-        .header("receipt", format!("r-{id}"));
-    if let Some(r) = resume {
-        f.push_header("resume-from", r);
-    }
-    ws.send(&f).await;
-    loop {
-        let r = ws.frame().await.expect("RECEIPT");
-        if r.command == Command::Receipt {
-            return r;
-        }
-    }
-}
-
-/// The bodies of the next `n` MESSAGEs, with the last message id.
-async fn bodies(ws: &mut WsClient, n: usize) -> (Vec<String>, String) {
-    let mut out = Vec::new();
-    let mut last = String::new();
-    while out.len() < n {
-        let f = ws
-            .frame()
-            .await
-            .unwrap_or_else(|| panic!("message {} of {n}", out.len() + 1));
-        if f.command != Command::Message {
-            continue;
-        }
-        last = f.get("message-id").expect("message-id").to_string();
-        out.push(String::from_utf8_lossy(&f.body).into_owned());
-    }
-    (out, last)
-}
-
 async fn nothing_more(ws: &mut WsClient) {
     if let Some(f) = ws.frame_within(Duration::from_millis(500)).await {
         panic!(
@@ -59,14 +24,14 @@ async fn nothing_more(ws: &mut WsClient) {
 async fn resume_on_the_same_node_replays_what_was_missed_once_then_goes_live() {
     let node = Node::standalone(&[]);
     let mut ws = WsClient::connect(&node.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/r.*", None).await;
+    let r = ws.subscribe_resuming("a", "/topic/r.*", None).await;
     // The in-memory bus is one stream named after the node; ids count from 1.
     assert_eq!(r.get("position"), Some("node-1-0"), "{r:?}");
     for i in 0..3 {
         publish(node.http, "/topic/r.x", &format!("m{i}")).await;
     }
     publish(node.http, "/topic/other", "not mine").await;
-    let (got, last) = bodies(&mut ws, 3).await;
+    let (got, last) = ws.bodies(3).await;
     assert_eq!(got, ["m0", "m1", "m2"]);
     drop(ws);
 
@@ -74,10 +39,10 @@ async fn resume_on_the_same_node_replays_what_was_missed_once_then_goes_live() {
         publish(node.http, "/topic/r.y", &format!("m{i}")).await;
     }
     let mut ws = WsClient::connect(&node.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/r.*", Some(&last)).await;
+    let r = ws.subscribe_resuming("a", "/topic/r.*", Some(&last)).await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
     publish(node.http, "/topic/r.x", "m6").await;
-    let (got, _) = bodies(&mut ws, 4).await;
+    let (got, _) = ws.bodies(4).await;
     assert_eq!(got, ["m3", "m4", "m5", "m6"]);
     nothing_more(&mut ws).await;
 }
@@ -92,21 +57,21 @@ async fn a_replay_larger_than_the_outbound_queue_keeps_the_newest_and_says_lost(
     let node = Node::standalone(&["--config", config.to_str().expect("utf-8")]);
     let _ = std::fs::remove_file(&config);
     let mut ws = WsClient::connect(&node.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/big", None).await;
+    let r = ws.subscribe_resuming("a", "/topic/big", None).await;
     let start = r.get("position").unwrap_or_default().to_string();
     drop(ws);
     for i in 0..30 {
         publish(node.http, "/topic/big", &format!("m{i}")).await;
     }
     let mut ws = WsClient::connect(&node.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/big", Some(&start)).await;
+    let r = ws.subscribe_resuming("a", "/topic/big", Some(&start)).await;
     assert_eq!(r.get("resume"), Some("lost"), "{r:?}");
     assert_eq!(r.get("resume-lost"), Some("node-1"), "{r:?}");
-    let (got, _) = bodies(&mut ws, 10).await;
+    let (got, _) = ws.bodies(10).await;
     let want: Vec<String> = (20..30).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want);
     publish(node.http, "/topic/big", "live").await;
-    let (got, _) = bodies(&mut ws, 1).await;
+    let (got, _) = ws.bodies(1).await;
     assert_eq!(got, ["live"]);
 }
 
@@ -118,12 +83,14 @@ async fn a_position_ahead_of_the_node_is_not_delivered_again() {
     publish(node.http, "/topic/ahead", "m1").await;
     let mut ws = WsClient::connect(&node.ws_url()).await;
     // The client saw up to id 3 elsewhere; this node has only reached 1.
-    let r = subscribe(&mut ws, "a", "/topic/ahead", Some("node-1-3")).await;
+    let r = ws
+        .subscribe_resuming("a", "/topic/ahead", Some("node-1-3"))
+        .await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
     for i in 2..=5 {
         publish(node.http, "/topic/ahead", &format!("m{i}")).await;
     }
-    let (got, last) = bodies(&mut ws, 2).await;
+    let (got, last) = ws.bodies(2).await;
     assert_eq!(got, ["m4", "m5"]);
     assert_eq!(last, "node-1-5");
     nothing_more(&mut ws).await;
@@ -136,16 +103,18 @@ async fn a_position_older_than_the_window_is_answered_lost() {
     std::fs::write(&config, "replay_window_bytes = 2000\n").expect("config");
     let node = Node::standalone(&["--config", config.to_str().expect("utf-8")]);
     let mut ws = WsClient::connect(&node.ws_url()).await;
-    subscribe(&mut ws, "a", "/topic/lost", None).await;
+    ws.subscribe_resuming("a", "/topic/lost", None).await;
     publish(node.http, "/topic/lost", "first").await;
-    let (_, first) = bodies(&mut ws, 1).await;
+    let (_, first) = ws.bodies(1).await;
     drop(ws);
     // Far more than 2,000 bytes: the window no longer reaches back to `first`.
     for i in 0..40 {
         publish(node.http, "/topic/lost", &format!("{i:0>100}")).await;
     }
     let mut ws = WsClient::connect(&node.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/lost", Some(&first)).await;
+    let r = ws
+        .subscribe_resuming("a", "/topic/lost", Some(&first))
+        .await;
     let _ = std::fs::remove_file(&config);
     assert_eq!(r.get("resume"), Some("lost"), "{r:?}");
     assert_eq!(
@@ -153,7 +122,7 @@ async fn a_position_older_than_the_window_is_answered_lost() {
         Some(first.rsplit_once('-').unwrap().0)
     );
     // What the window still has comes, newest last.
-    let (got, _) = bodies(&mut ws, 1).await;
+    let (got, _) = ws.bodies(1).await;
     assert!(got[0].len() == 100, "{got:?}");
 
     // A malformed position is an ERROR, not a silent fresh start.
@@ -219,7 +188,7 @@ async fn resume_on_another_node_after_kill_9_loses_nothing_and_repeats_nothing()
     ready(&n2).await;
     let key = |i: usize| format!("/topic/fail.k{}", i % 4);
     let mut ws = WsClient::connect(&n1.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/fail.#", None).await;
+    let r = ws.subscribe_resuming("a", "/topic/fail.#", None).await;
     let mut pos = Positions::default();
     for id in r
         .get("position")
@@ -242,7 +211,9 @@ async fn resume_on_another_node_after_kill_9_loses_nothing_and_repeats_nothing()
         assert_eq!(publish(n2.http, &key(i), &format!("m{i}")).await.0, 202);
     }
     let mut ws = WsClient::connect(&n2.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/fail.#", Some(&pos.header())).await;
+    let r = ws
+        .subscribe_resuming("a", "/topic/fail.#", Some(&pos.header()))
+        .await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
     assert_eq!(publish(n2.http, &key(40), "m40").await.0, 202);
     let after = track(&mut ws, 21, &mut pos).await;
@@ -269,7 +240,7 @@ async fn resume_on_a_node_started_after_the_gap(n2_config: &str) -> String {
     let mut n1 = Node::cluster("n1", &broker.brokers(), &[]);
     ready(&n1).await;
     let mut ws = WsClient::connect(&n1.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/gap", None).await;
+    let r = ws.subscribe_resuming("a", "/topic/gap", None).await;
     let mut pos = Positions::default();
     for id in r
         .get("position")
@@ -315,17 +286,19 @@ async fn resume_on_a_node_started_after_the_gap(n2_config: &str) -> String {
     let _ = std::fs::remove_file(&config);
     // A client that subscribes fresh on n2 gets nothing of the history.
     let mut fresh = WsClient::connect(&n2.ws_url()).await;
-    subscribe(&mut fresh, "f", "/topic/gap", None).await;
+    fresh.subscribe_resuming("f", "/topic/gap", None).await;
 
     let mut ws = WsClient::connect(&n2.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/gap", Some(&pos.header())).await;
+    let r = ws
+        .subscribe_resuming("a", "/topic/gap", Some(&pos.header()))
+        .await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
     assert_eq!(publish(n2.http, "/topic/gap", "m20").await.0, 202);
     let got = track(&mut ws, 11, &mut pos).await;
     let want: Vec<String> = (10..=20).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want);
     nothing_more(&mut ws).await;
-    let (got, _) = bodies(&mut fresh, 1).await;
+    let (got, _) = fresh.bodies(1).await;
     assert_eq!(got, ["m20"]);
     nothing_more(&mut fresh).await;
     let (_, stats) = http(n2.http, "GET", "/v1/stats", "").await;
@@ -377,9 +350,9 @@ async fn a_position_kafka_no_longer_has_is_answered_lost() {
     );
     ready(&n1).await;
     let mut ws = WsClient::connect(&n1.ws_url()).await;
-    subscribe(&mut ws, "a", "/topic/old", None).await;
+    ws.subscribe_resuming("a", "/topic/old", None).await;
     assert_eq!(publish(n1.http, "/topic/old", "first").await.0, 202);
-    let (_, first) = bodies(&mut ws, 1).await;
+    let (_, first) = ws.bodies(1).await;
     assert_eq!(first, "0-0");
     drop(ws);
     // Beyond the 2,000-byte window but still in the broker's log: read back from it.
@@ -388,9 +361,9 @@ async fn a_position_kafka_no_longer_has_is_answered_lost() {
         assert_eq!(publish(n1.http, "/topic/old", &body).await.0, 202);
     }
     let mut ws = WsClient::connect(&n1.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/old", Some(&first)).await;
+    let r = ws.subscribe_resuming("a", "/topic/old", Some(&first)).await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
-    let (got, _) = bodies(&mut ws, 30).await;
+    let (got, _) = ws.bodies(30).await;
     assert_eq!(
         got.last().map(String::as_str),
         Some(&*format!("{:0>100}", 29))
@@ -421,13 +394,13 @@ async fn a_position_kafka_no_longer_has_is_answered_lost() {
     }
 
     let mut ws = WsClient::connect(&n1.ws_url()).await;
-    let r = subscribe(&mut ws, "a", "/topic/old", Some(&first)).await;
+    let r = ws.subscribe_resuming("a", "/topic/old", Some(&first)).await;
     let _ = std::fs::remove_file(&config);
     assert_eq!(r.get("resume"), Some("lost"), "{r:?}");
     assert_eq!(r.get("resume-lost"), Some("0"), "{r:?}");
     // Then live, as after any subscription.
     assert_eq!(publish(n1.http, "/topic/old", "next").await.0, 202);
-    let (got, _) = bodies(&mut ws, 1).await;
+    let (got, _) = ws.bodies(1).await;
     assert_eq!(got, ["next"]);
     let (_, stats) = http(n1.http, "GET", "/v1/stats", "").await;
     assert!(stats.contains("\"resumes_lost_total\":1"), "{stats}");
@@ -461,7 +434,7 @@ async fn position_updates_keep_a_quiet_subscriptions_position_current() {
         ws.frame().await.expect("CONNECTED").command,
         Command::Connected
     );
-    let r = subscribe(&mut ws, "q", "/topic/quiet", None).await;
+    let r = ws.subscribe_resuming("q", "/topic/quiet", None).await;
     let mut pos = Positions::default();
     for id in r.get("position").unwrap_or_default().split(',') {
         if !id.is_empty() {
@@ -499,10 +472,12 @@ async fn position_updates_keep_a_quiet_subscriptions_position_current() {
     ready(&n2).await;
     let _ = std::fs::remove_file(&config);
     let mut ws = WsClient::connect(&n2.ws_url()).await;
-    let r = subscribe(&mut ws, "q", "/topic/quiet", Some(&pos.header())).await;
+    let r = ws
+        .subscribe_resuming("q", "/topic/quiet", Some(&pos.header()))
+        .await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
     assert_eq!(publish(n2.http, "/topic/quiet", "now").await.0, 202);
-    let (got, _) = bodies(&mut ws, 1).await;
+    let (got, _) = ws.bodies(1).await;
     assert_eq!(got, ["now"]);
     nothing_more(&mut ws).await;
     let (_, stats) = http(n2.http, "GET", "/v1/stats", "").await;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::broker::Broker;
 use common::*;
 use pushcenter_node::placement::{partition_of, reply_partition};
-use pushcenter_stomp::{Command, Frame};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -44,23 +43,6 @@ fn users(n: usize, nodes: &[&str]) -> Vec<String> {
     out
 }
 
-async fn subscribe(ws: &mut WsClient, dest: &str, resume: Option<&str>) -> Frame {
-    let mut f = Frame::new(Command::Subscribe)
-        .header("id", "q")
-        .header("destination", dest)
-        .header("receipt", "r");
-    if let Some(r) = resume {
-        f.push_header("resume-from", r);
-    }
-    ws.send(&f).await;
-    loop {
-        let r = ws.frame().await.expect("RECEIPT");
-        if r.command == Command::Receipt {
-            return r;
-        }
-    }
-}
-
 async fn push(node: &Node, user: &str, body: &str) {
     let (status, b) = http(
         node.http,
@@ -70,23 +52,6 @@ async fn push(node: &Node, user: &str, body: &str) {
     )
     .await;
     assert_eq!(status, 202, "{b}");
-}
-
-/// The bodies of the next `n` MESSAGEs, and the last message id.
-async fn bodies(ws: &mut WsClient, n: usize) -> (Vec<String>, String) {
-    let mut out = Vec::new();
-    let mut last = String::new();
-    while out.len() < n {
-        let f = ws
-            .frame()
-            .await
-            .unwrap_or_else(|| panic!("message {} of {n}", out.len() + 1));
-        if f.command == Command::Message {
-            last = f.get("message-id").expect("message-id").to_string();
-            out.push(String::from_utf8_lossy(&f.body).into_owned());
-        }
-    }
-    (out, last)
 }
 
 fn numbered(from: usize, to: usize) -> Vec<String> {
@@ -106,18 +71,18 @@ async fn a_node_fetches_only_the_targeted_records_of_its_own_users() {
     let u = users(2, &ids);
     let (mut alice, _) = WsClient::login(&nodes[0].ws_url(), Some(&u[0])).await;
     let (mut bob, _) = WsClient::login(&nodes[1].ws_url(), Some(&u[1])).await;
-    subscribe(&mut alice, "/user/queue/q", None).await;
-    subscribe(&mut bob, "/user/queue/q", None).await;
+    alice.subscribe_resuming("q", "/user/queue/q", None).await;
+    bob.subscribe_resuming("q", "/user/queue/q", None).await;
     // Published on the node that holds neither.
     for i in 0..20 {
         push(&nodes[2], &u[0], &i.to_string()).await;
         push(&nodes[2], &u[1], &i.to_string()).await;
     }
-    let (got, last) = bodies(&mut alice, 20).await;
+    let (got, last) = alice.bodies(20).await;
     assert_eq!(got, numbered(0, 20));
     let p = partition_of(&u[0], PARTITIONS);
     assert_eq!(last, format!("t{p}-19"), "ids name the targeted partition");
-    assert_eq!(bodies(&mut bob, 20).await.0, numbered(0, 20));
+    assert_eq!(bob.bodies(20).await.0, numbered(0, 20));
     // Each node fetched its own user's records only; the third none.
     assert_eq!(
         stat(nodes[0].http, "bus_records_fetched_targeted_total").await,
@@ -165,7 +130,7 @@ async fn a_node_fetches_only_the_targeted_records_of_its_own_users() {
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
-    assert_eq!(bodies(&mut alice, 1).await.0, ["old-style"]);
+    assert_eq!(alice.bodies(1).await.0, ["old-style"]);
     bob.expect_silence(Duration::from_millis(300)).await;
     for n in &nodes {
         stat_becomes(n.http, "bus_records_fetched_messages_total", 1).await;
@@ -181,36 +146,50 @@ async fn a_user_who_moves_to_a_node_that_did_not_read_their_partition_gets_every
     for n in &nodes {
         ready(n).await;
     }
-    let user = users(1, &ids).remove(0);
-    let (mut ws, _) = WsClient::login(&nodes[0].ws_url(), Some(&user)).await;
-    subscribe(&mut ws, "/user/queue/q", None).await;
+    let both = users(2, &ids);
+    let (user, mallory) = (&both[0], &both[1]);
+    let (mut ws, _) = WsClient::login(&nodes[0].ws_url(), Some(user)).await;
+    ws.subscribe_resuming("q", "/user/queue/q", None).await;
     for i in 0..5 {
-        push(&nodes[1], &user, &i.to_string()).await;
+        push(&nodes[1], user, &i.to_string()).await;
     }
-    let (got, last) = bodies(&mut ws, 5).await;
+    let (got, last) = ws.bodies(5).await;
     assert_eq!(got, numbered(0, 5));
     drop(ws);
     // Away: n1 still reads the partition for a while, n2 never has.
     for i in 5..15 {
-        push(&nodes[0], &user, &i.to_string()).await;
+        push(&nodes[0], user, &i.to_string()).await;
     }
     assert_eq!(
         stat(nodes[1].http, "bus_records_fetched_targeted_total").await,
         0
     );
-    let (mut ws, _) = WsClient::login(&nodes[1].ws_url(), Some(&user)).await;
-    let r = subscribe(&mut ws, "/user/queue/q", Some(&last)).await;
+    let (mut ws, _) = WsClient::login(&nodes[1].ws_url(), Some(user)).await;
+    let r = ws
+        .subscribe_resuming("q", "/user/queue/q", Some(&last))
+        .await;
     assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
-    assert_eq!(bodies(&mut ws, 10).await.0, numbered(5, 15));
+    assert_eq!(ws.bodies(10).await.0, numbered(5, 15));
     // Then live from n2's own read of the partition, nothing twice.
-    push(&nodes[0], &user, "15").await;
-    assert_eq!(bodies(&mut ws, 1).await.0, ["15"]);
+    push(&nodes[0], user, "15").await;
+    assert_eq!(ws.bodies(1).await.0, ["15"]);
     ws.expect_silence(Duration::from_millis(300)).await;
     assert!(stat(nodes[1].http, "bus_records_fetched_targeted_total").await >= 1);
     // n2 read the partition's recent history before CONNECTED: the resume came from its
     // window, not from the log.
     assert_eq!(stat(nodes[1].http, "resume_log_reads_total").await, 0);
     assert!(stat(nodes[1].http, "messages_history_total").await >= 15);
+
+    // Another user names that partition from its start in a resume, on the node that
+    // reads it now: nothing of it, nothing read from the log, nothing reported lost.
+    let (mut m, _) = WsClient::login(&nodes[1].ws_url(), Some(mallory)).await;
+    let stream = last.rsplit_once('-').expect("an id").0.to_string();
+    let r = m
+        .subscribe_resuming("q", "/user/queue/q", Some(&format!("{stream}-0")))
+        .await;
+    assert_eq!(r.get("resume"), Some("ok"), "{r:?}");
+    m.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(stat(nodes[1].http, "resume_log_reads_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +206,8 @@ async fn replies_and_delivery_notes_reach_only_the_waiting_node() {
     }
     let user = users(1, &ids).remove(0);
     let (mut ws, _) = WsClient::login(&nodes[0].ws_url(), Some(&user)).await;
-    subscribe(&mut ws, "/user/queue/requests", None).await;
+    ws.subscribe_resuming("q", "/user/queue/requests", None)
+        .await;
     let answering = ws.answer_requests("n1".into());
     // Called on n2, answered by the client on n1, 5 times.
     for i in 0..5 {

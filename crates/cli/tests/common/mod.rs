@@ -496,6 +496,48 @@ impl WsClient {
         let r = self.frame().await.expect("RECEIPT");
         assert_eq!(r.command, Cmd::Receipt, "{r:?}");
     }
+
+    /// SUBSCRIBE with a receipt (and `resume-from` when given); the RECEIPT, whatever
+    /// came before it skipped.
+    pub async fn subscribe_resuming(
+        &mut self,
+        id: &str,
+        dest: &str,
+        resume: Option<&str>,
+    ) -> Frame {
+        let mut f = Frame::new(Cmd::Subscribe)
+            .header("id", id)
+            .header("destination", dest)
+            .header("receipt", format!("r-{id}"));
+        if let Some(r) = resume {
+            f.push_header("resume-from", r);
+        }
+        self.send(&f).await;
+        loop {
+            let r = self.frame().await.expect("RECEIPT");
+            if r.command == Cmd::Receipt {
+                return r;
+            }
+        }
+    }
+
+    /// The bodies of the next `n` MESSAGEs, with the last message id.
+    pub async fn bodies(&mut self, n: usize) -> (Vec<String>, String) {
+        let mut out = Vec::new();
+        let mut last = String::new();
+        while out.len() < n {
+            let f = self
+                .frame()
+                .await
+                .unwrap_or_else(|| panic!("message {} of {n}", out.len() + 1));
+            if f.command != Cmd::Message {
+                continue;
+            }
+            last = f.get("message-id").expect("message-id").to_string();
+            out.push(String::from_utf8_lossy(&f.body).into_owned());
+        }
+        (out, last)
+    }
 }
 
 /// A STOMP client over plain TCP.
