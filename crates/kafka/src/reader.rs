@@ -567,7 +567,7 @@ impl Reader {
                 // A connection waiting for its user's partition goes on once the
                 // partition's history is in the window: its resume finds it there.
                 self.loaded = (0..wanted.targeted.len())
-                    .map(|p| wanted.targeted[p] && self.targeted_loaded(p))
+                    .map(|p| wanted.targeted[p] && loaded(&self.order, &self.live, p))
                     .collect();
                 self.state.interest().reading(&self.loaded);
                 Stats::set(
@@ -585,11 +585,6 @@ impl Reader {
             }
             Err(e) => warn!(error = %e, "cannot assign partitions"),
         }
-    }
-
-    /// The targeted partition `p` is read up to where live routing starts.
-    fn targeted_loaded(&self, p: usize) -> bool {
-        loaded(&self.order, &self.live, p)
     }
 
     /// Ready only once the history read at start reached the live edge: until then the
