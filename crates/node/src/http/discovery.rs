@@ -68,7 +68,9 @@ pub fn choose<'a>(
             .map(|n| n.targeted_partitions)
             .max()
             .unwrap_or(0);
-        if partitions == 0 {
+        // A count no topic has (a forged registry entry) would cost an assignment that
+        // size on every connect: placed as if unknown.
+        if partitions == 0 || partitions > MAX_PARTITIONS {
             return live
                 .into_iter()
                 .max_by_key(|n| placement::user_rank(u, &n.node_id));
@@ -112,6 +114,9 @@ fn owner_of<'a>(sorted: &[&'a NodeInfo], partitions: u32, partition: u32) -> Opt
     })?;
     sorted.get(index).copied()
 }
+
+/// More targeted partitions than any real topic has.
+const MAX_PARTITIONS: u32 = 100_000;
 
 /// The answer to `/v1/connect`: the chosen node, or 503 when there is none.
 pub fn connect_answer(chosen: Option<&NodeInfo>, stale: bool) -> Response {
@@ -237,5 +242,11 @@ mod tests {
             n.targeted_partitions = 0;
         }
         assert_eq!(pick(&nodes, user), pick(&nodes, user));
+        // An entry claiming more partitions than a topic can have (placing them would
+        // hold billions of owners): ignored, the user's rendezvous as when unknown.
+        nodes[0].targeted_partitions = u32::MAX;
+        let unknown = pick(&nodes, user);
+        nodes[0].targeted_partitions = 0;
+        assert_eq!(unknown, pick(&nodes, user));
     }
 }
