@@ -14,6 +14,22 @@ use serde::Serialize;
 use crate::cluster::{Api, Scratch, interruptible, start_broker, start_pushcenter, stats};
 use crate::{Conn, Error, OPEN_TIMEOUT, Result, Target, progress};
 
+/// Which broker holds the records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumeBroker {
+    /// A Tansu process: a real broker, which on two shared cores is the pace.
+    Tansu,
+    /// librdkafka's mock cluster in this process: it serves fetches from memory, so
+    /// the node's own cost is the limit. It keeps at most 5 MiB per partition.
+    Mock,
+}
+
+/// Messages partitions on the mock cluster: room for [`MOCK_MAX_RECORDS`].
+const MOCK_PARTITIONS: usize = 16;
+/// What the mock cluster keeps of 100-byte records (5 MiB per partition, with room).
+const MOCK_MAX_RECORDS: u64 = 400_000;
+
 /// Whether anyone wants the records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +47,7 @@ pub struct ConsumeOpts {
     pub program: PathBuf,
     pub records: u64,
     pub mode: ConsumeMode,
+    pub broker: ConsumeBroker,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,6 +55,7 @@ pub struct ConsumeReport {
     pub scenario: &'static str,
     pub records: u64,
     pub mode: ConsumeMode,
+    pub broker: ConsumeBroker,
     pub body_bytes: usize,
     /// Partitions of the messages topic the records were spread over.
     pub partitions: usize,
@@ -74,6 +92,11 @@ pub async fn consume(o: ConsumeOpts) -> Result<ConsumeReport> {
     if o.records == 0 {
         return Err(Error::Options("--records must be at least 1"));
     }
+    if o.broker == ConsumeBroker::Mock && o.records > MOCK_MAX_RECORDS {
+        return Err(Error::Options(
+            "--broker mock keeps 5 MiB per partition: --records at most 400000",
+        ));
+    }
     interruptible(run(o)).await
 }
 
@@ -81,17 +104,37 @@ async fn run(o: ConsumeOpts) -> Result<ConsumeReport> {
     let scratch = Scratch::create("consume")?;
     let dir = scratch.path().to_path_buf();
     eprintln!(
-        "starting tansu and one node; data and logs in {}",
+        "starting {:?} and one node; data and logs in {}",
+        o.broker,
         dir.display()
     );
-    let broker = start_broker(&dir).await?;
+    // Held until the run ends: dropping either stops the broker.
+    let (_tansu, _mock, brokers) = match o.broker {
+        ConsumeBroker::Tansu => {
+            let tansu = start_broker(&dir).await?;
+            let addr = tansu.addr.to_string();
+            (Some(tansu), None, addr)
+        }
+        ConsumeBroker::Mock => {
+            let mock = rdkafka::mocking::MockCluster::new(1)?;
+            for (topic, n) in [
+                (TOPIC, MOCK_PARTITIONS),
+                ("pushcenter.targeted", 64),
+                ("pushcenter.replies", 16),
+            ] {
+                mock.create_topic(topic, i32::try_from(n).unwrap_or(1), 1)?;
+            }
+            let addr = mock.bootstrap_servers();
+            (None, Some(mock), addr)
+        }
+    };
     let config = dir.join("n1.toml");
     std::fs::write(
         &config,
         format!(
             "node_id = \"n1\"\nhttp_addr = \"127.0.0.1:0\"\n{}\n\n[kafka]\nbrokers = \"{}\"\n",
             NODE_SETTINGS.join("\n"),
-            broker.addr
+            brokers
         ),
     )?;
     let config = config.display().to_string();
@@ -153,7 +196,7 @@ async fn run(o: ConsumeOpts) -> Result<ConsumeReport> {
     };
 
     let base = stats(&mut api).await?;
-    let producer = producer(&broker.addr.to_string())?;
+    let producer = producer(&brokers)?;
     let partitions = partitions(&producer)?;
     node.signal("STOP")?;
     eprintln!(
@@ -204,6 +247,7 @@ async fn run(o: ConsumeOpts) -> Result<ConsumeReport> {
         scenario: "consume",
         records: o.records,
         mode: o.mode,
+        broker: o.broker,
         body_bytes: BODY_BYTES,
         partitions,
         produce_seconds,

@@ -36,7 +36,7 @@ pub use cluster::{
     ClusterNodeReport, ClusterOpts, ClusterParameters, ClusterReport, ClusterTotals, cluster,
 };
 pub use connections::{ChildCommand, ConnectionsOpts, ConnectionsReport, child, connections};
-pub use consume::{ConsumeMode, ConsumeOpts, ConsumeReport, consume};
+pub use consume::{ConsumeBroker, ConsumeMode, ConsumeOpts, ConsumeReport, consume};
 pub use error::{Error, Result};
 pub use fanout::{FanoutOpts, FanoutReport, Publish, fanout, latency_svg};
 pub use procfs::nofile_limit;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use pushcenter_bench::{
-    ChildCommand, ClusterOpts, ConnectionsOpts, ConsumeMode, ConsumeOpts, FanoutOpts, Publish,
-    Server, Target,
+    ChildCommand, ClusterOpts, ConnectionsOpts, ConsumeBroker, ConsumeMode, ConsumeOpts,
+    FanoutOpts, Publish, Server, Target,
 };
 
 #[derive(clap::Args)]
@@ -75,6 +75,14 @@ enum ConsumeVia {
     Drop,
     /// One subscriber of `/topic/consume` reads every record.
     Route,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsumeFrom {
+    /// A Tansu process.
+    Tansu,
+    /// librdkafka's mock cluster in the bench's process.
+    Mock,
 }
 
 #[derive(clap::Subcommand)]
@@ -226,6 +234,11 @@ enum Scenario {
         /// `drop`: nobody subscribes; `route`: one subscriber reads every record.
         #[arg(long, value_enum, default_value = "drop")]
         mode: ConsumeVia,
+        /// `tansu`: a Tansu process; `mock`: librdkafka's mock cluster in this
+        /// process (fetches served from memory, so the node is the limit; at most
+        /// 400,000 records).
+        #[arg(long, value_enum, default_value = "tansu")]
+        broker: ConsumeFrom,
     },
 }
 
@@ -390,13 +403,21 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?;
             serde_json::to_string_pretty(&report)?
         }
-        Scenario::Consume { records, mode } => {
+        Scenario::Consume {
+            records,
+            mode,
+            broker,
+        } => {
             let report = pushcenter_bench::consume(ConsumeOpts {
                 program: std::env::current_exe()?,
                 records,
                 mode: match mode {
                     ConsumeVia::Drop => ConsumeMode::Drop,
                     ConsumeVia::Route => ConsumeMode::Route,
+                },
+                broker: match broker {
+                    ConsumeFrom::Tansu => ConsumeBroker::Tansu,
+                    ConsumeFrom::Mock => ConsumeBroker::Mock,
                 },
             })
             .await

@@ -420,6 +420,12 @@ fn shown<T: serde::Serialize>(cfg: &T) -> Result<String> {
     Ok(toml::to_string_pretty(&v)?)
 }
 
+// glibc's malloc locks an arena when one thread frees what another allocated (a
+// record is allocated on the consumer thread and freed on a connection's): measured
+// in docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{SyncSender, TryRecvError};
 use tracing::{debug, info, warn};
 
 use crate::bus::KafkaBus;
@@ -176,6 +176,8 @@ impl Reader {
         let mut next_check = Instant::now();
         // The clock is read every so many records, and whenever a poll comes back empty.
         let mut since_clock = CLOCK_EVERY;
+        let mut since_wake = 0;
+        pushcenter_node::hold_wakes();
         while !self.state.stop.load(Ordering::Relaxed) {
             self.poll_starter();
             since_clock = since_clock.saturating_add(1);
@@ -187,6 +189,7 @@ impl Reader {
                 }
             }
             if !self.state.assigned.load(Ordering::Relaxed) {
+                pushcenter_node::release_wakes();
                 std::thread::sleep(POLL);
                 since_clock = CLOCK_EVERY;
                 continue;
@@ -197,7 +200,22 @@ impl Reader {
             if self.state.interest_changed.swap(false, Ordering::Relaxed) {
                 self.assign_wanted();
             }
-            match self.consumer.poll(POLL) {
+            // What is queued is taken without waiting (nor reading the clock); before
+            // waiting for more, the connections queued to are woken.
+            let polled = match self.consumer.poll(Duration::ZERO) {
+                None => {
+                    pushcenter_node::release_wakes();
+                    since_wake = 0;
+                    self.consumer.poll(POLL)
+                }
+                polled => polled,
+            };
+            since_wake += 1;
+            if since_wake >= WAKE_EVERY {
+                pushcenter_node::release_wakes();
+                since_wake = 0;
+            }
+            match polled {
                 None => since_clock = CLOCK_EVERY,
                 Some(Ok(m)) => {
                     self.state.reachable.store(true, Ordering::Relaxed);
@@ -811,7 +829,26 @@ fn start_workers(
         let spawned = std::thread::Builder::new()
             .name(format!("kafka-route-{i}"))
             .spawn(move || {
-                while let Ok((topic, m)) = rx.recv() {
+                pushcenter_node::hold_wakes();
+                let mut since_wake = 0;
+                loop {
+                    let (topic, m) = match rx.try_recv() {
+                        Ok(work) => work,
+                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) => {
+                            pushcenter_node::release_wakes();
+                            since_wake = 0;
+                            match rx.recv() {
+                                Ok(work) => work,
+                                Err(_) => break,
+                            }
+                        }
+                    };
+                    since_wake += 1;
+                    if since_wake >= WAKE_EVERY {
+                        pushcenter_node::release_wakes();
+                        since_wake = 0;
+                    }
                     // A panic in one record's routing must not end the worker.
                     let run = std::panic::AssertUnwindSafe(|| {
                         handle(&m, topic, &deliver, &reply, &stats)
@@ -831,6 +868,10 @@ fn start_workers(
     }
     senders
 }
+
+/// Records routed at most before the connections they were queued to are woken: a
+/// burst adds at most this many records' routing to a delivery's latency.
+const WAKE_EVERY: u32 = 64;
 
 /// Records queued per routing thread at most.
 const WORKER_QUEUE: usize = 4096;

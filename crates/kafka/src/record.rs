@@ -18,13 +18,24 @@ pub(crate) fn message_id(topic: Topic, partition: i32, offset: i64) -> String {
     format!("{}{partition}-{offset}", topic.stream_prefix())
 }
 
+/// Headers a record may have: more than a STOMP frame may carry (64 by default).
+const MAX_HEADERS: usize = 256;
+
 /// Calls `each(name, value)` for every header, first occurrence of a name only; fails
 /// on a header that cannot become a STOMP header.
 fn headers<M: Message>(m: &M, mut each: impl FnMut(&str, &str)) -> Result<(), &'static str> {
     let Some(hs) = m.headers() else {
         return Ok(());
     };
-    let mut seen: Vec<&str> = Vec::new();
+    // The duplicate check below is quadratic: a record of a million tiny headers would
+    // hold the consumer thread for minutes.
+    if hs.count() > MAX_HEADERS {
+        return Err("too many headers");
+    }
+    // Most records have a few headers: their names are kept on the stack.
+    let mut first = [""; 8];
+    let mut more: Vec<&str> = Vec::new();
+    let mut n = 0;
     for i in 0..hs.count() {
         // rdkafka unwraps header names as UTF-8 and panics on anything else.
         let h =
@@ -34,10 +45,14 @@ fn headers<M: Message>(m: &M, mut each: impl FnMut(&str, &str)) -> Result<(), &'
         if h.key.is_empty() || h.key.contains([':', '\r', '\n', '\0']) {
             return Err("bad header name");
         }
-        if seen.contains(&h.key) {
+        if first[..n.min(first.len())].contains(&h.key) || more.contains(&h.key) {
             continue;
         }
-        seen.push(h.key);
+        match first.get_mut(n) {
+            Some(slot) => *slot = h.key,
+            None => more.push(h.key),
+        }
+        n += 1;
         each(h.key, value);
     }
     Ok(())
@@ -251,5 +266,36 @@ mod tests {
                 Err(why)
             );
         }
+    }
+
+    #[test]
+    fn the_first_of_each_header_name_counts_however_many_there_are() {
+        let names: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+        let mut headers: Vec<(&str, &[u8])> = vec![("destination", b"/topic/a")];
+        for round in [&b"first"[..], b"again"] {
+            headers.extend(names.iter().map(|n| (n.as_str(), round)));
+        }
+        let d = delivery_from(&message(&headers, b""), Topic::Messages).expect("delivery");
+        let got: Vec<(&str, &str)> = d
+            .record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let want: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "first")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_record_with_too_many_headers_is_skipped() {
+        let names: Vec<String> = (0..MAX_HEADERS).map(|i| format!("h{i}")).collect();
+        let mut headers: Vec<(&str, &[u8])> = vec![("destination", b"/topic/a")];
+        headers.extend(names.iter().map(|n| (n.as_str(), &b""[..])));
+        assert_eq!(
+            delivery_from(&message(&headers, b""), Topic::Messages).map(|_| ()),
+            Err("too many headers")
+        );
+        headers.pop();
+        assert!(delivery_from(&message(&headers, b""), Topic::Messages).is_ok());
     }
 }

@@ -37,6 +37,7 @@ pub use config::{
     AuthConfig, ConfigError, LimitsConfig, NodeConfig, ProviderConfig, SlowConsumerPolicy,
     TlsConfig,
 };
+pub use delivery::outbox::{hold_wakes, release_wakes};
 pub use error::{Error, Result};
 pub use http::{discovery, web};
 pub use registrar::{MemoryRegistrar, NodeInfo, Registrar};

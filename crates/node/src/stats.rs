@@ -280,10 +280,15 @@ impl Default for LockHold {
 
 impl LockHold {
     pub fn observe(&self, held: std::time::Duration) {
+        self.observe_until(held, std::time::Instant::now());
+    }
+
+    /// A hold that ended at `end` (one clock reading serves both).
+    fn observe_until(&self, held: std::time::Duration, end: std::time::Instant) {
         self.histogram.observe(held.as_secs_f64());
         let ns = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
-        let now = self.start.elapsed().as_secs() / PERIOD_SECS;
+        let now = end.saturating_duration_since(self.start).as_secs() / PERIOD_SECS;
         let was = self.period.load(Ordering::Relaxed);
         if now != was
             && self
@@ -363,7 +368,9 @@ impl<G> Held<'_, G> {
 
 impl<G> Drop for Held<'_, G> {
     fn drop(&mut self) {
-        self.into.observe(self.since.elapsed());
+        let end = std::time::Instant::now();
+        self.into
+            .observe_until(end.saturating_duration_since(self.since), end);
     }
 }
 

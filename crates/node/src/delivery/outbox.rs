@@ -1,6 +1,7 @@
 //! A connection's bounded outbound queue. Fan-out only ever pushes without waiting;
 //! a full queue applies the slow-consumer policy and is counted.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,30 @@ struct Queue {
     pushed: u64,
 }
 
+thread_local! {
+    /// On a thread that holds wakes ([`hold_wakes`]): the outboxes that went from empty
+    /// to not empty since the last [`release_wakes`].
+    static HELD: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// From now on, fan-out on this thread wakes a connection only at the next
+/// [`release_wakes`]: a burst of records becomes one wake-up and one socket write per
+/// connection, not one per record. For the bus's consumer threads, which release
+/// before they wait for more records and every few dozen records.
+pub fn hold_wakes() {
+    HELD.with(|h| {
+        h.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+/// Wakes the connections this thread queued to since the last release.
+pub fn release_wakes() {
+    let held = HELD.with(|h| h.borrow_mut().as_mut().map(std::mem::take));
+    for outbox in held.into_iter().flatten() {
+        outbox.notify.notify_one();
+    }
+}
+
 impl Outbox {
     pub(crate) fn new(
         max_messages: usize,
@@ -74,9 +99,39 @@ impl Outbox {
 
     /// Queues `out` without waiting. Returns false when it was not queued.
     pub(crate) fn push(&self, out: Out) -> bool {
+        self.queue_up(out).is_some_and(|_| {
+            self.notify.notify_one();
+            true
+        })
+    }
+
+    /// [`Outbox::push`] that leaves the wake-up to [`release_wakes`] on a thread that
+    /// holds wakes.
+    pub(crate) fn push_held(self: &Arc<Self>, out: Out) -> bool {
+        let Some(was_empty) = self.queue_up(out) else {
+            return false;
+        };
+        let held = HELD.with(|h| match h.borrow_mut().as_mut() {
+            // Not empty: whoever queued the first item since the last drain wakes it.
+            Some(held) => {
+                if was_empty {
+                    held.push(self.clone());
+                }
+                true
+            }
+            None => false,
+        });
+        if !held {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Queues `out`; None when it was not queued, else whether the queue was empty.
+    fn queue_up(&self, out: Out) -> Option<bool> {
         if self.slow.load(Ordering::Relaxed) {
             Stats::inc(&self.stats.messages_dropped_total);
-            return false;
+            return None;
         }
         let cost = out.cost();
         let mut q = self.queue();
@@ -86,7 +141,7 @@ impl Outbox {
                     drop(q);
                     self.mark_slow();
                     Stats::inc(&self.stats.messages_dropped_total);
-                    return false;
+                    return None;
                 }
                 SlowConsumerPolicy::DropOldest => match q.items.pop_front() {
                     Some(old) => {
@@ -98,13 +153,13 @@ impl Outbox {
                 },
             }
         }
+        let was_empty = q.items.is_empty();
         q.bytes += cost;
         q.pushed += 1;
         q.items.push_back(out);
         drop(q);
         Stats::add(&self.stats.queued_messages, 1);
-        self.notify.notify_one();
-        true
+        Some(was_empty)
     }
 
     // A panic under this lock leaves the queue consistent (each change completes

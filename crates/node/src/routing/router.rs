@@ -291,7 +291,7 @@ impl Router {
                     sub: r.sub,
                     msg: shared.clone(),
                 };
-                if r.outbox.push(out) {
+                if r.outbox.push_held(out) {
                     n += 1;
                 }
             }
@@ -332,7 +332,7 @@ impl Router {
                 let Some(msg) = shared.clone() else {
                     return 0;
                 };
-                if c.outbox.push(Out::Message { sub: *slot, msg }) {
+                if c.outbox.push_held(Out::Message { sub: *slot, msg }) {
                     n += 1;
                 }
             }
