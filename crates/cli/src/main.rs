@@ -420,11 +420,12 @@ fn shown<T: serde::Serialize>(cfg: &T) -> Result<String> {
     Ok(toml::to_string_pretty(&v)?)
 }
 
-// glibc's malloc locks an arena when one thread frees what another allocated (a
-// record is allocated on the consumer thread and freed on a connection's): measured
-// in docs/benchmarks.md.
+// jemalloc for Rust and C (librdkafka) alike: glibc's malloc locks an arena when a
+// thread frees what another allocated (a record is allocated on the consumer thread
+// and freed on a connection's), and its per-record cost measured a third higher;
+// mimalloc measured as fast but 18% more memory per connection (docs/benchmarks.md).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -184,6 +184,8 @@ impl Reader {
             if since_clock >= CLOCK_EVERY {
                 since_clock = 0;
                 if Instant::now() >= next_check {
+                    // What waits on the broker waits without holding deliveries back.
+                    pushcenter_node::release_wakes();
                     self.check();
                     next_check = Instant::now() + self.cfg.check_interval;
                 }
@@ -195,9 +197,11 @@ impl Reader {
                 continue;
             }
             if !self.state.caught_up.load(Ordering::Relaxed) {
+                pushcenter_node::release_wakes();
                 self.check_caught_up();
             }
             if self.state.interest_changed.swap(false, Ordering::Relaxed) {
+                pushcenter_node::release_wakes();
                 self.assign_wanted();
             }
             // What is queued is taken without waiting (nor reading the clock); before
@@ -888,19 +892,23 @@ fn in_order(
     match order.check(stats, place) {
         Verdict::Deliver => true,
         Verdict::Skip => false,
-        Verdict::ReadAgain(from) => match consumer.seek(
-            name,
-            partition,
-            Offset::Offset(from),
-            Duration::from_secs(1),
-        ) {
-            Ok(()) => false,
-            Err(e) => {
-                warn!(error = %e, topic = name, partition, "cannot seek; gap accepted");
-                order.accept(topic, partition, offset);
-                true
+        Verdict::ReadAgain(from) => {
+            // The seek waits on the broker: what was routed goes out first.
+            pushcenter_node::release_wakes();
+            match consumer.seek(
+                name,
+                partition,
+                Offset::Offset(from),
+                Duration::from_secs(1),
+            ) {
+                Ok(()) => false,
+                Err(e) => {
+                    warn!(error = %e, topic = name, partition, "cannot seek; gap accepted");
+                    order.accept(topic, partition, offset);
+                    true
+                }
             }
-        },
+        }
     }
 }
 

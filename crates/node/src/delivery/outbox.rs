@@ -286,4 +286,59 @@ mod tests {
             .collect();
         assert_eq!(names, ["0-1", "0-2", "0-3", "0-4"]);
     }
+
+    /// Whether the connection's task would wake now (a stored permit), within 20 ms.
+    fn woken(rt: &tokio::runtime::Runtime, outbox: &Outbox) -> bool {
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(20), outbox.notified())
+                .await
+                .is_ok()
+        })
+    }
+
+    #[test]
+    fn a_thread_that_holds_wakes_wakes_each_connection_once_at_release() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let outbox = |n| {
+            Arc::new(Outbox::new(
+                n,
+                1 << 20,
+                SlowConsumerPolicy::Disconnect,
+                Arc::new(Stats::default()),
+            ))
+        };
+        // Not held: each push wakes at once.
+        let (a, b) = (outbox(16), outbox(1));
+        let mut got = Vec::new();
+        assert!(a.push_held(position("0-1")));
+        assert!(woken(&rt, &a));
+        a.drain(&mut got);
+        hold_wakes();
+        for i in 2..10 {
+            assert!(a.push_held(position(&format!("0-{i}"))));
+        }
+        assert!(b.push_held(position("0-1")));
+        assert!(
+            !woken(&rt, &a) && !woken(&rt, &b),
+            "woken before the release"
+        );
+        // A full queue under the disconnect policy: its connection is told at once.
+        assert!(!b.push_held(position("0-2")));
+        assert!(woken(&rt, &b) && b.is_slow());
+        release_wakes();
+        assert!(woken(&rt, &a) && woken(&rt, &b));
+        // Once: nothing more is owed until the next push.
+        assert!(!woken(&rt, &a));
+        got.clear();
+        a.drain(&mut got);
+        assert_eq!(got.len(), 8);
+        release_wakes();
+        assert!(
+            !woken(&rt, &a),
+            "a release with nothing pushed wakes nobody"
+        );
+    }
 }
