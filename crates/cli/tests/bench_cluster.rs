@@ -91,3 +91,42 @@ fn a_routing_node_delivers_every_record_it_consumes() {
     assert!(n(&r, "fetched") >= 20000, "{r}");
     assert!(r["node_cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
 }
+
+#[test]
+fn a_node_fed_by_the_mock_cluster_fetches_every_record_and_routes_none() {
+    let r = bench(&[
+        "consume",
+        "--records",
+        "20000",
+        "--mode",
+        "drop",
+        "--broker",
+        "mock",
+    ]);
+    assert_eq!(
+        (&r["broker"], &r["mode"]),
+        (&"mock".into(), &"drop".into()),
+        "{r}"
+    );
+    assert_eq!(n(&r, "partitions"), 16, "{r}");
+    assert!(n(&r, "fetched") >= 20000, "{r}");
+    assert_eq!(
+        (n(&r, "deliveries"), n(&r, "messages_delivered")),
+        (0, 0),
+        "{r}"
+    );
+    let too_many = std::process::Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+        .args([
+            "bench",
+            "consume",
+            "--records",
+            "400001",
+            "--broker",
+            "mock",
+        ])
+        .output()
+        .expect("run the bench");
+    assert!(!too_many.status.success());
+    let err = String::from_utf8_lossy(&too_many.stderr);
+    assert!(err.contains("at most 400000"), "{err}");
+}
