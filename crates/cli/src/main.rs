@@ -378,6 +378,7 @@ async fn stop_now(registrar: Option<&dyn Registrar>) -> ! {
 
 /// Binds, prints the `listening` line scripts wait for, serves until a signal.
 async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>) -> Result<()> {
+    let (demo_page, tls) = (cfg.demo_page, cfg.tls.is_some());
     let server = Server::bind(cfg, bus, registrar.clone()).await?;
     let stop = stop_signals()?;
     let mut line = String::from("listening");
@@ -388,12 +389,38 @@ async fn serve(cfg: NodeConfig, bus: Arc<dyn Bus>, registrar: Arc<dyn Registrar>
         line.push_str(&format!(" tcp={a}"));
     }
     println!("{line}");
+    if let Some(a) = server.http_addr() {
+        // The URLs to open: `listening` gives only the bound address.
+        let (http, ws) = if tls {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        let host = browsable(a);
+        if demo_page {
+            tracing::info!("demo page: {http}://{host}/");
+        }
+        tracing::info!("WebSocket (STOMP): {ws}://{host}/ws");
+    }
     tokio::select! {
         biased;
         () = stopped(stop.clone(), Stop::Now) => stop_now(Some(registrar.as_ref())).await,
         r = server.run(stopped(stop, Stop::Drain)) => r?,
     }
     Ok(())
+}
+
+/// `addr` as a browser can reach it: a wildcard bind is reached on loopback.
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
 }
 
 /// librdkafka retries a connection the broker refused forever. Before the node is

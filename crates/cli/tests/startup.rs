@@ -123,3 +123,58 @@ fn kafka_properties_reach_librdkafka_and_their_secrets_stay_hidden() {
     );
     assert!(!stdout.contains(password), "{stdout}");
 }
+
+/// The node's stderr lines until one contains `want` (10 s at most), then the node is
+/// stopped; with `--http-addr 127.0.0.1:0 <extra>`.
+fn startup_log(extra: &[&str], want: &str) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+        .args(["standalone", "--http-addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pushcenter");
+    let mut listening = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut listening)
+        .expect("listening line");
+    let stderr = child.stderr.take().expect("stderr");
+    let want = want.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(&want) {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    (listening, seen)
+}
+
+#[test]
+fn a_standalone_node_names_its_demo_page_and_websocket_urls() {
+    let (listening, log) = startup_log(&[], "WebSocket");
+    let addr = listening
+        .trim()
+        .strip_prefix("listening http=")
+        .unwrap_or_else(|| panic!("listening line {listening:?}"));
+    assert!(log.contains(&format!("demo page: http://{addr}/")), "{log}");
+    assert!(
+        log.contains(&format!("WebSocket (STOMP): ws://{addr}/ws")),
+        "{log}"
+    );
+    // Without the page, no URL of it.
+    let (_, log) = startup_log(&["--set", "demo_page=false"], "WebSocket");
+    assert!(log.contains("WebSocket (STOMP): ws://"), "{log}");
+    assert!(!log.contains("demo page"), "{log}");
+}
