@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use indicatif::ProgressBar;
 use pushcenter_stomp::{Command as Cmd, Frame};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{Conn, Error, Http, OPEN_TIMEOUT, Result, Target, own_cpu, procfs, progress};
+use crate::progress::{bar, note};
+use crate::{Conn, Error, Http, OPEN_TIMEOUT, Result, Target, own_cpu, procfs};
 
 /// What `cluster` runs.
 #[derive(Clone, Debug)]
@@ -439,7 +441,7 @@ async fn subscribe(c: &mut Conn, id: &str, destination: &str) -> Result<()> {
 async fn connect_users(c: &Cluster, users: usize, topics: usize) -> Result<Vec<User>> {
     let ids: Arc<Vec<String>> = Arc::new(c.nodes.iter().map(|n| n.id.clone()).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicU64::new(0));
+    let done = bar("connected", users as u64, true);
     let registry = c.registry_api.base.clone();
     // A set: a failed run aborts the workers still connecting.
     let mut workers = tokio::task::JoinSet::new();
@@ -479,7 +481,8 @@ async fn connect_users(c: &Cluster, users: usize, topics: usize) -> Result<Vec<U
                 };
                 let mut conn = tokio::time::timeout(OPEN_TIMEOUT, open)
                     .await
-                    .map_err(|_| Error::Timeout(OPEN_TIMEOUT))?
+                    .map_err(|_| Error::Timeout(OPEN_TIMEOUT).at(ws_url))
+                    .and_then(|r| r)
                     .map_err(|e| format!("{user} on {id}: {e}"))?;
                 conn.idle();
                 out.push(User {
@@ -487,10 +490,7 @@ async fn connect_users(c: &Cluster, users: usize, topics: usize) -> Result<Vec<U
                     node,
                     conn,
                 });
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 100 == 0 || n == users as u64 {
-                    progress("connected", n, users as u64);
-                }
+                done.inc(1);
             }
         });
     }
@@ -498,7 +498,7 @@ async fn connect_users(c: &Cluster, users: usize, topics: usize) -> Result<Vec<U
     while let Some(w) = workers.join_next().await {
         all.extend(w??);
     }
-    eprintln!();
+    done.finish();
     Ok(all)
 }
 
@@ -524,7 +524,7 @@ async fn post(conn: &mut Option<Http>, base: &str, json: &str) -> Result<(u16, S
         h.request("POST", "/v1/publish", json),
     )
     .await
-    .map_err(|_| Error::Timeout(Duration::from_secs(30)))??;
+    .map_err(|_| Error::Timeout(Duration::from_secs(30)).at(&format!("{base}/v1/publish")))??;
     *conn = Some(h);
     Ok(answer)
 }
@@ -533,6 +533,8 @@ struct Schedule {
     start: Instant,
     rate: u64,
     total: u64,
+    /// Counts the publishes done.
+    progress: ProgressBar,
 }
 
 impl Schedule {
@@ -591,13 +593,12 @@ fn publish(
                     other => {
                         bad += 1;
                         if !first_failure.swap(true, Ordering::Relaxed) {
-                            eprintln!("\nfirst failed publish on {base}: {other:?}");
+                            let why = other.map_or_else(|e| e.to_string(), |a| format!("{a:?}"));
+                            note(format_args!("first failed publish on {base}: {why}"));
                         }
                     }
                 }
-                if kind == 'T' && seq % 1000 == 0 {
-                    progress("published (targeted)", seq, schedule.total);
-                }
+                schedule.progress.inc(1);
                 seq += publishers as u64;
             }
             Ok((ok, bad, per_topic))
@@ -669,7 +670,7 @@ async fn measure(c: &mut Cluster, o: &ClusterOpts, replies: u32) -> Result<Clust
                 }
                 if !matches!(r, Ok(true)) {
                     if let Err(e) = r {
-                        eprintln!("\nsubscriber u{index}: {e}");
+                        note(format_args!("subscriber u{index}: {e}"));
                     }
                     return (topic, broadcasts, true);
                 }
@@ -700,12 +701,14 @@ async fn measure(c: &mut Cluster, o: &ClusterOpts, replies: u32) -> Result<Clust
         "publishing for {} s: {}/s targeted over {tp} connections, {}/s broadcast over {bp}",
         o.seconds, o.targeted_rate, o.broadcast_rate
     );
+    let targeted_bar = bar("published (targeted)", targeted_total, true);
     let mut targeted_pubs = publish(
         'T',
         Arc::new(Schedule {
             start,
             rate: o.targeted_rate,
             total: targeted_total,
+            progress: targeted_bar.clone(),
         }),
         bases.clone(),
         tp,
@@ -719,6 +722,7 @@ async fn measure(c: &mut Cluster, o: &ClusterOpts, replies: u32) -> Result<Clust
             start,
             rate: o.broadcast_rate,
             total: broadcast_total,
+            progress: ProgressBar::hidden(),
         }),
         bases,
         bp,
@@ -732,6 +736,7 @@ async fn measure(c: &mut Cluster, o: &ClusterOpts, replies: u32) -> Result<Clust
         t_ok += ok;
         t_bad += bad;
     }
+    targeted_bar.finish();
     let (mut b_ok, mut b_bad) = (0u64, 0u64);
     let mut sent_per_topic = vec![0u64; topics];
     while let Some(p) = broadcast_pubs.join_next().await {
@@ -743,7 +748,6 @@ async fn measure(c: &mut Cluster, o: &ClusterOpts, replies: u32) -> Result<Clust
         }
     }
     let publish_seconds = start.elapsed().as_secs_f64();
-    eprintln!();
     let broadcast_expected: u64 = sent_per_topic
         .iter()
         .zip(&subscribers_per_topic)
@@ -1229,7 +1233,7 @@ impl Api {
                     return Ok((status, v));
                 }
                 Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(Error::Timeout(WITHIN)),
+                Err(_) => last = Some(Error::Timeout(WITHIN).at(&format!("{}{path}", self.base))),
             }
         }
         Err(last.unwrap_or_else(|| "no answer".into()))

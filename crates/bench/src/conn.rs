@@ -14,7 +14,7 @@ use crate::scan::{Scanned, scan};
 use pushcenter_websocket::frame::{BINARY, CLOSE};
 use pushcenter_websocket::{Reader, handshake};
 
-use crate::{Error, Result, Target};
+use crate::{At, Error, Result, Target};
 
 /// No server frame the bench expects is anywhere near this; a larger message is a
 /// broken stream, not a reason to buffer.
@@ -67,8 +67,13 @@ fn parse_url(url: &str) -> Result<Url<'_>> {
 }
 
 impl Conn {
-    /// WebSocket handshake and STOMP CONNECT from the `i`-th source address.
+    /// WebSocket handshake and STOMP CONNECT from the `i`-th source address; a failure
+    /// names the url.
     pub(crate) async fn connect(t: &Target, i: usize) -> Result<Conn> {
+        Conn::connect_to(t, i).await.at(&t.url)
+    }
+
+    async fn connect_to(t: &Target, i: usize) -> Result<Conn> {
         let url = parse_url(&t.url)?;
         let lookup = if url.authority.ends_with(']') || !url.authority.contains(':') {
             format!("{}:80", url.authority)
@@ -121,14 +126,12 @@ impl Conn {
     /// `connect`, then SUBSCRIBE with a receipt.
     pub(crate) async fn open(t: &Target, i: usize, destination: &str) -> Result<Conn> {
         let mut c = Conn::connect(t, i).await?;
-        c.send(
-            &Frame::new(Command::Subscribe)
-                .header("id", "0")
-                .header("destination", destination)
-                .header("receipt", "0"),
-        )
-        .await?;
-        c.expect(Command::Receipt).await?;
+        let subscribe = Frame::new(Command::Subscribe)
+            .header("id", "0")
+            .header("destination", destination)
+            .header("receipt", "0");
+        c.send(&subscribe).await.at(&t.url)?;
+        c.expect(Command::Receipt).await.at(&t.url)?;
         c.idle();
         Ok(c)
     }

@@ -149,7 +149,7 @@ pub async fn connections(o: ConnectionsOpts) -> Result<ConnectionsReport> {
     let first = if slope { o.slope_from } else { o.count }.min(per_process);
     let before = o.server.rss().await;
     let cpu0 = (o.server.cpu(), own_cpu());
-    let (mut conns, mut failed, first_took) =
+    let (mut conns, mut failed, _, first_took) =
         open_range(&o.target, 0, first, o.topics, o.concurrency, true).await;
     let rest = o.count - first;
     let (mut pause, mut at_mark, mut at_mark_connected) = (Duration::ZERO, None, None);
@@ -163,7 +163,8 @@ pub async fn connections(o: ConnectionsOpts) -> Result<ConnectionsReport> {
     let mut workers = Vec::new();
     let mut connected_elsewhere = 0;
     if rest > 0 && o.count <= per_process {
-        let (more, f, _) = open_range(&o.target, first, rest, o.topics, o.concurrency, true).await;
+        let (more, f, _, _) =
+            open_range(&o.target, first, rest, o.topics, o.concurrency, true).await;
         conns.extend(more);
         failed += f;
     } else if rest > 0 {
@@ -262,7 +263,7 @@ pub async fn child() -> Result<()> {
         share.concurrency,
         false,
     );
-    let (conns, failed, took) = tokio::select! {
+    let (conns, failed, _, took) = tokio::select! {
         r = open => r,
         _ = &mut finish => return Ok(()),
     };

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cluster::{Api, Scratch, interruptible, start_broker, start_pushcenter, stats};
-use crate::{Conn, Error, OPEN_TIMEOUT, Result, Target, progress};
+use crate::progress::bar;
+use crate::{At, Conn, Error, OPEN_TIMEOUT, Result, Target};
 
 /// Which broker holds the records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -173,7 +174,8 @@ async fn run(o: ConsumeOpts) -> Result<ConsumeReport> {
         };
         let mut conn = tokio::time::timeout(OPEN_TIMEOUT, Conn::open(&target, 0, DESTINATION))
             .await
-            .map_err(|_| Error::Timeout(OPEN_TIMEOUT))??;
+            .map_err(|_| Error::Timeout(OPEN_TIMEOUT))
+            .at(&target.url)??;
         let delivered = delivered.clone();
         Some(tokio::spawn(async move {
             loop {
@@ -196,17 +198,18 @@ async fn run(o: ConsumeOpts) -> Result<ConsumeReport> {
     };
 
     let base = stats(&mut api).await?;
-    let producer = producer(&brokers)?;
-    let partitions = partitions(&producer)?;
+    let kafka = format!("kafka {brokers}");
+    let producer = producer(&brokers).at(&kafka)?;
+    let partitions = partitions(&producer).at(&kafka)?;
     node.signal("STOP")?;
     eprintln!(
         "node stopped (SIGSTOP); producing {} records over {partitions} partitions",
         o.records
     );
     let produce_start = Instant::now();
-    produce(&producer, o.records, partitions).await?;
+    produce(&producer, o.records, partitions).await.at(&kafka)?;
     let produce_seconds = produce_start.elapsed().as_secs_f64();
-    eprintln!("\nproduced in {produce_seconds:.1} s; continuing the node (SIGCONT)");
+    eprintln!("produced in {produce_seconds:.1} s; continuing the node (SIGCONT)");
 
     let cpu0 = node.cpu().ok_or("the node's /proc entry is gone")?;
     node.signal("CONT")?;
@@ -301,6 +304,7 @@ async fn produce(producer: &Producer, records: u64, partitions: usize) -> Result
     use rdkafka::producer::{DeliveryFuture, FutureRecord};
     use std::collections::VecDeque;
 
+    let produced = bar("produced", records, true);
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let settle = |f: DeliveryFuture| async move {
         match f.await {
@@ -336,16 +340,14 @@ async fn produce(producer: &Producer, records: u64, partitions: usize) -> Result
                 Err((e, _)) => return Err(Error::Kafka(e)),
             }
         }
-        if seq % 20_000 == 0 {
-            progress("produced", seq, records);
-        }
+        produced.inc(1);
     }
-    let total = pending.len() as u64;
-    for (i, f) in pending.into_iter().enumerate() {
+    produced.finish();
+    let acknowledged = bar("acknowledged", pending.len() as u64, true);
+    for f in pending {
         settle(f).await?;
-        if i as u64 % 20_000 == 0 {
-            progress("acknowledged", i as u64, total);
-        }
+        acknowledged.inc(1);
     }
+    acknowledged.finish();
     Ok(())
 }

@@ -50,6 +50,37 @@ pub enum Error {
     /// or unexpected frame, a close, an HTTP status.
     #[error("{0}")]
     Protocol(String),
+    /// The plot could not be drawn.
+    #[error("plot: {0}")]
+    Plot(String),
+    /// One of the others, with the address it happened on: a bare "Connection
+    /// refused" does not say which of the run's URLs is wrong.
+    #[error("{addr}: {error}")]
+    At { addr: String, error: Box<Error> },
+}
+
+impl Error {
+    /// This error, naming `addr` (once: an error that names one already keeps it).
+    pub(crate) fn at(self, addr: &str) -> Error {
+        match self {
+            Error::At { .. } => self,
+            error => Error::At {
+                addr: addr.to_owned(),
+                error: Box::new(error),
+            },
+        }
+    }
+}
+
+/// `.at(addr)` on results, for [`Error::at`].
+pub(crate) trait At<T> {
+    fn at(self, addr: &str) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> At<T> for std::result::Result<T, E> {
+    fn at(self, addr: &str) -> Result<T> {
+        self.map_err(|e| e.into().at(addr))
+    }
 }
 
 impl From<&str> for Error {
@@ -84,6 +115,17 @@ mod tests {
         assert_eq!(
             Error::Timeout(Duration::from_secs(30)).to_string(),
             "no answer in 30s"
+        );
+    }
+
+    #[test]
+    fn an_error_names_its_address_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Err::<(), _>(refused).at("ws://127.0.0.1:9/ws").unwrap_err();
+        assert_eq!(e.to_string(), "ws://127.0.0.1:9/ws: refused");
+        assert_eq!(
+            e.at("http://other").to_string(),
+            "ws://127.0.0.1:9/ws: refused"
         );
     }
 }

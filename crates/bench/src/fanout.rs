@@ -3,16 +3,17 @@
 //! and the generator in CPU.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use indicatif::ProgressBar;
 use pushcenter_stomp::{Command, Frame};
 use serde::Serialize;
 
+use crate::progress::{bar, note};
 use crate::scan::leading_micros;
 use crate::{
-    Conn, Error, Http, Result, Server, Target, open_range, own_cpu, percentile_ms, progress,
-    unix_micros,
+    At, Conn, Error, Http, Result, Server, Target, open_range, own_cpu, percentile_ms, unix_micros,
 };
 
 /// How publishes reach the server.
@@ -68,6 +69,9 @@ pub struct FanoutReport {
     pub publish: Publish,
     pub subscribers: usize,
     pub topics: usize,
+    /// Publishes per second asked for, and for how long.
+    pub rate: u64,
+    pub duration_seconds: u64,
     pub body_bytes: usize,
     pub published: u64,
     pub publish_failed: u64,
@@ -85,6 +89,9 @@ pub struct FanoutReport {
     pub latency_ms_max: f64,
     /// Latency at each percentile 0, 1, ..., 99, 99.9, 99.99 (ms): the plot's data.
     pub latency_ms_by_percentile: Vec<(f64, f64)>,
+    /// Latency of the messages published in each second of the run: the plot's other
+    /// half.
+    pub latency_ms_per_second: Vec<SecondLatency>,
     /// Seconds from the first publish until the last delivery came in (or stopped
     /// coming): the span the CPU figures cover.
     pub measured_seconds: f64,
@@ -104,6 +111,16 @@ pub struct FanoutReport {
     pub window_lock_hold_max_us: Option<u64>,
 }
 
+/// The deliveries of the messages published in one second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondLatency {
+    /// Seconds since the first publish: this one covers `second..second + 1`.
+    pub second: u64,
+    pub deliveries: u64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
 /// The publish time in unix µs, padded with `x` to `size` bytes.
 fn body(size: usize) -> String {
     let mut b = unix_micros().to_string();
@@ -118,8 +135,9 @@ fn body(size: usize) -> String {
 /// Publishes `n` records over HTTP as fast as 8 connections go.
 async fn prefill(url: &str, n: u64) -> Result<()> {
     let mut tasks = Vec::new();
+    let done = bar("prefilled", n, true);
     for p in 0..8u64 {
-        let url = url.to_string();
+        let (url, done) = (url.to_string(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = Http::connect(&url).await?;
             let mut seq = p;
@@ -131,11 +149,13 @@ async fn prefill(url: &str, n: u64) -> Result<()> {
                 );
                 match h.request("POST", "/v1/publish", &json).await? {
                     (202, _) => {}
-                    (status, body) => return Err(format!("prefill: {status} {body}").into()),
+                    (status, body) => {
+                        return Err(
+                            format!("prefill: {url}/v1/publish answered {status} {body}").into(),
+                        );
+                    }
                 }
-                if seq % 1000 == 0 {
-                    progress("prefilled", seq, n);
-                }
+                done.inc(1);
                 seq += 8;
             }
             Ok::<(), Error>(())
@@ -144,7 +164,7 @@ async fn prefill(url: &str, n: u64) -> Result<()> {
     for t in tasks {
         t.await??;
     }
-    eprintln!();
+    done.finish();
     Ok(())
 }
 
@@ -209,11 +229,12 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
     if o.prefill > 0 {
         prefill(&o.publish_url, o.prefill).await?;
     }
-    let (conns, failed, _) =
+    let (conns, failed, first_error, _) =
         open_range(&o.target, 0, o.subscribers, o.topics, o.concurrency, true).await;
     if failed > 0 {
+        let first = first_error.map_or_else(String::new, |e| format!("; the first: {e}"));
         return Err(format!(
-            "{failed} of {} subscribers could not connect",
+            "{failed} of {} subscribers could not connect{first}",
             o.subscribers
         )
         .into());
@@ -226,12 +247,17 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::with_capacity(conns.len());
+    // Latencies go by the second their message was published in; a body that is not a
+    // timestamp from this run lands in the first or the last.
+    let first_us = unix_micros();
+    let last_second = o.duration.as_secs() + 60;
     for mut c in conns {
         let mut stop = stop_rx.clone();
         let delivered = delivered.clone();
+        let url = o.target.url.clone();
         readers.push(tokio::spawn(async move {
             // One clock reading per socket read: every message in it arrived then.
-            let mut lat: Vec<u32> = Vec::new();
+            let mut lat: Vec<Vec<u32>> = Vec::new();
             loop {
                 let (mut now, mut n) = (None, 0u64);
                 let r = tokio::select! {
@@ -239,8 +265,14 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
                     _ = stop.changed() => return (lat, false),
                     r = c.messages(|b| {
                         let now = *now.get_or_insert_with(unix_micros);
-                        let us = now.saturating_sub(leading_micros(b));
-                        lat.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        let sent = leading_micros(b);
+                        let second = (sent.saturating_sub(first_us) / 1_000_000).min(last_second);
+                        let second = second as usize;
+                        if lat.len() <= second {
+                            lat.resize_with(second + 1, Vec::new);
+                        }
+                        let us = now.saturating_sub(sent);
+                        lat[second].push(u32::try_from(us).unwrap_or(u32::MAX));
                         n += 1;
                     }) => r,
                 };
@@ -249,7 +281,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
                 }
                 if !matches!(r, Ok(true)) {
                     if let Err(e) = r {
-                        eprintln!("\nsubscriber: {e}");
+                        note(format_args!("subscriber of {url}: {e}"));
                     }
                     return (lat, true);
                 }
@@ -264,10 +296,11 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
         .collect();
     let cpu0 = (o.server.cpu(), own_cpu());
     let start = Instant::now();
+    let published_bar = bar("published", total(&o), true);
     let pubs = match o.publish {
-        Publish::Http => publish_http(&o, start),
-        Publish::Stomp => publish_stomp(&o, start),
-        Publish::Kafka => publish_kafka(&o, start)?,
+        Publish::Http => publish_http(&o, start, &published_bar),
+        Publish::Stomp => publish_stomp(&o, start, &published_bar),
+        Publish::Kafka => publish_kafka(&o, start, &published_bar)?,
     };
     let (mut published, mut publish_failed) = (0, 0);
     let mut sent = vec![0u64; topics];
@@ -280,7 +313,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
         }
     }
     let publish_time = start.elapsed();
-    eprintln!();
+    published_bar.finish();
     let expected: u64 = sent.iter().zip(&per_topic).map(|(m, s)| m * s).sum();
     // Let the last deliveries arrive: until all are in or none came for 2 s.
     let (mut seen, mut since) = (delivered.load(Ordering::Relaxed), Instant::now());
@@ -305,12 +338,32 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
         resumes += r;
         replayed += n;
     }
-    let mut lat: Vec<u32> = Vec::new();
+    let mut by_second: Vec<Vec<u32>> = Vec::new();
     let mut lost = 0;
     for r in readers {
         let (l, gone) = r.await?;
-        lat.extend(l);
+        if by_second.len() < l.len() {
+            by_second.resize_with(l.len(), Vec::new);
+        }
+        for (all, one) in by_second.iter_mut().zip(l) {
+            all.extend(one);
+        }
         lost += u64::from(gone);
+    }
+    let mut lat: Vec<u32> = Vec::with_capacity(by_second.iter().map(Vec::len).sum());
+    let mut per_second = Vec::new();
+    for (second, mut l) in by_second.into_iter().enumerate() {
+        if l.is_empty() {
+            continue;
+        }
+        l.sort_unstable();
+        per_second.push(SecondLatency {
+            second: second as u64,
+            deliveries: l.len() as u64,
+            p50: percentile_ms(&l, 0.5),
+            p99: percentile_ms(&l, 0.99),
+        });
+        lat.extend(l);
     }
     lat.sort_unstable();
     let q = |p: f64| percentile_ms(&lat, p);
@@ -324,6 +377,8 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
         publish: o.publish,
         subscribers: o.subscribers,
         topics,
+        rate: o.rate,
+        duration_seconds: o.duration.as_secs().max(1),
         body_bytes: body(o.body_size).len(),
         published,
         publish_failed,
@@ -342,6 +397,7 @@ pub async fn fanout(o: FanoutOpts) -> Result<FanoutReport> {
             .chain([99.9, 99.99])
             .map(|p| (p, q(p / 100.0)))
             .collect(),
+        latency_ms_per_second: per_second,
         measured_seconds: measured.as_secs_f64(),
         server_cpu_seconds: server_cpu,
         server_cpu_us_per_delivery: server_cpu.map(per_delivery),
@@ -375,13 +431,15 @@ fn total(o: &FanoutOpts) -> u64 {
 
 /// Keep-alive HTTP connections share the schedule (a request waits for its answer
 /// before the next).
-fn publish_http(o: &FanoutOpts, start: Instant) -> Vec<Published> {
+fn publish_http(o: &FanoutOpts, start: Instant, done: &ProgressBar) -> Vec<Published> {
     let publishers = o.publishers.unwrap_or((o.rate / 250).clamp(4, 64)).max(1);
     let total = total(o);
+    let first_failure = Arc::new(AtomicBool::new(false));
     (0..publishers)
         .map(|p| {
             let (url, topics, size) = (o.publish_url.clone(), o.topics.max(1), o.body_size);
             let due = schedule(o, start);
+            let (done, first_failure) = (done.clone(), first_failure.clone());
             tokio::spawn(async move {
                 let mut h = Http::connect(&url).await?;
                 let (mut ok, mut bad) = (0u64, 0u64);
@@ -399,11 +457,18 @@ fn publish_http(o: &FanoutOpts, start: Instant) -> Vec<Published> {
                             ok += 1;
                             sent[topic] += 1;
                         }
-                        _ => bad += 1,
+                        other => {
+                            bad += 1;
+                            if !first_failure.swap(true, Ordering::Relaxed) {
+                                let why = other.map_or_else(
+                                    |e| e.to_string(),
+                                    |(status, body)| format!("{url}/v1/publish: {status} {body}"),
+                                );
+                                note(format_args!("first failed publish: {why}"));
+                            }
+                        }
                     }
-                    if seq % 1000 == 0 {
-                        progress("published", seq, total);
-                    }
+                    done.inc(1);
                     seq += publishers;
                 }
                 Ok((ok, bad, sent))
@@ -414,7 +479,7 @@ fn publish_http(o: &FanoutOpts, start: Instant) -> Vec<Published> {
 
 /// One producer; a publish counts once the broker acknowledged it. Each topic's
 /// records share a key, so they keep their order in one partition.
-fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>> {
+fn publish_kafka(o: &FanoutOpts, start: Instant, done: &ProgressBar) -> Result<Vec<Published>> {
     use rdkafka::ClientConfig;
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -428,9 +493,11 @@ fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>> {
     for (k, v) in &o.kafka_properties {
         config.set(k, v);
     }
-    let producer: FutureProducer = config.create()?;
+    let brokers = format!("kafka {}", o.kafka_brokers);
+    let producer: FutureProducer = config.create().at(&brokers)?;
     let (topic, topics, size) = (o.kafka_topic.clone(), o.topics.max(1), o.body_size);
     let (total, due) = (total(o), schedule(o, start));
+    let done = done.clone();
     Ok(vec![tokio::spawn(async move {
         let mut acks = Vec::with_capacity(total as usize);
         for seq in 0..total {
@@ -448,22 +515,30 @@ fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>> {
                 .payload(&body)
                 .headers(headers);
             acks.push((t, producer.send_result(record).map_err(|(e, _)| e)));
-            if seq % 1000 == 0 {
-                progress("published", seq, total);
-            }
+            done.inc(1);
         }
         let (mut ok, mut bad) = (0u64, 0u64);
         let mut sent = vec![0u64; topics];
         for (t, ack) in acks {
-            let acked = match ack {
-                Ok(f) => matches!(f.await, Ok(Ok(_))),
-                Err(_) => false,
+            let failure = match ack {
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err((e, _))) => Some(e.to_string()),
+                    Err(_) => Some("the acknowledgement was lost".to_owned()),
+                },
+                Err(e) => Some(e.to_string()),
             };
-            if acked {
-                ok += 1;
-                sent[t] += 1;
-            } else {
-                bad += 1;
+            match failure {
+                None => {
+                    ok += 1;
+                    sent[t] += 1;
+                }
+                Some(why) => {
+                    if bad == 0 {
+                        note(format_args!("first failed publish to {brokers}: {why}"));
+                    }
+                    bad += 1;
+                }
             }
         }
         Ok((ok, bad, sent))
@@ -471,7 +546,7 @@ fn publish_kafka(o: &FanoutOpts, start: Instant) -> Result<Vec<Published>> {
 }
 
 /// STOMP SENDs need no answer, but a server may limit the frames per connection.
-fn publish_stomp(o: &FanoutOpts, start: Instant) -> Vec<Published> {
+fn publish_stomp(o: &FanoutOpts, start: Instant, done: &ProgressBar) -> Vec<Published> {
     let publishers = o.publishers.unwrap_or((o.rate / 50).clamp(1, 64)).max(1);
     let total = total(o);
     (0..publishers)
@@ -479,6 +554,7 @@ fn publish_stomp(o: &FanoutOpts, start: Instant) -> Vec<Published> {
             let (target, topics, size) = (o.target.clone(), o.topics.max(1), o.body_size);
             let index = o.subscribers + p as usize;
             let due = schedule(o, start);
+            let done = done.clone();
             tokio::spawn(async move {
                 let mut c = Conn::connect(&target, index).await?;
                 let (mut ok, mut bad) = (0u64, 0u64);
@@ -498,55 +574,11 @@ fn publish_stomp(o: &FanoutOpts, start: Instant) -> Vec<Published> {
                         }
                         Err(_) => bad += 1,
                     }
-                    if seq % 1000 == 0 {
-                        progress("published", seq, total);
-                    }
+                    done.inc(1);
                     seq += publishers;
                 }
                 Ok((ok, bad, sent))
             })
         })
         .collect()
-}
-
-/// An SVG line chart of latency by percentile (log-scaled tail on the x axis: 0 to 99 in
-/// steps of 1, then 99.9 and 99.99), self-contained, no dependency.
-pub fn latency_svg(r: &FanoutReport) -> String {
-    const W: f64 = 640.0;
-    const H: f64 = 360.0;
-    const PAD: f64 = 48.0;
-    let pts = &r.latency_ms_by_percentile;
-    let max = pts.iter().map(|p| p.1).fold(0.0f64, f64::max).max(0.001);
-    let n = pts.len().max(2) as f64 - 1.0;
-    let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / n;
-    let y = |v: f64| H - PAD - (H - 2.0 * PAD) * v / max;
-    let line: Vec<String> = pts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(p.1)))
-        .collect();
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{PAD}\" y=\"24\">fanout: {} subscribers, {} topics, {:.0} deliveries/s, \
-         {} missed</text>\n\
-         <line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
-         <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"black\"/>\n\
-         <text x=\"{r}\" y=\"{t}\" text-anchor=\"end\">percentile (0 .. 99, 99.9, 99.99)</text>\n\
-         <text x=\"4\" y=\"{PAD}\">{max:.1} ms</text>\n\
-         <text x=\"4\" y=\"{b}\">0 ms</text>\n",
-        r.subscribers,
-        r.topics,
-        r.deliveries_per_second,
-        r.missed,
-        b = H - PAD,
-        r = W - PAD,
-        t = H - PAD + 20.0,
-    );
-    svg.push_str(&format!(
-        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
-        line.join(" ")
-    ));
-    svg
 }

@@ -17,13 +17,14 @@ mod connections;
 mod consume;
 mod error;
 mod fanout;
+mod plot;
 mod procfs;
+mod progress;
 mod request;
 mod scan;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use conn::Conn;
+use error::At;
+use progress::note;
 
 pub use cluster::{
     ClusterNodeReport, ClusterOpts, ClusterParameters, ClusterReport, ClusterTotals, cluster,
@@ -38,7 +41,8 @@ pub use cluster::{
 pub use connections::{ChildCommand, ConnectionsOpts, ConnectionsReport, child, connections};
 pub use consume::{ConsumeBroker, ConsumeMode, ConsumeOpts, ConsumeReport, consume};
 pub use error::{Error, Result};
-pub use fanout::{FanoutOpts, FanoutReport, Publish, fanout, latency_svg};
+pub use fanout::{FanoutOpts, FanoutReport, Publish, SecondLatency, fanout};
+pub use plot::latency_svg;
 pub use procfs::nofile_limit;
 pub use request::{RequestOpts, RequestReport, request};
 
@@ -89,16 +93,23 @@ fn own_cpu() -> f64 {
     procfs::sample(None, true).map_or(0.0, |s| s.cpu_seconds)
 }
 
-/// A progress line on stderr, rewritten in place.
-fn progress(what: &str, done: u64, of: u64) {
-    eprint!("\r{what} {done}/{of}   ");
+/// The HTTP base of a WebSocket URL's server: `ws://host:port/path` →
+/// `http://host:port`, `wss://` → `https://`; `None` for any other scheme.
+pub fn http_base(ws_url: &str) -> Option<String> {
+    let (scheme, rest) = if let Some(rest) = ws_url.strip_prefix("ws://") {
+        ("http", rest)
+    } else {
+        ("https", ws_url.strip_prefix("wss://")?)
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    (!authority.is_empty()).then(|| format!("{scheme}://{authority}"))
 }
 
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens connections `first..first + count` (the global index picks the source address
 /// and the topic `/topic/bench.<i % topics>`), at most `concurrency` handshakes at once;
-/// returns them with the number that failed and the time it took.
+/// returns them with the number that failed, the first failure and the time it took.
 async fn open_range(
     t: &Target,
     first: usize,
@@ -106,27 +117,23 @@ async fn open_range(
     topics: usize,
     concurrency: usize,
     show: bool,
-) -> (Vec<Conn>, usize, Duration) {
+) -> (Vec<Conn>, usize, Option<Error>, Duration) {
     let start = Instant::now();
     let t = Arc::new(t.clone());
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress::bar("connected", count as u64, show);
     let mut tasks = Vec::with_capacity(count);
     for i in first..first + count {
-        let (t, gate, done) = (t.clone(), gate.clone(), done.clone());
+        let (t, gate, bar) = (t.clone(), gate.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let dest = format!("/topic/bench.{}", i % topics.max(1));
             // A server that stops answering fails the connection instead of the run.
             let c = match tokio::time::timeout(OPEN_TIMEOUT, Conn::open(&t, i, &dest)).await {
-                Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Timeout(OPEN_TIMEOUT)),
+                Ok(c) => c,
+                Err(_) => Err(Error::Timeout(OPEN_TIMEOUT).at(&t.url)),
             };
-            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if show && (n % 500 == 0 || n == count as u64) {
-                progress("connected", n, count as u64);
-            }
+            bar.inc(1);
             c
         }));
     }
@@ -146,13 +153,13 @@ async fn open_range(
             }
         }
     }
-    if let Some(e) = first_error {
-        eprintln!("\n{failed} of {count} connections failed; the first: {e}");
+    bar.finish();
+    if let Some(e) = &first_error {
+        note(format_args!(
+            "{failed} of {count} connections failed; the first: {e}"
+        ));
     }
-    if show && count > 0 {
-        eprintln!();
-    }
-    (conns, failed, start.elapsed())
+    (conns, failed, first_error, start.elapsed())
 }
 
 /// A minimal keep-alive HTTP/1.1 client: the bench must not spend its ephemeral ports
@@ -167,11 +174,12 @@ impl Http {
     async fn connect(base: &str) -> Result<Http> {
         let authority = base
             .strip_prefix("http://")
-            .ok_or(Error::Url("the HTTP url must start with http://"))?
+            .ok_or(Error::Url("the HTTP url must start with http://"))
+            .at(base)?
             .trim_end_matches('/')
             .to_string();
-        let stream = TcpStream::connect(authority.as_str()).await?;
-        stream.set_nodelay(true)?;
+        let stream = TcpStream::connect(authority.as_str()).await.at(base)?;
+        stream.set_nodelay(true).at(base)?;
         Ok(Http {
             stream,
             authority,
@@ -179,8 +187,13 @@ impl Http {
         })
     }
 
-    /// Returns (status, body).
+    /// Returns (status, body); a failure names the URL.
     async fn request(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let answer = self.exchange(method, path, body).await;
+        answer.map_err(|e| e.at(&format!("http://{}{path}", self.authority)))
+    }
+
+    async fn exchange(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         // One write: a request split in two waits on the peer's delayed ACK.
         let req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -244,4 +257,29 @@ fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_base_of_a_websocket_url_keeps_host_and_port() {
+        let base = |u| http_base(u);
+        assert_eq!(
+            base("ws://10.0.0.5:9000/ws").as_deref(),
+            Some("http://10.0.0.5:9000")
+        );
+        assert_eq!(
+            base("wss://push.example:443/ws").as_deref(),
+            Some("https://push.example:443")
+        );
+        assert_eq!(
+            base("ws://[::1]:8080/ws?x=1").as_deref(),
+            Some("http://[::1]:8080")
+        );
+        assert_eq!(base("ws://localhost").as_deref(), Some("http://localhost"));
+        assert_eq!(base("ws:///ws"), None);
+        assert_eq!(base("http://h:1"), None);
+    }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use pushcenter_stomp::{Command, Frame};
 use serde::Serialize;
 
-use crate::{Conn, Error, Http, Result, Server, Target, own_cpu, percentile_ms, progress};
+use crate::progress::bar;
+use crate::{Conn, Error, Http, Result, Server, Target, own_cpu, percentile_ms};
 
 #[derive(Clone, Debug)]
 pub struct RequestOpts {
@@ -96,9 +97,10 @@ pub async fn request(o: RequestOpts) -> Result<RequestReport> {
     let callers = (o.rate / 20).clamp(16, 256);
     let cpu0 = (o.server.cpu(), own_cpu());
     let start = Instant::now();
+    let done = bar("requested", total, true);
     let mut tasks = Vec::new();
     for c in 0..callers {
-        let (url, sessions) = (o.http_url.clone(), sessions.clone());
+        let (url, sessions, done) = (o.http_url.clone(), sessions.clone(), done.clone());
         let (rate, timeout_ms) = (o.rate.max(1), o.timeout_ms);
         tasks.push(tokio::spawn(async move {
             let mut h = Http::connect(&url).await?;
@@ -117,9 +119,7 @@ pub async fn request(o: RequestOpts) -> Result<RequestReport> {
                     Ok((504, _)) => timed_out += 1,
                     _ => failed += 1,
                 }
-                if seq % 1000 == 0 {
-                    progress("requested", seq, total);
-                }
+                done.inc(1);
                 seq += callers;
             }
             Ok::<_, Error>((lat, timed_out, failed))
@@ -134,7 +134,7 @@ pub async fn request(o: RequestOpts) -> Result<RequestReport> {
     }
     let elapsed = start.elapsed();
     let cpu1 = (o.server.cpu(), own_cpu());
-    eprintln!();
+    done.finish();
     stop.store(true, Ordering::Relaxed);
     for a in answerers {
         let _ = a.await;

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use pushcenter_bench::{
     ChildCommand, ClusterOpts, ConnectionsOpts, ConsumeBroker, ConsumeMode, ConsumeOpts,
     FanoutOpts, Publish, Server, Target,
@@ -126,9 +126,10 @@ enum Scenario {
         /// How to publish.
         #[arg(long, value_enum, default_value = "http")]
         publish: PublishVia,
-        /// A node's HTTP base to publish through (`--publish http`).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        publish_url: String,
+        /// A node's HTTP base to publish through (`--publish http`, `--prefill`).
+        /// Default: `--url`'s host and port (ws → http, wss → https).
+        #[arg(long)]
+        publish_url: Option<String>,
         /// Kafka bootstrap servers (`--publish kafka`).
         #[arg(long, default_value = "127.0.0.1:9092")]
         kafka_brokers: String,
@@ -151,7 +152,8 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value = "10s", value_parser = humantime)]
         duration: Duration,
-        /// Also write the latency by percentile as an SVG chart here.
+        /// Also write an SVG chart here: p50 and p99 latency per second of the run
+        /// beside latency by percentile, the run's parameters in its title.
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
         /// Records to publish over `--publish-url` before the run (fills the replay
@@ -171,9 +173,10 @@ enum Scenario {
         /// Answering clients (each request targets one client's session, in turn).
         #[arg(long, default_value_t = 100)]
         clients: usize,
-        /// The node's HTTP base to call.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        http_url: String,
+        /// The node's HTTP base to call. Default: `--url`'s host and port (ws → http,
+        /// wss → https).
+        #[arg(long)]
+        http_url: Option<String>,
         /// Requests per second.
         #[arg(long, default_value_t = 100)]
         rate: u64,
@@ -321,6 +324,15 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             prefill,
             resumers,
         } => {
+            let needs_http = matches!(publish, PublishVia::Http) || prefill > 0;
+            let publish_url = match publish_url {
+                Some(u) => u,
+                None if needs_http => http_base(&common.url, "--publish-url")?,
+                None => String::new(),
+            };
+            if needs_http {
+                eprintln!("publishing to {publish_url}/v1/publish");
+            }
             let report = pushcenter_bench::fanout(FanoutOpts {
                 prefill,
                 resumers,
@@ -349,7 +361,9 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             .await
             .map_err(|e| anyhow!("{e}"))?;
             if let Some(path) = plot {
-                std::fs::write(&path, pushcenter_bench::latency_svg(&report))?;
+                let svg = pushcenter_bench::latency_svg(&report).map_err(|e| anyhow!("{e}"))?;
+                std::fs::write(&path, svg)
+                    .with_context(|| format!("writing the plot to {}", path.display()))?;
                 eprintln!("plot: {}", path.display());
             }
             serde_json::to_string_pretty(&report)?
@@ -362,6 +376,10 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             duration,
             timeout_ms,
         } => {
+            let http_url = match http_url {
+                Some(u) => u,
+                None => http_base(&common.url, "--http-url")?,
+            };
             let report = pushcenter_bench::request(pushcenter_bench::RequestOpts {
                 target: common.target(),
                 http_url,
@@ -427,6 +445,12 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
     };
     println!("{json}");
     Ok(())
+}
+
+/// The node's HTTP base behind `--url`, for an HTTP url option left out.
+fn http_base(url: &str, option: &str) -> Result<String> {
+    pushcenter_bench::http_base(url)
+        .ok_or_else(|| anyhow!("--url {url} is not ws:// or wss://: give {option}"))
 }
 
 /// `KEY=VALUE`, for `--kafka-property`.
