@@ -170,7 +170,10 @@ impl TlsConfig {
     }
 }
 
-/// The codec limits, as configured.
+/// Messages one `POST /v1/publish` call may carry.
+pub(crate) const MAX_PUBLISH_BATCH: usize = 100;
+
+/// The codec limits and the HTTP API's rate, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -182,6 +185,12 @@ pub struct LimitsConfig {
     pub max_header_line: usize,
     /// Bytes in one frame's body (less than `max_frame_bytes`).
     pub max_body_bytes: usize,
+    /// HTTP API calls one credential may make per second on this node (each message
+    /// of a batch publish counts); more get 429. Only with `[auth]`; 0 turns it off.
+    pub api_requests_per_second: u32,
+    /// Calls a credential may make at once above that rate (at least 100, the largest
+    /// batch).
+    pub api_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -192,6 +201,8 @@ impl Default for LimitsConfig {
             max_headers: l.max_headers,
             max_header_line: l.max_header_line,
             max_body_bytes: l.max_body_bytes,
+            api_requests_per_second: 1000,
+            api_burst: 2000,
         }
     }
 }
@@ -275,6 +286,12 @@ impl NodeConfig {
         }
         if l.max_body_bytes >= l.max_frame_bytes {
             return bad("limits.max_body_bytes must be smaller than limits.max_frame_bytes");
+        }
+        // A batch takes all its calls at once: a smaller burst could never serve it.
+        if l.api_requests_per_second > 0 && (l.api_burst as usize) < MAX_PUBLISH_BATCH {
+            return bad(
+                "limits.api_burst must be at least 100 (the largest publish batch) when limits.api_requests_per_second is on",
+            );
         }
         if self.max_subscriptions == 0 || self.ack_window == 0 {
             return bad("max_subscriptions and ack_window must be at least 1");

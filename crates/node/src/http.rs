@@ -13,6 +13,7 @@ use crate::node::Node;
 
 mod api;
 pub mod discovery;
+pub(crate) mod limit;
 mod ops;
 mod respond;
 mod upgrade;

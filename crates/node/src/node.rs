@@ -30,6 +30,8 @@ pub(crate) struct Node {
     pub(crate) http_bound: SocketAddr,
     pub(crate) tcp_bound: Option<SocketAddr>,
     pub(crate) waiters: Arc<Waiters>,
+    /// The HTTP API's rate per credential.
+    pub(crate) api_limits: crate::http::limit::ApiLimits,
     /// Callbacks received here that wait to hear whether a waiter (on some node) took
     /// them: confirmation id -> the HTTP handler.
     pub(crate) confirms:

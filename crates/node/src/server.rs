@@ -125,6 +125,10 @@ impl Server {
             http_bound,
             tcp_bound,
             waiters: Arc::new(Waiters::new(config.max_waiters, stats.clone())),
+            api_limits: crate::http::limit::ApiLimits::new(
+                config.limits.api_requests_per_second,
+                config.limits.api_burst,
+            ),
             routing: std::sync::Mutex::new(()),
             window: std::sync::Mutex::new(window::Window::new(
                 config.replay_window,

@@ -95,6 +95,7 @@ stats! {
     counter connections_total: "Connections accepted.",
     counter connections_refused_total: "Connections refused by max_connections or max_connections_per_ip.",
     counter auth_failures_total: "CONNECTs and HTTP API calls refused for a missing or bad credential.",
+    counter api_requests_limited_total: "HTTP API calls refused with 429 by limits.api_requests_per_second.",
     counter forbidden_total: "SUBSCRIBEs and SENDs refused by the connection's rights.",
     counter patterns_refused_total: "SUBSCRIBEs refused: a new wildcard pattern past max_patterns (node) or max_patterns_per_connection.",
     counter frames_in_total: "STOMP frames received from clients.",

@@ -18,6 +18,7 @@ use crate::bus::{
     BusError, REPLY_PREFIX, Record, Reply, check_correlation_id, check_header_name,
     check_publish_destination, sanitize,
 };
+use crate::config::MAX_PUBLISH_BATCH;
 use crate::http::respond::error;
 use crate::node::Node;
 use crate::requests::waiters::{Completion, RegisterError, Target};
@@ -27,8 +28,9 @@ use crate::stats::Stats;
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
     destination: String,
-    #[serde(default)]
-    body: String,
+    body: Option<String>,
+    /// A body that is not UTF-8, in standard base64; instead of `body`.
+    body_base64: Option<String>,
     #[serde(default)]
     headers: serde_json::Map<String, Value>,
     user: Option<String>,
@@ -67,6 +69,22 @@ fn check_target(user: Option<&str>, session: Option<&str>) -> Result<(), String>
     Ok(())
 }
 
+/// `body` (UTF-8) or `body_base64` (any bytes), at most one of them; empty without.
+fn body_from(body: Option<String>, body_base64: Option<String>) -> Result<Bytes, String> {
+    use base64::Engine;
+    match (body, body_base64) {
+        (Some(_), Some(_)) => Err("give body or body_base64, not both".into()),
+        (Some(text), None) => Ok(Bytes::from(text.into_bytes())),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(Bytes::from)
+            .map_err(|e| {
+                format!("body_base64 is not standard base64 (A-Z a-z 0-9 + /, padded with =): {e}")
+            }),
+        (None, None) => Ok(Bytes::new()),
+    }
+}
+
 fn record_from(req: PublishRequest) -> Result<Record, String> {
     check_target(req.user.as_deref(), req.session.as_deref())?;
     let targeted = req.user.is_some() || req.session.is_some();
@@ -74,7 +92,7 @@ fn record_from(req: PublishRequest) -> Result<Record, String> {
     Ok(Record {
         destination: req.destination,
         headers: headers_from(req.headers)?,
-        body: Bytes::from(req.body.into_bytes()),
+        body: body_from(req.body, req.body_base64)?,
         key: req.key,
         user: req.user,
         session: req.session,
@@ -99,16 +117,44 @@ fn unauthorized(node: &Node, message: &str) -> Response {
     r
 }
 
-/// The backend API (publish, requests) needs an API key or a backend token when
-/// authentication is configured: the refusal, if refused.
-fn check_backend(node: &Node, headers: &HeaderMap) -> Option<Response> {
+/// The backend API (publish, requests, admin) needs an API key or a backend token
+/// when authentication is configured, and takes one call of that credential's rate:
+/// the refusal (401, 429), if refused.
+pub(super) fn check_backend(node: &Node, headers: &HeaderMap) -> Option<Response> {
+    let credential = bearer(headers);
     match &node.auth {
-        Some(a) if !a.backend(bearer(headers)) => Some(unauthorized(
+        Some(a) if !a.backend(credential) => Some(unauthorized(
             node,
             "unauthorized: an API key or a backend token is required",
         )),
-        _ => None,
+        _ => check_rate(node, credential, 1),
     }
+}
+
+/// An authenticated call's turn: `cost` calls of its credential's rate; the 429 (with
+/// `retry-after`) when it has too few. Called only once the credential was accepted,
+/// so only valid credentials get a bucket; without `[auth]` there is no credential and
+/// no limit.
+pub(super) fn check_rate(node: &Node, credential: Option<&str>, cost: u32) -> Option<Response> {
+    let (Some(_), Some(credential)) = (&node.auth, credential) else {
+        return None;
+    };
+    let wait = node
+        .api_limits
+        .take(credential, cost, std::time::Instant::now())
+        .err()?;
+    Stats::inc(&node.stats.api_requests_limited_total);
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let limit = node.config.limits.api_requests_per_second;
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "too many API calls with this credential: at most {limit} per second on this node (limits.api_requests_per_second); retry in {seconds} s"
+        ),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    Some(r)
 }
 
 /// Reads a request body after its credentials were checked: at most `limit` bytes
@@ -193,39 +239,127 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let req: PublishRequest = match backend_json(&node, &headers, body).await {
+    let mut call: serde_json::Map<String, Value> = match backend_json(&node, &headers, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let record = match record_from(req) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    let Some(messages) = call.remove("messages") else {
+        let record = match publish_record(&node, Value::Object(call)) {
+            Ok(r) => r,
+            Err((status, e)) => return error(status, &e),
+        };
+        return match node.publish(record).await {
+            Ok(id) => {
+                published(&node);
+                (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()
+            }
+            Err(e) => bus_error(&e),
+        };
     };
-    if record.body.len() > node.config.limits.max_body_bytes {
-        return too_large();
+    if !call.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a batch has `messages` only: each message carries its own fields",
+        );
     }
-    match node.publish(record).await {
-        Ok(id) => {
-            Stats::inc(&node.stats.messages_published_total);
-            Stats::inc(&node.stats.messages_published_http_total);
-            (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()
+    let Value::Array(messages) = messages else {
+        return error(StatusCode::BAD_REQUEST, "`messages` must be an array");
+    };
+    publish_batch(&node, &headers, messages).await
+}
+
+/// `{"messages": [...]}`: every message checked before any is published (an invalid
+/// one publishes nothing and is named by its index), then all handed to the bus in
+/// their order and awaited together; each one's result in `results`, in order.
+async fn publish_batch(node: &Node, headers: &HeaderMap, messages: Vec<Value>) -> Response {
+    let n = messages.len();
+    if n == 0 {
+        return error(StatusCode::BAD_REQUEST, "`messages` is empty");
+    }
+    if n > MAX_PUBLISH_BATCH {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("{n} messages in one call: at most {MAX_PUBLISH_BATCH}"),
+        );
+    }
+    // Each message is a call of the rate; check_backend took the first.
+    if let Some(r) = check_rate(node, bearer(headers), (n - 1) as u32) {
+        return r;
+    }
+    let mut records = Vec::with_capacity(n);
+    for (i, m) in messages.into_iter().enumerate() {
+        match publish_record(node, m) {
+            Ok(r) => records.push(r),
+            Err((status, e)) => {
+                let body = json!({"error": format!("messages[{i}]: {e}"), "index": i});
+                return (status, Json(body)).into_response();
+            }
         }
-        Err(e) => bus_error(&e),
+    }
+    // Handed over in order before any is awaited: records with one key keep the
+    // batch's order, and the batch waits publish_timeout once, not once per message.
+    let deadline = tokio::time::Instant::now() + node.config.publish_timeout;
+    let sent: Vec<_> = records.into_iter().map(|r| node.bus.publish(r)).collect();
+    let mut results = Vec::with_capacity(n);
+    let mut failed = None;
+    for s in sent {
+        let outcome = tokio::time::timeout_at(deadline, s)
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("timed out".into())));
+        match outcome {
+            Ok(id) => {
+                published(node);
+                results.push(json!({"id": id}));
+            }
+            Err(e) => {
+                failed.get_or_insert_with(|| bus_status(&e));
+                results.push(json!({"error": e.to_string()}));
+            }
+        }
+    }
+    let accepted = results.iter().filter(|r| r.get("id").is_some()).count();
+    match failed {
+        None => (StatusCode::ACCEPTED, Json(json!({"results": results}))).into_response(),
+        Some(status) if accepted == 0 => {
+            let body =
+                json!({"error": "no message of the batch was published", "results": results});
+            (status, Json(body)).into_response()
+        }
+        Some(_) => (StatusCode::MULTI_STATUS, Json(json!({"results": results}))).into_response(),
     }
 }
 
+/// One message of `POST /v1/publish`, checked: the record, or the status and why not.
+fn publish_record(node: &Node, message: Value) -> Result<Record, (StatusCode, String)> {
+    let req: PublishRequest = serde_json::from_value(message)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    let record = record_from(req).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    if record.body.len() > node.config.limits.max_body_bytes {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE.into()));
+    }
+    Ok(record)
+}
+
+fn published(node: &Node) {
+    Stats::inc(&node.stats.messages_published_total);
+    Stats::inc(&node.stats.messages_published_http_total);
+}
+
+const TOO_LARGE: &str = "body larger than limits.max_body_bytes";
+
 fn too_large() -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body larger than limits.max_body_bytes",
-    )
+    error(StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE)
+}
+
+fn bus_status(e: &BusError) -> StatusCode {
+    match e {
+        BusError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        BusError::Rejected(_) => StatusCode::BAD_REQUEST,
+    }
 }
 
 fn bus_error(e: &BusError) -> Response {
-    match e {
-        BusError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        BusError::Rejected(_) => error(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+    error(bus_status(e), &e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -234,8 +368,8 @@ struct RequestRequest {
     user: Option<String>,
     session: Option<String>,
     destination: Option<String>,
-    #[serde(default)]
-    body: String,
+    body: Option<String>,
+    body_base64: Option<String>,
     #[serde(default)]
     headers: serde_json::Map<String, Value>,
     timeout_ms: Option<u64>,
@@ -266,6 +400,10 @@ pub(crate) async fn request(
             );
         }
         Some(ms) => Duration::from_millis(ms),
+    };
+    let body = match body_from(req.body, req.body_base64) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let targeted = req.user.is_some() || req.session.is_some();
     let id = match (&req.correlation_id, targeted) {
@@ -303,13 +441,13 @@ pub(crate) async fn request(
         Some(Record {
             destination,
             headers,
-            body: Bytes::from(req.body.into_bytes()),
+            body,
             user: req.user,
             session: req.session,
             key: req.key,
         })
     } else {
-        if req.destination.is_some() || !req.body.is_empty() || !req.headers.is_empty() {
+        if req.destination.is_some() || !body.is_empty() || !req.headers.is_empty() {
             return error(
                 StatusCode::BAD_REQUEST,
                 "destination, body and headers need a user or a session to send to",
@@ -370,7 +508,11 @@ pub(crate) async fn request(
             let mut r = json!({"headers": headers});
             match std::str::from_utf8(&reply.body) {
                 Ok(text) => r["body"] = text.into(),
-                Err(_) => r["body_base64"] = base64(&reply.body).into(),
+                Err(_) => {
+                    use base64::Engine;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(&reply.body);
+                    r["body_base64"] = encoded.into();
+                }
             }
             Json(json!({"correlation_id": id, "reply": r})).into_response()
         }
@@ -417,6 +559,9 @@ pub(crate) async fn callback(
             );
         }
     };
+    if let Some(r) = check_rate(&node, credential, 1) {
+        return r;
+    }
     // Any content type: the body is the third party's, passed on as it is.
     let body = match read_body(
         &node,
@@ -510,42 +655,23 @@ fn callback_unclaimed(node: &Node, id: &str) -> Response {
         .into_response()
 }
 
-/// Standard base64 with padding, for reply bodies that are not UTF-8.
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(A[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use super::body_from;
+
     #[test]
-    fn base64_pads_like_rfc_4648() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-        ];
-        for (plain, encoded) in cases {
-            assert_eq!(super::base64(plain.as_bytes()), encoded);
+    fn a_body_comes_as_text_or_as_base64_never_both() {
+        assert_eq!(body_from(None, None).as_deref(), Ok(&b""[..]));
+        assert_eq!(
+            body_from(Some("hi".into()), None).as_deref(),
+            Ok(&b"hi"[..])
+        );
+        let bytes = body_from(None, Some("AP/+".into()));
+        assert_eq!(bytes.as_deref(), Ok(&[0x00, 0xff, 0xfe][..]));
+        assert!(body_from(Some("hi".into()), Some("aGk=".into())).is_err());
+        for bad in ["AP/", "AP/+!", "aGk", "a-_b"] {
+            let e = body_from(None, Some(bad.into())).expect_err(bad);
+            assert!(e.contains("body_base64"), "{e}");
         }
-        assert_eq!(super::base64(&[0xff, 0xfe]), "//4=");
     }
 }
