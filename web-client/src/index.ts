@@ -187,6 +187,8 @@ export class PushClient {
   private avoid: string | null = null;
   /** An ERROR frame that ends this attempt (read when the socket closes). */
   private pendingError: string | null = null;
+  /** Its `reconnect` header: an operator's `false` stops the client, `true` comes back at once. */
+  private pendingReconnect: string | null = null;
   /** Whether the last refusal was met with a fresh token already. */
   private refreshedSinceConnect = false;
 
@@ -442,6 +444,7 @@ export class PushClient {
     stomp.onStompError = (frame: IFrame) => {
       if (gen !== this.generation) return;
       this.pendingError = frame.headers['message'] ?? 'ERROR without a message';
+      this.pendingReconnect = frame.headers['reconnect'] ?? null;
       this.debug(`ERROR: ${this.pendingError}`);
     };
     stomp.onWebSocketClose = (evt: { code?: number; reason?: string }) => {
@@ -483,10 +486,17 @@ export class PushClient {
     this.failReceipts('connection lost');
     void stomp.deactivate();
     const error = this.pendingError;
+    const reconnect = this.pendingReconnect;
     this.pendingError = null;
+    this.pendingReconnect = null;
     // Connected or not, that node failed us: ask the registry for another one.
     if (this.status.nodeId) this.avoid = this.status.nodeId;
 
+    // The operator closed this session (POST /v1/disconnect) and said whether to return.
+    if (reconnect === 'false') {
+      this.setStatus({ state: 'stopped', reason: error });
+      return;
+    }
     const fatal = fatalReason(error ?? undefined);
     if (fatal === 'unauthorized' && this.opts.refreshToken && !this.refreshedSinceConnect) {
       this.setStatus({ state: 'reconnecting', reason: error });
@@ -511,7 +521,7 @@ export class PushClient {
       return;
     }
     const reason = error ?? `connection closed (${code})`;
-    if (code === CLOSE_RESTARTING) {
+    if (code === CLOSE_RESTARTING || reconnect === 'true') {
       // The node drains: go elsewhere now, spread over the first backoff step.
       this.setStatus({ state: 'reconnecting', reason });
       this.timer = this.setTimer(() => void this.attempt(), Math.round(this.random() * this.backoff.initialMs));

@@ -277,6 +277,34 @@ test('forbidden stops the client too', async () => {
   assert.equal(c.state.reason, 'forbidden: subscribe /topic/secret');
 });
 
+test('an operator who says not to reconnect stops the client', async () => {
+  const n1 = new FakeNode('n1');
+  const n2 = new FakeNode('n2');
+  const { c, reg } = client([n1, n2]);
+  c.start();
+  await until('connected', () => c.state.state === 'connected');
+  const calls = reg.calls.length;
+  n1.push(frame('ERROR', { message: 'logged out', reconnect: 'false' }));
+  n1.kill(1000);
+  await until('stopped', () => c.state.state === 'stopped');
+  assert.equal(c.state.reason, 'logged out');
+  await new Promise(r => setTimeout(r, 50));
+  assert.equal(reg.calls.length, calls, 'the registry is not asked again');
+});
+
+test('an operator who says to reconnect is followed at once, without counting a failure', async () => {
+  const n1 = new FakeNode('n1');
+  const n2 = new FakeNode('n2');
+  const { c, states } = client([n1, n2], { backoff: { initialMs: 5, maxMs: 10_000, factor: 1000 } });
+  c.start();
+  await until('connected', () => c.state.state === 'connected');
+  n1.push(frame('ERROR', { message: 'moved', reconnect: 'true' }));
+  n1.kill(1000);
+  await until('on n2', () => c.state.nodeId === 'n2' && c.state.state === 'connected');
+  assert.ok(states.every(s => s.attempt === 0), 'no attempt counted as failed');
+  await c.stop();
+});
+
 test('a draining node (close 1012) is left at once, without counting a failure', async () => {
   const n1 = new FakeNode('n1');
   const n2 = new FakeNode('n2');

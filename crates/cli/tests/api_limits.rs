@@ -112,7 +112,10 @@ async fn a_flooding_credential_gets_429_while_another_is_served() {
     }
     let (status, _, _) = publish_call(node.http, None, &m).await;
     assert_eq!(status, 401);
-    assert_eq!(stat(node.http, "api_requests_limited_total").await, refused + 2);
+    assert_eq!(
+        stat(node.http, "api_requests_limited_total").await,
+        refused + 2
+    );
 }
 
 #[tokio::test]

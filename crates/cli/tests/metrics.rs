@@ -1,7 +1,9 @@
-//! `/metrics` of a node and of the registry, read by a strict parser of the Prometheus
-//! text format (0.0.4): each sample's family has a TYPE line before it, names and label
-//! sets are well-formed, values are numbers, counters are named `_total` and never go
-//! down, no series repeats. Then the counters move as the traffic says.
+//! `/metrics` of a node and of the registry, read by a strict parser of the
+//! OpenMetrics text format (what prometheus-client writes, and Prometheus reads): each
+//! sample's family has a TYPE line before it and no family is described twice, names
+//! and label sets are well-formed, values are numbers, counter samples are named
+//! `<family>_total` and never go down, no series repeats, `# EOF` ends it. Then the
+//! counters move as the traffic says.
 
 mod common;
 
@@ -23,11 +25,11 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut helped = HashSet::new();
     let mut series = BTreeMap::new();
-    assert!(text.ends_with('\n'), "exposition must end with a newline");
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
+    let body = text
+        .strip_suffix("# EOF\n")
+        .unwrap_or_else(|| panic!("exposition must end with # EOF: {text}"));
+    for line in body.lines() {
+        assert!(!line.is_empty(), "empty line in OpenMetrics text");
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
             let (kw, name, arg) = (parts.next(), parts.next(), parts.next());
@@ -38,15 +40,30 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
                 Some("TYPE") => {
                     let t = arg.unwrap_or_default();
                     assert!(
-                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "unknown",
+                            "info"
+                        ]
+                        .contains(&t),
                         "bad type in {line:?}"
                     );
                     assert!(
                         types.insert(name.to_string(), t.to_string()).is_none(),
                         "TYPE twice: {name}"
                     );
+                    if t == "counter" {
+                        assert!(
+                            !name.ends_with("_total"),
+                            "counter family named _total: {name}"
+                        );
+                    }
                 }
-                _ => {}
+                Some("UNIT") => {}
+                _ => panic!("unknown comment {line:?}"),
             }
             continue;
         }
@@ -71,17 +88,19 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
                 assert!(!v.trim_end_matches('"').contains('\n'), "{line:?}");
             }
         }
-        let family = ["_bucket", "_sum", "_count"]
+        let (family, t) = ["_bucket", "_sum", "_count", "_total", "_created"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
-            .unwrap_or(name);
-        let t = types
-            .get(family)
+            .find_map(|s| {
+                let f = name.strip_suffix(s)?;
+                types.get(f).map(|t| (f, t))
+            })
+            .or_else(|| types.get(name).map(|t| (name, t)))
             .unwrap_or_else(|| panic!("sample before its TYPE: {line:?}"));
         if t == "counter" {
-            assert!(
-                family.ends_with("_total"),
-                "counter not named _total: {family}"
+            assert_eq!(
+                name,
+                format!("{family}_total"),
+                "counter sample not _total: {line:?}"
             );
             assert!(value >= 0.0, "negative counter: {line:?}");
         }
@@ -130,7 +149,7 @@ async fn node_metrics_parse_and_follow_the_traffic() {
     assert_eq!(during["pushcenter_connections"], 1.0);
     assert_eq!(during["pushcenter_subscriptions"], 1.0);
     let moved = |k: &str| during[k] - before[k];
-    assert_eq!(moved("pushcenter_connections_total"), 1.0);
+    assert_eq!(moved("pushcenter_connections_accepted_total"), 1.0);
     assert_eq!(moved("pushcenter_messages_published_total"), 3.0);
     assert_eq!(moved("pushcenter_messages_published_http_total"), 3.0);
     assert_eq!(moved("pushcenter_messages_published_send_total"), 0.0);
@@ -157,6 +176,20 @@ async fn node_metrics_parse_and_follow_the_traffic() {
     assert!(moved(&format!("{rr}_sum")) >= 0.1, "at least its timeout");
     assert_eq!(moved(&format!("{rr}_bucket{{le=\"0.05\"}}")), 0.0);
     assert_eq!(moved(&format!("{rr}_bucket{{le=\"0.25\"}}")), 1.0);
+    // Each of the three MESSAGEs: publish to socket write, and its fan-out; on one
+    // idle machine well under a second.
+    for h in [
+        "pushcenter_delivery_latency_seconds",
+        "pushcenter_fanout_duration_seconds",
+    ] {
+        assert_eq!(moved(&format!("{h}_count")), 3.0, "{h}");
+        assert!(moved(&format!("{h}_sum")) < 3.0, "{h}");
+    }
+    assert_eq!(
+        moved("pushcenter_kafka_fetch_lag_seconds_count"),
+        0.0,
+        "no Kafka here"
+    );
 
     drop(ws);
     let mut after = scrape(node.http).await;
@@ -240,7 +273,7 @@ async fn a_kafka_node_reports_its_lag_per_partition() {
     // replies partition and its home partition of the targeted topic.
     let lag = |m: &BTreeMap<String, f64>| -> Vec<(String, f64)> {
         m.iter()
-            .filter(|(k, _)| k.starts_with("pushcenter_kafka_consumer_lag{"))
+            .filter(|(k, _)| k.starts_with("pushcenter_kafka_consumer_lag_records{"))
             .map(|(k, v)| (k.clone(), *v))
             .collect()
     };
@@ -257,7 +290,8 @@ async fn a_kafka_node_reports_its_lag_per_partition() {
     assert_eq!(l.len(), 8, "6 + 1 + 1 partitions: {l:?}");
     let home = pushcenter_node::placement::partition_of("n1", 64);
     let read = |topic: &str, p: u32| {
-        let key = format!("pushcenter_kafka_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}}");
+        let key =
+            format!("pushcenter_kafka_consumer_lag_records{{topic=\"{topic}\",partition=\"{p}\"}}");
         l.iter().any(|(k, _)| *k == key)
     };
     assert!(
@@ -266,7 +300,7 @@ async fn a_kafka_node_reports_its_lag_per_partition() {
     );
     assert!(
         l.iter().any(|(k, _)| k
-            == "pushcenter_kafka_consumer_lag{topic=\"pushcenter.messages\",partition=\"0\"}"),
+            == "pushcenter_kafka_consumer_lag_records{topic=\"pushcenter.messages\",partition=\"0\"}"),
         "{l:?}"
     );
     assert!(l.iter().all(|(_, v)| *v == 0.0), "caught up: {l:?}");

@@ -79,7 +79,8 @@ fn registered(source: &str) -> Routes {
                 .to_string()
         };
         let method = rest.trim_start().split('(').next().expect("method").trim();
-        out.insert((method.to_string(), path));
+        // axum's catch-all `{*name}` is OpenAPI's `{name}` (a value that may hold `/`).
+        out.insert((method.to_string(), path.replace("{*", "{")));
     }
     assert!(out.len() > 3, "no routes found in {source}");
     out

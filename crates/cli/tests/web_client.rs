@@ -1,6 +1,7 @@
 //! web-client/ (pushcenter-client) in real headless Chromium: the demo page served by
 //! the registry, a two-node cluster (etcd, a Tansu broker, two `pushcenter node`s with
-//! token auth, `pushcenter registry`). The browser side is tests/clients/web_client.mjs.
+//! token auth, `pushcenter registry`); the page also stops when an operator disconnects
+//! it with `reconnect: false`. The browser side is tests/clients/web_client.mjs.
 
 mod common;
 

@@ -177,12 +177,15 @@ impl Reader {
         // The clock is read every so many records, and whenever a poll comes back empty.
         let mut since_clock = CLOCK_EVERY;
         let mut since_wake = 0;
+        // Wall-clock time, read with the monotonic one: records' fetch lag.
+        let mut wall_ms = pushcenter_node::unix_ms();
         pushcenter_node::hold_wakes();
         while !self.state.stop.load(Ordering::Relaxed) {
             self.poll_starter();
             since_clock = since_clock.saturating_add(1);
             if since_clock >= CLOCK_EVERY {
                 since_clock = 0;
+                wall_ms = pushcenter_node::unix_ms();
                 if Instant::now() >= next_check {
                     // What waits on the broker waits without holding deliveries back.
                     pushcenter_node::release_wakes();
@@ -236,6 +239,14 @@ impl Reader {
                         Topic::Targeted => &self.stats.bus_records_fetched_targeted_total,
                         Topic::Messages => &self.stats.bus_records_fetched_messages_total,
                     });
+                    // Live records only: a history read at start is old by design.
+                    let p = usize::try_from(m.partition()).unwrap_or(usize::MAX);
+                    let live = self.live[topic].get(p).is_some_and(|&l| m.offset() >= l);
+                    let at = crate::record::timestamp_ms(&m);
+                    if live && at > 0 {
+                        let lag = wall_ms.saturating_sub(at) as f64 / 1000.0;
+                        self.stats.kafka_fetch_lag.observe(lag);
+                    }
                     let place = (topic, m.topic(), m.partition(), m.offset());
                     if !in_order(&self.consumer, &mut self.order, &self.stats, place) {
                         continue;

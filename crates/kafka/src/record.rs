@@ -76,10 +76,20 @@ pub(crate) fn delivery_from<M: Message>(m: &M, topic: Topic) -> Result<Delivery,
     check_publish_destination(&destination, targeted).map_err(|_| "bad destination")?;
     record.destination = destination;
     record.body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+    record.at_ms = timestamp_ms(m);
     Ok(Delivery {
         id: message_id(topic, m.partition(), m.offset()),
         record,
     })
+}
+
+/// The record's timestamp (its producer's create time, or the broker's append time),
+/// unix ms; 0 when it has none.
+pub(crate) fn timestamp_ms<M: Message>(m: &M) -> u64 {
+    m.timestamp()
+        .to_millis()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(0)
 }
 
 /// The reply a record of the replies topic stands for, or why it is none.

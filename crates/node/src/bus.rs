@@ -23,6 +23,9 @@ pub struct Record {
     pub session: Option<String>,
     /// Ordering key on a partitioned bus; the destination when absent.
     pub key: Option<String>,
+    /// When it was published, unix milliseconds (0: not known): the delivery latency
+    /// histogram counts from here.
+    pub at_ms: u64,
 }
 
 /// Headers only the node writes on a MESSAGE: a publisher cannot set them.
@@ -171,6 +174,10 @@ pub enum ReplyKind {
     Taken,
     /// To the node that received a callback addressed to one node: nobody waits for it.
     NoWaiter,
+    /// An operator's command to every node (the admin API); the body says what.
+    Command,
+    /// A node's answer to a command, to the node that sent it.
+    Report,
 }
 
 impl ReplyKind {
@@ -180,6 +187,8 @@ impl ReplyKind {
             ReplyKind::Delivered => "delivered",
             ReplyKind::Taken => "taken",
             ReplyKind::NoWaiter => "no-waiter",
+            ReplyKind::Command => "command",
+            ReplyKind::Report => "report",
         }
     }
 
@@ -189,6 +198,8 @@ impl ReplyKind {
             ReplyKind::Delivered,
             ReplyKind::Taken,
             ReplyKind::NoWaiter,
+            ReplyKind::Command,
+            ReplyKind::Report,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -339,6 +350,10 @@ impl Bus for MemoryBus {
     fn publish(&self, record: Record) -> BoxFuture<Result<String, BusError>> {
         let result = match self.deliver.get() {
             Some((deliver, _)) => {
+                let mut record = record;
+                if record.at_ms == 0 {
+                    record.at_ms = unix_ms();
+                }
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let id = format!("{}-{}", self.node_id, seq);
                 deliver(Delivery {

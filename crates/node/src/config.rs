@@ -139,6 +139,14 @@ pub struct NodeConfig {
     /// STOMP connections from one IP address; 0 turns the limit off (behind a proxy
     /// that hides client addresses every client has the proxy's).
     pub max_connections_per_ip: usize,
+    /// STOMP sessions one user may hold on one node; more CONNECTs get an ERROR. 0
+    /// turns the limit off.
+    pub max_connections_per_user: usize,
+    /// How long an admin call (`/v1/disconnect`, `/v1/presence`, ...) waits for every
+    /// node's report; then it answers with the nodes that did not report.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub admin_timeout: Duration,
     /// Frames a client may send per second (a burst of as many is allowed); 0 is off.
     pub max_frames_per_second: u32,
     /// WebSocket handshakes carrying an `Origin` must name one of these; empty allows
@@ -258,6 +266,8 @@ impl Default for NodeConfig {
             max_connections: 1_000_000,
             max_connections_per_ip: 10_000,
             max_http_connections: 50_000,
+            max_connections_per_user: 100,
+            admin_timeout: Duration::from_secs(2),
             max_frames_per_second: 100,
             allowed_origins: Vec::new(),
             auth: AuthConfig::default(),
@@ -305,9 +315,10 @@ impl NodeConfig {
             || self.write_timeout.is_zero()
             || self.publish_timeout.is_zero()
             || self.report_interval.is_zero()
+            || self.admin_timeout.is_zero()
         {
             return bad(
-                "connect_timeout, write_timeout, publish_timeout and report_interval must be positive",
+                "connect_timeout, write_timeout, publish_timeout, report_interval and admin_timeout must be positive",
             );
         }
         // The connection reads nothing while it waits: keep it short of heart-beats.

@@ -63,7 +63,7 @@ pub(crate) fn serve<L: Link>(
         session = tracing::field::Empty
     );
     Stats::add(&node.stats.connections, 1);
-    Stats::inc(&node.stats.connections_total);
+    Stats::inc(&node.stats.connections_accepted_total);
     let mut conn = Connection::new(link, node, conn_id, url_token);
     conn.span = span;
     async move {
@@ -97,6 +97,8 @@ struct Connection<L> {
     frames_out: u64,
     /// When queued messages were last written (for `write_delay`).
     last_write: Instant,
+    /// Unix ms when the writer last woke: the delivery latency of what it writes.
+    woke_ms: u64,
     node: Arc<Node>,
     conn_id: u64,
     session: Session,
@@ -181,6 +183,7 @@ impl<L: Link> Connection<L> {
             span: tracing::Span::none(),
             frames_out: 0,
             last_write: Instant::now(),
+            woke_ms: 0,
             limits: cfg.limits.into(),
             node,
             conn_id,
@@ -361,6 +364,7 @@ impl<L: Link> Connection<L> {
                         }
                     }
                     self.outbox.drain(&mut queued);
+                    self.woke_ms = crate::bus::unix_ms();
                     if !queued.is_empty() {
                         self.node
                             .stats
@@ -368,10 +372,26 @@ impl<L: Link> Connection<L> {
                             .observe(queued.len() as f64);
                     }
                     let mut written = Ok(true);
+                    // An operator's close: what was queued before it goes out first.
+                    let mut close = None;
                     for out in queued.drain(..) {
-                        if matches!(written, Ok(true)) {
-                            written = self.write_out(out).await;
+                        match out {
+                            Out::Close { message, reconnect } => {
+                                close.get_or_insert((message, reconnect));
+                            }
+                            out if close.is_none() && matches!(written, Ok(true)) => {
+                                written = self.write_out(out).await;
+                            }
+                            _ => {}
                         }
+                    }
+                    if let Some((message, reconnect)) = close {
+                        let mut error = error_frame(&message, None);
+                        error.push_header("reconnect", if reconnect { "true" } else { "false" });
+                        let _ = self.write_frame(&error).await;
+                        let _ = self.flush().await;
+                        self.link.close(false).await;
+                        return End::Closed;
                     }
                     // Small batches reuse it; after a burst it goes.
                     if queued.capacity() > 8 {
@@ -537,13 +557,52 @@ impl<L: Link> Connection<L> {
                         self.following = true;
                         wait.await;
                     }
-                    self.node.router.attach(
-                        self.conn_id,
-                        self.session.id(),
-                        user.as_deref(),
-                        positions && !self.node.config.position_updates.is_zero(),
-                        self.outbox.clone(),
-                    );
+                    let cfg = &self.node.config;
+                    let refused = match user.as_deref() {
+                        Some(u) => match self.node.admin.banned(u) {
+                            Some(until) => {
+                                Stats::inc(&self.node.stats.connections_refused_banned_total);
+                                let left = until.saturating_sub(crate::bus::unix_ms()) / 1000;
+                                Some((
+                                    format!("forbidden: banned for {} more seconds", left + 1),
+                                    Some("false"),
+                                ))
+                            }
+                            None => None,
+                        },
+                        None => None,
+                    };
+                    let refused = refused.or_else(|| {
+                        self.node
+                            .router
+                            .attach(
+                                self.conn_id,
+                                self.session.id(),
+                                user.as_deref(),
+                                positions && !cfg.position_updates.is_zero(),
+                                self.outbox.clone(),
+                                cfg.max_connections_per_user,
+                            )
+                            .err()
+                            .map(|held| {
+                                Stats::inc(&self.node.stats.connections_refused_user_total);
+                                (
+                                    format!(
+                                        "too many connections for this user on this node ({held}, max_connections_per_user)"
+                                    ),
+                                    // The usual backoff: another of the user's sessions may go.
+                                    None,
+                                )
+                            })
+                    });
+                    if let Some((message, reconnect)) = refused {
+                        let mut frame = error_frame(&message, None);
+                        if let Some(r) = reconnect {
+                            frame.push_header("reconnect", r);
+                        }
+                        self.fail_with(frame, actions, i);
+                        continue;
+                    }
                     self.attached = true;
                     self.version = version;
                     self.send_every = (send_ms > 0).then(|| Duration::from_millis(send_ms.into()));
@@ -613,8 +672,13 @@ impl<L: Link> Connection<L> {
 
     /// Replaces the actions after `i` with ERROR then close.
     fn fail_at(&mut self, message: &str, actions: &mut Vec<Action>, i: usize) {
+        self.fail_with(error_frame(message, None), actions, i);
+    }
+
+    /// Replaces the actions after `i` with this ERROR frame then close.
+    fn fail_with(&mut self, error: Frame, actions: &mut Vec<Action>, i: usize) {
         let mut rest = Vec::new();
-        self.session.fail(message, None, &mut rest);
+        self.session.fail_with(error, &mut rest);
         actions.truncate(i);
         actions.extend(rest);
     }
@@ -665,6 +729,20 @@ impl<L: Link> Connection<L> {
 
     /// Writes one queued item; false when the subscription's ack window is full.
     async fn write_out(&mut self, out: Out) -> io::Result<bool> {
+        if let Out::Unsubscribed { sub } = &out {
+            // The session keeps the subscription: the client's own UNSUBSCRIBE of it
+            // later is no error.
+            let Some(line) = self.session.subscription_line(*sub) else {
+                return Ok(true);
+            };
+            let mut b = BytesMut::with_capacity(64 + line.len());
+            b.put_slice(b"RECEIPT\nreceipt-id:unsubscribed\n");
+            b.put_slice(line);
+            b.put_slice(b"\n\0");
+            Stats::inc(&self.node.stats.frames_out_total);
+            self.feed(&b).await?;
+            return Ok(true);
+        }
         if let Out::Position { subs, position } = &out {
             for slot in subs.iter() {
                 let Some(line) = self.session.subscription_line(*slot) else {
@@ -682,9 +760,18 @@ impl<L: Link> Connection<L> {
             return Ok(true);
         }
         let stats = &self.node.stats;
+        // Replays are old by design: only live messages count in the latency.
+        let at_ms = match &out {
+            Out::Message { msg, .. } => msg.at_ms(),
+            _ => 0,
+        };
         match render(out, &mut self.session, self.version, &mut self.link) {
             Rendered::Frame => {
                 self.frames_out += 1;
+                if at_ms > 0 {
+                    let ms = self.woke_ms.saturating_sub(at_ms);
+                    stats.delivery_latency.observe(ms as f64 / 1000.0);
+                }
                 self.flush_if_large().await.map(|()| true)
             }
             Rendered::Gone => Ok(true),
@@ -874,6 +961,7 @@ impl<L: Link> Connection<L> {
             stats
                 .messages_replayed_total
                 .fetch_add(replay.len() as u64, Ordering::Relaxed);
+            stats.resume_records.observe(replay.len() as f64);
             self.outbox.insert_at(mark, replay);
             if !plan.lost.is_empty() {
                 Stats::inc(&stats.resumes_lost_total);

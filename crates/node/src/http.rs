@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::node::Node;
 
+mod admin;
 mod api;
 pub mod discovery;
 pub(crate) mod limit;
@@ -26,6 +27,10 @@ pub(crate) fn routes(node: Arc<Node>) -> Router {
         .route("/v1/publish", post(api::publish))
         .route("/v1/requests", post(api::request))
         .route("/v1/requests/{correlation_id}/reply", post(api::callback))
+        .route("/v1/disconnect", post(admin::disconnect))
+        .route("/v1/unsubscribe", post(admin::unsubscribe))
+        .route("/v1/presence", get(admin::presence))
+        .route("/v1/destinations/{*destination}", get(admin::destination))
         .route("/v1/stats", get(ops::stats))
         .route("/v1/connect", get(discovery::connect))
         .route("/v1/nodes", get(discovery::nodes))

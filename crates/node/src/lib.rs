@@ -7,6 +7,7 @@
 )]
 #![allow(async_fn_in_trait)]
 
+mod admin;
 mod auth;
 mod bus;
 mod config;
@@ -14,6 +15,7 @@ mod connection;
 mod delivery;
 mod error;
 mod http;
+pub mod metrics;
 mod node;
 pub mod placement;
 mod registrar;

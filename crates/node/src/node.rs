@@ -36,6 +36,8 @@ pub(crate) struct Node {
     /// them: confirmation id -> the HTTP handler.
     pub(crate) confirms:
         std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<bool>>>,
+    /// Bans, and the admin commands this node waits on.
+    pub(crate) admin: crate::admin::Admin,
     /// Reads of the bus's log for resumes that may run at once.
     pub(crate) log_reads: tokio::sync::Semaphore,
     /// Random, fresh at every start: session ids never repeat across restarts.
@@ -125,7 +127,10 @@ impl Node {
         })
     }
 
-    pub(crate) async fn publish(&self, record: Record) -> Result<String, BusError> {
+    pub(crate) async fn publish(&self, mut record: Record) -> Result<String, BusError> {
+        if record.at_ms == 0 {
+            record.at_ms = crate::bus::unix_ms();
+        }
         match tokio::time::timeout(self.config.publish_timeout, self.bus.publish(record)).await {
             Ok(r) => r,
             Err(_) => Err(BusError::Unavailable("timed out".into())),
@@ -194,7 +199,7 @@ impl Node {
             return;
         }
         let d = Arc::new(d);
-        let routing = self.routing();
+        let mut routing = self.routing();
         // Into the window first, then routed: a subscription that resumes under the
         // window's lock sees each record either in its replay or live (docs/delivery.md).
         let now = routing.since();
@@ -214,6 +219,10 @@ impl Node {
             return;
         }
         let n = self.router.deliver(&d);
+        if n > 0 {
+            // The lock's hold is the record's way into the window and every queue.
+            routing.also(&self.stats.fanout_duration);
+        }
         drop(routing);
         let r = &d.record;
         // `RUST_LOG=pushcenter::delivery=trace`: every record and how many got it.
@@ -286,6 +295,10 @@ impl Node {
 
     /// A reply from the bus: for a waiter here, or for another node.
     pub(crate) fn on_reply(self: &Arc<Self>, reply: Reply) {
+        if matches!(reply.kind, ReplyKind::Command | ReplyKind::Report) {
+            crate::admin::on_reply(self, reply);
+            return;
+        }
         let addressed = reply.node.as_deref() == Some(self.config.node_id.as_str());
         if !addressed && reply.node.is_some() {
             return;
@@ -298,6 +311,7 @@ impl Node {
                 return;
             }
             ReplyKind::Answer | ReplyKind::Delivered => {}
+            ReplyKind::Command | ReplyKind::Report => return,
         }
         // A callback without a node goes to every node: only the one that waits takes
         // it (the others do not count it late, nor answer).
@@ -400,6 +414,8 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
     while !node.bus.ready() {
         tick.tick().await;
     }
+    let bans = node.clone();
+    tokio::spawn(async move { crate::admin::take_over_bans(&bans).await });
     loop {
         node.registrar.report(info(&node));
         tick.tick().await;

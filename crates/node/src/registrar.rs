@@ -42,6 +42,12 @@ pub trait Registrar: Send + Sync + 'static {
     }
     /// Every live node known (standalone: this one).
     fn nodes(&self) -> Vec<NodeInfo>;
+    /// The ids of every live node, read from the registry now (the nodes an admin
+    /// command waits for); an error when the registry cannot say.
+    fn peers(&self) -> BoxFuture<Result<Vec<String>, String>> {
+        let ids = self.nodes().into_iter().map(|n| n.node_id).collect();
+        Box::pin(std::future::ready(Ok(ids)))
+    }
     /// Why the node cannot register, while that lasts (the registry refuses its
     /// credentials): `/readyz` answers 503 with it. `None` while registered, and while
     /// the registry is only unreachable: clients are still served then.

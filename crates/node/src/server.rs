@@ -120,6 +120,7 @@ impl Server {
         let tcp_bound = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let node = Arc::new(Node {
             confirms: std::sync::Mutex::new(std::collections::HashMap::new()),
+            admin: crate::admin::Admin::default(),
             boot_id: random_hex::<6>(),
             log_reads: tokio::sync::Semaphore::new(config.max_log_reads),
             http_bound,

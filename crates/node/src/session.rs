@@ -354,10 +354,15 @@ impl Session {
 
     /// Ends the session with ERROR then close (once: a closed session says nothing).
     pub(crate) fn fail(&mut self, message: &str, receipt: Option<&str>, out: &mut Vec<Action>) {
+        self.fail_with(error_frame(message, receipt), out);
+    }
+
+    /// Ends the session with this ERROR frame.
+    pub(crate) fn fail_with(&mut self, error: Frame, out: &mut Vec<Action>) {
         if self.state == State::Closed {
             return;
         }
-        out.push(Action::Reply(error_frame(message, receipt)));
+        out.push(Action::Reply(error));
         out.push(Action::Close);
         self.state = State::Closed;
     }

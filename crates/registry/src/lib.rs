@@ -169,7 +169,7 @@ impl EtcdConfig {
 
     /// Reads the CA, the client certificate and the password file: at every connect,
     /// so files replaced on disk (rotated certificates, passwords) are picked up.
-    fn connect_options(&self) -> Result<ConnectOptions> {
+    pub(crate) fn connect_options(&self) -> Result<ConnectOptions> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)

@@ -26,6 +26,9 @@ pub struct EtcdRegistrar {
     draining: Mutex<bool>,
     /// Why etcd refuses this node, while it does (for `/readyz`).
     problem: Arc<Mutex<Option<String>>>,
+    /// For [`Registrar::peers`]: a client connected at the first call, kept.
+    cfg: EtcdConfig,
+    reader: Arc<tokio::sync::Mutex<Option<Client>>>,
 }
 
 impl EtcdRegistrar {
@@ -35,13 +38,21 @@ impl EtcdRegistrar {
         let (written_tx, written) = watch::channel(0);
         let key = cfg.node_key(node_id);
         let problem = Arc::new(Mutex::new(None));
-        tokio::spawn(keep(cfg, key, desired_rx, written_tx, problem.clone()));
+        tokio::spawn(keep(
+            cfg.clone(),
+            key,
+            desired_rx,
+            written_tx,
+            problem.clone(),
+        ));
         EtcdRegistrar {
             desired,
             written,
             me: Mutex::new(None),
             draining: Mutex::new(false),
             problem,
+            cfg,
+            reader: Arc::default(),
         }
     }
 
@@ -96,6 +107,51 @@ impl Registrar for EtcdRegistrar {
             d.version += 1;
         });
         self.written(u64::MAX)
+    }
+
+    fn peers(&self) -> BoxFuture<std::result::Result<Vec<String>, String>> {
+        let (cfg, reader) = (self.cfg.clone(), self.reader.clone());
+        Box::pin(async move {
+            let mut held = reader.lock().await;
+            if held.is_none() {
+                let options = cfg.connect_options().map_err(|e| e.to_string())?;
+                let client = Client::connect(&cfg.endpoints, Some(options))
+                    .await
+                    .map_err(|e| format!("etcd: {e}"))?;
+                *held = Some(client);
+            }
+            let Some(client) = held.as_mut() else {
+                return Err("etcd: no client".into());
+            };
+            let prefix = cfg.nodes_prefix();
+            let listing = client
+                .get(
+                    prefix.as_str(),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
+                )
+                .await;
+            match listing {
+                Ok(l) => Ok(l
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| {
+                        kv.key_str()
+                            .ok()?
+                            .strip_prefix(prefix.as_str())
+                            .map(str::to_owned)
+                    })
+                    .collect()),
+                Err(e) => {
+                    // Connected afresh at the next call.
+                    *held = None;
+                    Err(format!("etcd: {e}"))
+                }
+            }
+        })
     }
 
     fn problem(&self) -> Option<String> {

@@ -258,63 +258,53 @@ async fn nodes(State(r): State<Arc<Registry>>) -> Response {
 }
 
 async fn metrics(State(r): State<Arc<Registry>>) -> Response {
+    use pushcenter_node::metrics::{Family, Sample, Snapshot, encode};
     let view = r.lock();
     let live = view.nodes.values().filter(|n| !n.draining).count();
     let age = view.synced_at.map_or(-1.0, |t| t.elapsed().as_secs_f64());
-    let lines = [
-        (
-            "pushcenter_registry_nodes",
-            "gauge",
+    let count = |n: usize| Sample::Gauge(i64::try_from(n).unwrap_or(i64::MAX));
+    let families = vec![
+        Family::one(
+            "registry_nodes",
             "Nodes in the view.",
-            view.nodes.len() as f64,
+            count(view.nodes.len()),
         ),
-        (
-            "pushcenter_registry_live_nodes",
-            "gauge",
+        Family::one(
+            "registry_live_nodes",
             "Nodes in the view that are not draining.",
-            live as f64,
+            count(live),
         ),
-        (
-            "pushcenter_registry_stale",
-            "gauge",
+        Family::one(
+            "registry_stale",
             "1 while the etcd watch is down.",
-            if view.fresh { 0.0 } else { 1.0 },
+            Sample::Gauge(if view.fresh { 0 } else { 1 }),
         ),
-        (
-            "pushcenter_registry_view_age_seconds",
-            "gauge",
+        Family::one(
+            "registry_view_age_seconds",
             "Time since the view last changed or was synced.",
-            age,
+            Sample::GaugeF(age),
         ),
-        (
-            "pushcenter_registry_connect_requests_total",
-            "counter",
+        Family::one(
+            "registry_connect_requests_total",
             "Discovery calls answered.",
-            r.connects.load(Ordering::Relaxed) as f64,
+            Sample::Counter(r.connects.load(Ordering::Relaxed)),
         ),
-        (
-            "pushcenter_registry_bad_values_total",
-            "counter",
+        Family::one(
+            "registry_bad_values_total",
             "Node entries in etcd that could not be read.",
-            r.bad_values.load(Ordering::Relaxed) as f64,
+            Sample::Counter(r.bad_values.load(Ordering::Relaxed)),
         ),
-        (
-            "pushcenter_registry_resyncs_total",
-            "counter",
+        Family::one(
+            "registry_resyncs_total",
             "Full reads of the node prefix (start and after watch errors).",
-            r.resyncs.load(Ordering::Relaxed) as f64,
+            Sample::Counter(r.resyncs.load(Ordering::Relaxed)),
         ),
     ];
-    let mut out = String::new();
-    for (name, kind, help, value) in lines {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
-    let mut resp = out.into_response();
+    drop(view);
+    let mut resp = encode(Snapshot(families)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     resp
 }

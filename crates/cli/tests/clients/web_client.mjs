@@ -116,6 +116,18 @@ async function main() {
   if (attempts !== 1) throw new Error(`${attempts} connections for the bad token, want 1`);
   console.log('ok - no further connection attempts');
 
+  // An operator disconnects alice and says not to come back: the page stops there.
+  const beforeOp = (await stats(other)).connections_total;
+  r = await api(other, '/v1/disconnect', { user: 'alice', reason: 'logged out', reconnect: false });
+  if (r.status !== 200 || r.body.closed !== 1) throw new Error(`disconnect: ${r.status} ${JSON.stringify(r.body)}`);
+  await page.waitForSelector('#state.stopped', { timeout: 10_000 });
+  const why = await page.textContent('#reason');
+  if (why !== 'logged out') throw new Error(`reason shown after the disconnect: ${why}`);
+  await new Promise(res => setTimeout(res, 2000));
+  const again = (await stats(other)).connections_total - beforeOp;
+  if (again !== 0) throw new Error(`${again} connections after reconnect: false, want 0`);
+  console.log('ok - told not to reconnect, the page stops and does not reconnect');
+
   if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
   console.log('ok - no page errors');
 }

@@ -25,6 +25,10 @@ pub(crate) enum Out {
         subs: Box<[u32]>,
         position: Arc<str>,
     },
+    /// An operator ended the session: ERROR with `message`, then close.
+    Close { message: Arc<str>, reconnect: bool },
+    /// An operator ended this subscription (the client hears of it in a RECEIPT).
+    Unsubscribed { sub: u32 },
 }
 
 impl Out {
@@ -32,6 +36,7 @@ impl Out {
         match self {
             Out::Message { msg, .. } | Out::Replay { msg, .. } => msg.len() + 64,
             Out::Position { subs, position } => (position.len() + 64) * subs.len(),
+            Out::Close { .. } | Out::Unsubscribed { .. } => 0,
         }
     }
 }
@@ -103,6 +108,17 @@ impl Outbox {
             self.notify.notify_one();
             true
         })
+    }
+
+    /// Queues an operator's order whatever the queue's limits, and wakes the
+    /// connection at once.
+    pub(crate) fn push_control(&self, out: Out) {
+        let mut q = self.queue();
+        q.pushed += 1;
+        q.items.push_back(out);
+        drop(q);
+        Stats::add(&self.stats.queued_messages, 1);
+        self.notify.notify_one();
     }
 
     /// [`Outbox::push`] that leaves the wake-up to [`release_wakes`] on a thread that

@@ -40,7 +40,9 @@ pub(crate) fn render(
         }
         Out::Replay { sub, msg } => (sub, msg),
         // Written by the connection itself (one RECEIPT per subscription).
-        Out::Position { .. } => return Rendered::Gone,
+        Out::Position { .. } | Out::Close { .. } | Out::Unsubscribed { .. } => {
+            return Rendered::Gone;
+        }
     };
     let Some((shared, shared_text)) = msg.for_version(version) else {
         return Rendered::Unsendable;

@@ -96,6 +96,7 @@ fn record_from(req: PublishRequest) -> Result<Record, String> {
         key: req.key,
         user: req.user,
         session: req.session,
+        at_ms: 0,
     })
 }
 
@@ -220,7 +221,7 @@ fn body_too_large(limit: usize) -> Response {
 
 /// A backend call's JSON body: the credentials checked first, then the body read within
 /// its limits and parsed; the refusal (401, 4xx with a JSON error) otherwise.
-async fn backend_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn backend_json<T: serde::de::DeserializeOwned>(
     node: &Node,
     headers: &HeaderMap,
     body: axum::body::Body,
@@ -445,6 +446,7 @@ pub(crate) async fn request(
             user: req.user,
             session: req.session,
             key: req.key,
+            at_ms: 0,
         })
     } else {
         if req.destination.is_some() || !body.is_empty() || !req.headers.is_empty() {

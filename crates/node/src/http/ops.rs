@@ -57,7 +57,7 @@ pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut r = node.stats.render_prometheus().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     r
 }

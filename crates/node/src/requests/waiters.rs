@@ -174,8 +174,10 @@ impl Waiters {
                 }
                 Completion::Taken
             }
-            // Confirmations are not for waiters.
-            ReplyKind::Taken | ReplyKind::NoWaiter => Completion::NoWaiter,
+            // Confirmations and admin traffic are not for waiters.
+            ReplyKind::Taken | ReplyKind::NoWaiter | ReplyKind::Command | ReplyKind::Report => {
+                Completion::NoWaiter
+            }
         }
     }
 

@@ -22,6 +22,9 @@ struct SubRef {
 /// A connection that completed CONNECT, for targeted pushes.
 struct Conn {
     outbox: Arc<Outbox>,
+    session: String,
+    /// Unix milliseconds when it connected.
+    since: u64,
     user: Option<String>,
     /// Every subscription of the connection: (slot, destination).
     subs: Vec<(u32, String)>,
@@ -82,6 +85,21 @@ impl Topics {
     }
 }
 
+/// Whom an operator's order is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    User(String),
+    Session(String),
+}
+
+/// A session as presence shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Presence {
+    pub(crate) session: String,
+    pub(crate) since: u64,
+    pub(crate) subscriptions: Vec<String>,
+}
+
 pub(crate) struct Router {
     topics: RwLock<Topics>,
     stats: Arc<Stats>,
@@ -115,7 +133,8 @@ impl Router {
         self.topics.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes a connection reachable by its session id and user.
+    /// Makes a connection reachable by its session id and user; refused when its user
+    /// holds `per_user` connections here already (0: no limit).
     pub(crate) fn attach(
         &self,
         conn: ConnId,
@@ -123,21 +142,103 @@ impl Router {
         user: Option<&str>,
         positions: bool,
         outbox: Arc<Outbox>,
-    ) {
+        per_user: usize,
+    ) -> Result<(), usize> {
         let mut t = self.write();
-        t.sessions.insert(session.to_owned(), conn);
         if let Some(u) = user {
+            let held = t.users.get(u).map_or(0, Vec::len);
+            if per_user > 0 && held >= per_user {
+                return Err(held);
+            }
             t.users.entry(u.to_owned()).or_default().push(conn);
         }
+        t.sessions.insert(session.to_owned(), conn);
         t.conns.insert(
             conn,
             Conn {
                 outbox,
+                session: session.to_owned(),
+                since: crate::bus::unix_ms(),
                 user: user.map(str::to_owned),
                 subs: Vec::new(),
                 positions,
             },
         );
+        Ok(())
+    }
+
+    /// The connections an operator's order is for: a session, or every session of a user.
+    fn targets<'t>(t: &'t Topics, target: &Target) -> Vec<(ConnId, &'t Conn)> {
+        let ids: &[ConnId] = match target {
+            Target::Session(s) => t.sessions.get(s).map_or(&[], std::slice::from_ref),
+            Target::User(u) => t.users.get(u).map_or(&[], Vec::as_slice),
+        };
+        ids.iter()
+            .filter_map(|id| Some((*id, t.conns.get(id)?)))
+            .collect()
+    }
+
+    /// Tells the target's connections to close with `message`; how many were told.
+    pub(crate) fn close(&self, target: &Target, message: &str, reconnect: bool) -> usize {
+        let t = self.read();
+        let conns = Router::targets(&t, target);
+        let message: Arc<str> = Arc::from(message);
+        for (_, c) in &conns {
+            c.outbox.push_control(Out::Close {
+                message: message.clone(),
+                reconnect,
+            });
+        }
+        conns.len()
+    }
+
+    /// Ends the target's subscriptions to exactly `destination` (as subscribed, pattern
+    /// or not); how many ended.
+    pub(crate) fn end_subscriptions(&self, target: &Target, destination: &str) -> usize {
+        let ended: Vec<(ConnId, u32, Arc<Outbox>)> = {
+            let t = self.read();
+            Router::targets(&t, target)
+                .into_iter()
+                .flat_map(|(id, c)| {
+                    c.subs
+                        .iter()
+                        .filter(|(_, d)| d == destination)
+                        .map(move |(slot, _)| (id, *slot, c.outbox.clone()))
+                })
+                .collect()
+        };
+        for (conn, slot, outbox) in &ended {
+            self.unsubscribe(destination, *conn, *slot);
+            outbox.push_control(Out::Unsubscribed { sub: *slot });
+        }
+        ended.len()
+    }
+
+    /// The sessions of `user` here.
+    pub(crate) fn presence(&self, user: &str) -> Vec<Presence> {
+        let t = self.read();
+        Router::targets(&t, &Target::User(user.to_owned()))
+            .into_iter()
+            .map(|(_, c)| Presence {
+                session: c.session.clone(),
+                since: c.since,
+                subscriptions: c.subs.iter().map(|(_, d)| d.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// Subscriptions here that a broadcast to `destination` reaches: (exact,
+    /// through a pattern).
+    pub(crate) fn reach(&self, destination: &str) -> (usize, usize) {
+        let t = self.read();
+        let exact = t.exact.get(destination).map_or(0, |l| l.list.len());
+        let wild = t
+            .patterns
+            .iter()
+            .filter(|(p, _)| matches(p, destination))
+            .map(|(_, l)| l.list.len())
+            .sum();
+        (exact, wild)
     }
 
     /// Forgets a connection (its subscriptions go with [`Router::unsubscribe`]).
@@ -388,7 +489,7 @@ mod tests {
             v.iter()
                 .filter_map(|o| match o {
                     Out::Message { sub, .. } | Out::Replay { sub, .. } => Some(*sub),
-                    Out::Position { .. } => None,
+                    _ => None,
                 })
                 .collect::<Vec<_>>()
         };
@@ -426,7 +527,7 @@ mod tests {
         let users = [Some("alice"), Some("alice"), Some("bob"), None];
         for (i, (b, u)) in boxes.iter().zip(users).enumerate() {
             let conn = i as u64 + 1;
-            router.attach(conn, &format!("n1-{conn}"), u, false, b.clone());
+            let _ = router.attach(conn, &format!("n1-{conn}"), u, false, b.clone(), 0);
             router
                 .subscribe("/user/queue/q", conn, 0, b.clone())
                 .expect("subscribed");
