@@ -4,8 +4,10 @@
 //! node that asked, which answers once every node the registry lists has reported or
 //! `admin_timeout` passed, naming the nodes that did not.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+pub(crate) mod gather;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -13,8 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::bus::{BusError, Reply, ReplyKind, unix_ms};
-use crate::node::Node;
-use crate::routing::router::Target;
+use crate::routing::router::{Router, Target};
 use crate::stats::Stats;
 
 /// What a command asks of every node.
@@ -124,7 +125,7 @@ impl Admin {
 }
 
 /// Removes a command's collector however the gathering ends.
-struct Collecting<'a> {
+pub(crate) struct Collecting<'a> {
     admin: &'a Admin,
     id: String,
 }
@@ -139,127 +140,112 @@ impl Drop for Collecting<'_> {
     }
 }
 
-/// Sends `command` to every node and gathers their reports.
-pub(crate) async fn gather(node: &Arc<Node>, command: Command) -> Result<Gathered, BusError> {
-    let me = node.config.node_id.clone();
-    let deadline = tokio::time::Instant::now() + node.config.admin_timeout;
-    // The registry's list now: a node that died is listed until its lease ends, and
-    // then named missing.
-    let listed = tokio::time::timeout_at(deadline, node.registrar.peers()).await;
-    let (peers, registry_error) = match listed {
-        Ok(Ok(peers)) => (peers, None),
-        Ok(Err(e)) => (Vec::new(), Some(e)),
-        Err(_) => (
-            Vec::new(),
-            Some("the registry did not answer in time".to_string()),
-        ),
-    };
-    let expected: BTreeSet<String> = peers
-        .into_iter()
-        .chain(std::iter::once(me.clone()))
-        .collect();
-    let id = node.next_correlation_id();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    {
-        let mut waiting = node.admin.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        if waiting.len() >= MAX_IN_FLIGHT {
-            return Err(BusError::Unavailable(format!(
-                "{MAX_IN_FLIGHT} admin commands are in flight on this node"
-            )));
-        }
-        waiting.insert(id.clone(), tx);
-    }
-    let _collecting = Collecting {
-        admin: &node.admin,
-        id: id.clone(),
-    };
-    let envelope = Envelope { from: me, command };
-    let body = serde_json::to_vec(&envelope).map_err(|e| BusError::Rejected(e.to_string()))?;
-    tokio::time::timeout_at(
-        deadline,
-        node.send_reply(Reply {
-            correlation_id: id,
-            node: None,
-            kind: ReplyKind::Command,
-            body: Bytes::from(body),
-            ..Reply::default()
-        }),
-    )
-    .await
-    .map_err(|_| BusError::Unavailable("timed out".into()))??;
-    let mut results = BTreeMap::new();
-    while !expected.iter().all(|n| results.contains_key(n)) {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((from, result))) => {
-                results.insert(from, result);
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let missing = expected
-        .into_iter()
-        .filter(|n| !results.contains_key(n))
-        .collect();
-    Ok(Gathered {
-        results,
-        missing,
-        registry_error,
-    })
-}
-
-/// A command or a report from the bus.
-pub(crate) fn on_reply(node: &Arc<Node>, reply: Reply) {
-    match reply.kind {
-        ReplyKind::Command => {
-            let Ok(Envelope { from, command }) = serde_json::from_slice::<Envelope>(&reply.body)
-            else {
-                Stats::inc(&node.stats.bus_records_skipped_total);
-                tracing::debug!(id = %reply.correlation_id, "unreadable admin command skipped");
-                return;
-            };
-            tracing::debug!(id = %reply.correlation_id, from, ?command, "admin command");
-            let result = carry_out(node, command);
-            tracing::debug!(id = %reply.correlation_id, %result, "admin command carried out");
-            let me = node.config.node_id.clone();
-            if from == me {
-                collect(node, &reply.correlation_id, me, result);
-                return;
-            }
-            let report = Report { node: me, result };
-            let Ok(body) = serde_json::to_vec(&report) else {
-                return;
-            };
-            let node2 = node.clone();
-            node.runtime.spawn(async move {
-                let r = Reply {
+impl Admin {
+    /// A command or a report from the bus, on node `me`: a command is carried out on
+    /// this node's sessions; the report to send back, if it goes to another node.
+    pub(crate) fn handle(
+        &self,
+        reply: Reply,
+        me: &str,
+        router: &Router,
+        stats: &Stats,
+    ) -> Option<Reply> {
+        match reply.kind {
+            ReplyKind::Command => {
+                let Ok(Envelope { from, command }) =
+                    serde_json::from_slice::<Envelope>(&reply.body)
+                else {
+                    Stats::inc(&stats.bus_records_skipped_total);
+                    tracing::debug!(id = %reply.correlation_id, "unreadable admin command skipped");
+                    return None;
+                };
+                tracing::debug!(id = %reply.correlation_id, from, ?command, "admin command");
+                let result = self.carry_out(command, router, stats);
+                if from == me {
+                    self.collect(&reply.correlation_id, me.to_string(), result);
+                    return None;
+                }
+                let report = Report {
+                    node: me.to_string(),
+                    result,
+                };
+                let body = serde_json::to_vec(&report).ok()?;
+                Some(Reply {
                     correlation_id: reply.correlation_id,
                     node: Some(from),
                     kind: ReplyKind::Report,
                     body: Bytes::from(body),
                     ..Reply::default()
-                };
-                if let Err(e) = node2.send_reply(r).await {
-                    tracing::debug!(error = %e, "cannot report on an admin command");
+                })
+            }
+            ReplyKind::Report => {
+                if reply.node.as_deref() != Some(me) {
+                    return None;
                 }
-            });
-        }
-        ReplyKind::Report => {
-            if reply.node.as_deref() != Some(node.config.node_id.as_str()) {
-                return;
+                match serde_json::from_slice::<Report>(&reply.body) {
+                    Ok(r) => self.collect(&reply.correlation_id, r.node, r.result),
+                    Err(_) => Stats::inc(&stats.bus_records_skipped_total),
+                }
+                None
             }
-            match serde_json::from_slice::<Report>(&reply.body) {
-                Ok(r) => collect(node, &reply.correlation_id, r.node, r.result),
-                Err(_) => Stats::inc(&node.stats.bus_records_skipped_total),
-            }
+            _ => None,
         }
-        _ => {}
     }
-}
 
-fn collect(node: &Node, id: &str, from: String, result: Value) {
-    let waiting = node.admin.waiting.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = waiting.get(id) {
-        let _ = tx.send((from, result));
+    fn collect(&self, id: &str, from: String, result: Value) {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = waiting.get(id) {
+            let _ = tx.send((from, result));
+        }
+    }
+
+    /// Waits for the reports of command `id`: their receiver, and a guard that stops
+    /// the waiting when dropped.
+    pub(crate) fn wait_for(
+        &self,
+        id: &str,
+    ) -> Result<(Collecting<'_>, mpsc::UnboundedReceiver<(String, Value)>), BusError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.len() >= MAX_IN_FLIGHT {
+            return Err(BusError::Unavailable(format!(
+                "{MAX_IN_FLIGHT} admin commands are in flight on this node"
+            )));
+        }
+        waiting.insert(id.to_string(), tx);
+        let guard = Collecting {
+            admin: self,
+            id: id.to_string(),
+        };
+        Ok((guard, rx))
+    }
+
+    /// The command record for every node.
+    pub(crate) fn command(id: String, from: &str, command: Command) -> Result<Reply, BusError> {
+        let envelope = Envelope {
+            from: from.to_string(),
+            command,
+        };
+        let body = serde_json::to_vec(&envelope).map_err(|e| BusError::Rejected(e.to_string()))?;
+        Ok(Reply {
+            correlation_id: id,
+            node: None,
+            kind: ReplyKind::Command,
+            body: Bytes::from(body),
+            ..Reply::default()
+        })
+    }
+
+    /// Takes over bans that another node reported.
+    pub(crate) fn take_bans(&self, result: &Value) -> usize {
+        let mut n = 0;
+        for b in result["bans"].as_array().into_iter().flatten() {
+            if let (Some(u), Some(until)) = (b["user"].as_str(), b["until_ms"].as_u64()) {
+                self.ban(u, until);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -271,90 +257,66 @@ fn target(user: Option<String>, session: Option<String>) -> Option<Target> {
     }
 }
 
-/// Carries out a command on this node's sessions; what it did.
-fn carry_out(node: &Node, command: Command) -> Value {
-    match command {
-        Command::Disconnect {
-            user,
-            session,
-            reason,
-            reconnect,
-            ban_until,
-        } => {
-            if let (Some(u), Some(until)) = (&user, ban_until) {
-                node.admin.ban(u, until);
+impl Admin {
+    /// Carries out a command on this node's sessions; what it did.
+    fn carry_out(&self, command: Command, router: &Router, stats: &Stats) -> Value {
+        match command {
+            Command::Disconnect {
+                user,
+                session,
+                reason,
+                reconnect,
+                ban_until,
+            } => {
+                if let (Some(u), Some(until)) = (&user, ban_until) {
+                    self.ban(u, until);
+                }
+                let closed = target(user, session).map_or(0, |t| {
+                    router.close(&t, &crate::bus::sanitize(&reason), reconnect)
+                });
+                stats
+                    .admin_disconnects_total
+                    .fetch_add(closed as u64, std::sync::atomic::Ordering::Relaxed);
+                json!({"closed": closed})
             }
-            let closed = target(user, session).map_or(0, |t| {
-                node.router
-                    .close(&t, &crate::bus::sanitize(&reason), reconnect)
-            });
-            node.stats
-                .admin_disconnects_total
-                .fetch_add(closed as u64, std::sync::atomic::Ordering::Relaxed);
-            json!({"closed": closed})
-        }
-        Command::Unsubscribe {
-            user,
-            session,
-            destination,
-        } => {
-            let ended = target(user, session)
-                .map_or(0, |t| node.router.end_subscriptions(&t, &destination));
-            node.stats
-                .admin_unsubscribes_total
-                .fetch_add(ended as u64, std::sync::atomic::Ordering::Relaxed);
-            json!({"unsubscribed": ended})
-        }
-        Command::Presence { user } => {
-            let sessions: Vec<Value> = node
-                .router
-                .presence(&user)
-                .into_iter()
-                .map(|p| {
-                    json!({
-                        "session": p.session,
-                        "connected_since_ms": p.since,
-                        "subscriptions": p.subscriptions,
+            Command::Unsubscribe {
+                user,
+                session,
+                destination,
+            } => {
+                let ended =
+                    target(user, session).map_or(0, |t| router.end_subscriptions(&t, &destination));
+                stats
+                    .admin_unsubscribes_total
+                    .fetch_add(ended as u64, std::sync::atomic::Ordering::Relaxed);
+                json!({"unsubscribed": ended})
+            }
+            Command::Presence { user } => {
+                let sessions: Vec<Value> = router
+                    .presence(&user)
+                    .into_iter()
+                    .map(|p| {
+                        json!({
+                            "session": p.session,
+                            "connected_since_ms": p.since,
+                            "subscriptions": p.subscriptions,
+                        })
                     })
-                })
-                .collect();
-            json!({"sessions": sessions})
-        }
-        Command::Destination { destination } => {
-            let (exact, patterns) = node.router.reach(&destination);
-            json!({"subscribers": exact + patterns, "exact": exact, "patterns": patterns})
-        }
-        Command::Bans => {
-            let bans: Vec<Value> = node
-                .admin
-                .bans()
-                .into_iter()
-                .map(|(user, until)| json!({"user": user, "until_ms": until}))
-                .collect();
-            json!({"bans": bans})
-        }
-    }
-}
-
-/// A starting node takes over the bans its peers hold (bans live in the nodes'
-/// memory: docs/http-api.md).
-pub(crate) async fn take_over_bans(node: &Arc<Node>) {
-    if node.bus.is_local() {
-        return;
-    }
-    let Ok(g) = gather(node, Command::Bans).await else {
-        return;
-    };
-    let mut n = 0;
-    for result in g.results.values() {
-        for b in result["bans"].as_array().into_iter().flatten() {
-            if let (Some(u), Some(until)) = (b["user"].as_str(), b["until_ms"].as_u64()) {
-                node.admin.ban(u, until);
-                n += 1;
+                    .collect();
+                json!({"sessions": sessions})
+            }
+            Command::Destination { destination } => {
+                let (exact, patterns) = router.reach(&destination);
+                json!({"subscribers": exact + patterns, "exact": exact, "patterns": patterns})
+            }
+            Command::Bans => {
+                let bans: Vec<Value> = self
+                    .bans()
+                    .into_iter()
+                    .map(|(user, until)| json!({"user": user, "until_ms": until}))
+                    .collect();
+                json!({"bans": bans})
             }
         }
-    }
-    if n > 0 {
-        tracing::info!(bans = n, "bans taken over from the other nodes");
     }
 }

@@ -296,7 +296,15 @@ impl Node {
     /// A reply from the bus: for a waiter here, or for another node.
     pub(crate) fn on_reply(self: &Arc<Self>, reply: Reply) {
         if matches!(reply.kind, ReplyKind::Command | ReplyKind::Report) {
-            crate::admin::on_reply(self, reply);
+            let me = &self.config.node_id;
+            if let Some(report) = self.admin.handle(reply, me, &self.router, &self.stats) {
+                let node = self.clone();
+                self.runtime.spawn(async move {
+                    if let Err(e) = node.send_reply(report).await {
+                        tracing::debug!(error = %e, "cannot report on an admin command");
+                    }
+                });
+            }
             return;
         }
         let addressed = reply.node.as_deref() == Some(self.config.node_id.as_str());
@@ -414,8 +422,6 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
     while !node.bus.ready() {
         tick.tick().await;
     }
-    let bans = node.clone();
-    tokio::spawn(async move { crate::admin::take_over_bans(&bans).await });
     loop {
         node.registrar.report(info(&node));
         tick.tick().await;

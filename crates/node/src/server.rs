@@ -200,6 +200,8 @@ impl Server {
             shutdown_tx,
         } = self;
         let report = crate::node::report_loop(node.clone());
+        let bans = node.clone();
+        tokio::spawn(async move { crate::admin::gather::take_over_bans(&bans).await });
         let report = tokio::spawn(report);
         let positions = tokio::spawn(node.clone().position_updates());
         let tcp_task = tcp.map(|l| tokio::spawn(listener::tcp(l, node.clone())));

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::admin::{Command, Gathered, MAX_TEXT, gather};
+use crate::admin::gather::gather;
+use crate::admin::{Command, Gathered, MAX_TEXT};
 use crate::bus::{BusError, unix_ms};
 use crate::http::api::{backend_json, check_backend};
 use crate::http::respond::error;
