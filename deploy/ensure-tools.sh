@@ -48,6 +48,8 @@ ensure_test() {
   need_cmd etcd etcd-server
   need_cmd chromium chromium
   need_cmd curl curl
+  # promtool checks the alert rules' and the Grafana dashboard's PromQL.
+  need_cmd promtool prometheus
   # ss reads a socket's timers (the TCP keepalive test).
   need_cmd ss iproute2
   # The deploy-file test: YAML through PyYAML, unit files through systemd-analyze.
