@@ -235,6 +235,9 @@ impl Reader {
                         Topic::Messages
                     };
                     Stats::inc(match topic {
+                        Topic::Replies if crate::record::is_admin(&m) => {
+                            &self.stats.bus_records_fetched_admin_total
+                        }
                         Topic::Replies => &self.stats.bus_records_fetched_replies_total,
                         Topic::Targeted => &self.stats.bus_records_fetched_targeted_total,
                         Topic::Messages => &self.stats.bus_records_fetched_messages_total,

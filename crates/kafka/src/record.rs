@@ -92,6 +92,19 @@ pub(crate) fn timestamp_ms<M: Message>(m: &M) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a replies record is admin traffic (a command or a node's report), counted
+/// apart from replies and delivery notes.
+pub(crate) fn is_admin<M: Message>(m: &M) -> bool {
+    let Some(hs) = m.headers() else {
+        return false;
+    };
+    (0..hs.count().min(MAX_HEADERS)).any(|i| {
+        hs.try_get(i).is_some_and(|h| {
+            h.key == "reply-kind" && matches!(h.value, Some(b"command") | Some(b"report"))
+        })
+    })
+}
+
 /// The reply a record of the replies topic stands for, or why it is none.
 pub(crate) fn reply_from<M: Message>(m: &M) -> Result<Reply, &'static str> {
     let mut reply = Reply::default();

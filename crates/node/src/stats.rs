@@ -142,6 +142,7 @@ stats! {
     counter bus_records_fetched_messages_total: "Records this node's consumer fetched from the messages topic (whether or not any local subscriber wanted them): its share of the cluster's Kafka egress.",
     counter bus_records_fetched_targeted_total: "Records this node's consumer fetched from the targeted topic (the partitions its users hash to, and its home partition).",
     counter bus_records_fetched_replies_total: "Records this node's consumer fetched from the replies topic (its own partition: replies and delivery notes for its waiters, and for nodes that share the partition).",
+    counter bus_records_fetched_admin_total: "Admin commands and nodes' reports this node's consumer fetched from the replies topic (counted apart from replies).",
     gauge bus_partitions_read_targeted: "Partitions of the targeted topic this node reads now.",
     gauge targeted_partitions: "Partitions of the targeted topic as the node last saw them (the registry places users with it; 0: not known).",
     counter messages_delivered_total: "MESSAGE frames queued to subscribers.",

@@ -62,6 +62,12 @@ pub(crate) async fn take_over_bans(node: &Arc<Node>) {
     while !node.bus.ready() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Alone in the registry: nobody to ask.
+    let me = node.config.node_id.as_str();
+    match node.registrar.peers().await {
+        Ok(peers) if peers.iter().any(|p| p != me) => {}
+        _ => return,
+    }
     let Ok(g) = gather(node, Command::Bans).await else {
         return;
     };
