@@ -24,9 +24,11 @@ struct Cluster {
 async fn cluster(name: &str) -> Cluster {
     let path = std::env::temp_dir().join(format!("pushcenter-{name}-{}.toml", std::process::id()));
     // A 1 MiB replay window: the flood test measures the waiters' memory, not the window's.
+    // 30 s to publish: a broker slowed by a busy machine must not turn the flood's
+    // requests into 503s (it measures waiters and memory, not the broker's pace).
     std::fs::write(
         &path,
-        "insecure_login_as_user = true\nreplay_window_bytes = 1048576\n",
+        "insecure_login_as_user = true\nreplay_window_bytes = 1048576\npublish_timeout = \"30s\"\n",
     )
     .expect("write config");
     let config = TempConfig(path);
