@@ -19,26 +19,8 @@ fn config(extra: &str) -> String {
     format!("insecure_login_as_user = true\n{extra}\n[auth]\napi_keys = [\"{KEY}\"]\n")
 }
 
-/// `GET path` with the API key; the status and the JSON answer.
 async fn get(node: &Node, path: &str, key: Option<&str>) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = node.http;
-    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    get_bearer(node.http, path, key).await
 }
 
 async fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {

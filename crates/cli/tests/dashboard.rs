@@ -29,25 +29,8 @@ impl Drop for Running {
     }
 }
 
-/// `GET path` with an optional bearer; the status and the JSON answer.
 async fn get(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    get_bearer(addr, path, key).await
 }
 
 /// Reads a subscriber's frames so its queue never fills.

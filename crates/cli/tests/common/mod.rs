@@ -207,6 +207,23 @@ pub async fn post_bearer(
         "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    json_exchange(addr, &req).await
+}
+
+/// `GET path` with an optional `Authorization: Bearer`; the status and the JSON answer
+/// (`Null` when it is not JSON).
+pub async fn get_bearer(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let auth = bearer.map_or(String::new(), |b| format!("authorization: Bearer {b}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n");
+    json_exchange(addr, &req).await
+}
+
+/// Sends one HTTP/1.1 request; the status and the JSON body.
+async fn json_exchange(addr: SocketAddr, req: &str) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut text = String::new();
