@@ -68,11 +68,19 @@ pub(crate) async fn take_over_bans(node: &Arc<Node>) {
         Ok(peers) if peers.iter().any(|p| p != me) => {}
         _ => return,
     }
-    let Ok(g) = gather(node, Command::Bans).await else {
-        return;
-    };
-    let n: usize = g.results.values().map(|r| node.admin.take_bans(r)).sum();
-    if n > 0 {
-        tracing::info!(bans = n, "bans taken over from the other nodes");
+    // Reports sent before this node's replies partition is read are missed: asked
+    // again until another node answers (a few times at most).
+    for _ in 0..5 {
+        if let Ok(g) = gather(node, Command::Bans).await {
+            if g.results.keys().any(|n| n != me) {
+                let n: usize = g.results.values().map(|r| node.admin.take_bans(r)).sum();
+                if n > 0 {
+                    tracing::info!(bans = n, "bans taken over from the other nodes");
+                }
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    tracing::warn!("no other node reported its bans: none taken over");
 }
