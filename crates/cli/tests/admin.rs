@@ -433,3 +433,48 @@ async fn a_ban_holds_on_every_node_and_a_silent_node_is_named() {
     assert!(took < Duration::from_secs(3), "answered after {took:?}");
     c.nodes[2].signal("TERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_garbled_command_record_is_counted_and_skipped() {
+    use rdkafka::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let c = cluster().await;
+    let (mut on1, _) = WsClient::login(&c.nodes[0].ws_url(), Some("frank")).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", c._broker.brokers())
+        .create()
+        .expect("producer");
+    let before = stat(c.nodes[0].http, "bus_records_skipped_total").await;
+    // Every replies partition (4): each node sees one. Not JSON, then JSON of no command.
+    for body in ["not json", r#"{"from":"n2","command":{"op":"explode"}}"#] {
+        for p in 0..4 {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "correlation-id",
+                    value: Some("x-1"),
+                })
+                .insert(Header {
+                    key: "reply-kind",
+                    value: Some("command"),
+                });
+            let r = FutureRecord::<str, str>::to("pushcenter.replies")
+                .key("x")
+                .partition(p)
+                .payload(body)
+                .headers(headers);
+            producer
+                .send(r, Duration::from_secs(5))
+                .await
+                .expect("produce");
+        }
+    }
+    stat_becomes(c.nodes[0].http, "bus_records_skipped_total", before + 2).await;
+    // Nobody was closed, and the node still answers commands.
+    on1.expect_silence(Duration::from_millis(300)).await;
+    let (status, p) = get(&c.nodes[0], "/v1/presence?user=frank", Some(KEY)).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["sessions"].as_array().map(Vec::len), Some(1), "{p}");
+    assert_eq!(p["nodes_missing"], json!([]), "{p}");
+}
