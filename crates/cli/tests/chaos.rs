@@ -223,7 +223,14 @@ async fn client(i: usize, registry: SocketAddr, stop: Arc<AtomicBool>, seen: Arc
                             }
                             pos[k].positioned = true;
                         } else if f.get("resume") == Some("lost") {
-                            seen.lock().unwrap().lost_resumes += 1;
+                            let mut s = seen.lock().unwrap();
+                            s.lost_resumes += 1;
+                            eprintln!(
+                                "client {i}: resume of {} on {:?} lost {:?}",
+                                dests[k],
+                                s.nodes.last(),
+                                f.get("resume-lost")
+                            );
                         }
                     }
                     Command::Message => {

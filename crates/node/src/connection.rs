@@ -34,6 +34,10 @@ const RESUME_SCAN: usize = 32_768;
 const RESUME_STEP: usize = 128;
 /// Records one resume reads from the bus's log per stream, at most: the newest ones.
 const MAX_LOG_RECORDS: i64 = 10_000;
+/// How long a resume waits for a stream's history to reach the window before it
+/// reads the gap from the log instead (a busy broker may take longer than the
+/// CONNECT's wait, and a log read there may time out).
+const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a connection ended, for the log.
 #[derive(Debug)]
@@ -879,6 +883,16 @@ impl<L: Link> Connection<L> {
         // The window moves on while the log is read: read what it lost meanwhile too,
         // a few times, before a gap counts as lost.
         let mut reads = 0;
+        if let Some(positions) = scanned {
+            let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
+            while tokio::time::Instant::now() < deadline && {
+                let mut window = node.window();
+                let gaps = window.gaps(positions, std::time::Instant::now());
+                window.loading(&gaps)
+            } {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         loop {
             if let Some(positions) = scanned {
                 let gaps = node.window().gaps(positions, std::time::Instant::now());

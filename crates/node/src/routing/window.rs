@@ -408,6 +408,16 @@ impl Window {
         gaps
     }
 
+    /// Whether one of `gaps` is a stream still reading its history: the records it
+    /// misses are on their way into the window.
+    pub(crate) fn loading(&self, gaps: &[Gap]) -> bool {
+        gaps.iter().any(|g| {
+            self.streams
+                .get(g.stream.as_str())
+                .is_some_and(Stream::loading)
+        })
+    }
+
     /// The records `who` missed after `positions` (streams not named: from their start).
     #[cfg(test)]
     pub(crate) fn resume(
@@ -869,12 +879,19 @@ mod tests {
             }]
         );
         assert!(r.replay.is_empty());
+        assert!(w.loading(&r.gaps));
         // A subscription that starts now starts at the live edge, not in the history.
         assert_eq!(w.frontier(), vec![("0".into(), 19)]);
         for i in 12..20 {
             assert!(!w.push(d(&format!("0-{i}"), "/topic/a"), now));
         }
         assert!(w.push(d("0-20", "/topic/a"), now));
+        let loaded = [Gap {
+            stream: "0".into(),
+            after: 10,
+            base: 10,
+        }];
+        assert!(!w.loading(&loaded));
         // Loaded: the window serves the resume alone.
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 17)], now);
         assert!(r.gaps.is_empty());
