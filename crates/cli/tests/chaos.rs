@@ -1,7 +1,7 @@
 //! Failover with resume on real processes: etcd, a Tansu broker, three nodes, the
 //! registry; 300 clients (each its own user) found their node through the registry, each
 //! subscribed to its own destination, to one of 20 shared ones and to its user queue; a
-//! publisher at 1,000 records/s for 30 s, a third of them pushes to one user (the
+//! publisher at 300 records/s for 30 s, a third of them pushes to one user (the
 //! targeted topic, read only by the nodes of its users);
 //! one node killed (kill -9) or drained (SIGTERM) mid-run, or every node restarted in
 //! turn (a rolling restart: SIGTERM, exit, start again). Their clients rediscover,
@@ -9,7 +9,10 @@
 //! once, in Kafka order per key; the failover time (last message before the loss, first
 //! after) is printed as p50/p99.
 //!
-//! `CHAOS_SECONDS` (default 30) and `CHAOS_RATE` (default 1000) scale the run.
+//! `CHAOS_SECONDS` (default 30) and `CHAOS_RATE` (default 300) scale the run. Tansu's
+//! in-memory storage spends time per stored batch on every fetch and produce: at 1,000
+//! records/s its CPU grew to both cores within the run, the publisher fell to ~150/s
+//! and the run took 3-4 minutes of starved nodes; at 300/s it keeps the schedule.
 
 mod common;
 
@@ -292,7 +295,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn run(kill_signal: &str) {
     let _serial = RUNS.lock().await;
     let seconds = env_or("CHAOS_SECONDS", 30);
-    let rate = env_or("CHAOS_RATE", 1000);
+    let rate = env_or("CHAOS_RATE", 300);
     let etcd = Etcd::start();
     let broker = Broker::start();
     let config = std::env::temp_dir().join(format!("pushcenter-chaos-{}.toml", std::process::id()));

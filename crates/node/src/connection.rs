@@ -23,7 +23,7 @@ use crate::delivery::render::{Rendered, render};
 use crate::node::{Admission, Node};
 use crate::routing::resume::{self, FromLog, Room};
 use crate::routing::rule::Subscriber;
-use crate::routing::window::{Budget, format_positions};
+use crate::routing::window::{Budget, Window, format_positions};
 use crate::session::{Action, Session, SessionConfig, error_frame};
 use crate::stats::Stats;
 use crate::transport::link::Link;
@@ -102,7 +102,7 @@ struct Connection<L> {
     /// When queued messages were last written (for `write_delay`).
     last_write: Instant,
     /// Unix ms when the writer last woke: the delivery latency of what it writes.
-    woke_ms: u64,
+    woke_us: u64,
     node: Arc<Node>,
     conn_id: u64,
     session: Session,
@@ -187,7 +187,7 @@ impl<L: Link> Connection<L> {
             span: tracing::Span::none(),
             frames_out: 0,
             last_write: Instant::now(),
-            woke_ms: 0,
+            woke_us: 0,
             limits: cfg.limits.into(),
             node,
             conn_id,
@@ -368,7 +368,7 @@ impl<L: Link> Connection<L> {
                         }
                     }
                     self.outbox.drain(&mut queued);
-                    self.woke_ms = crate::bus::unix_ms();
+                    self.woke_us = crate::bus::unix_us();
                     if !queued.is_empty() {
                         self.node
                             .stats
@@ -765,16 +765,16 @@ impl<L: Link> Connection<L> {
         }
         let stats = &self.node.stats;
         // Replays are old by design: only live messages count in the latency.
-        let at_ms = match &out {
-            Out::Message { msg, .. } => msg.at_ms(),
+        let at_us = match &out {
+            Out::Message { msg, .. } => msg.at_us(),
             _ => 0,
         };
         match render(out, &mut self.session, self.version, &mut self.link) {
             Rendered::Frame => {
                 self.frames_out += 1;
-                if at_ms > 0 {
-                    let ms = self.woke_ms.saturating_sub(at_ms);
-                    stats.delivery_latency.observe(ms as f64 / 1000.0);
+                if at_us > 0 {
+                    let us = self.woke_us.saturating_sub(at_us);
+                    stats.delivery_latency.observe(us as f64 / 1e6);
                 }
                 self.flush_if_large().await.map(|()| true)
             }
@@ -862,14 +862,16 @@ impl<L: Link> Connection<L> {
         let (messages, bytes) = self.outbox.room();
         let room = Room { messages, bytes };
         let mut from_log = FromLog::default();
+        let user = self.session.user();
+        let bus = &*node.bus;
         // Streams that cannot carry this subscription's records (another user's targeted
         // partitions) count as seen to their end: neither read from the log nor lost.
-        let own = resume.map(|positions| {
+        // Taken from the window each time: a partition the node starts to read meanwhile
+        // (another user connecting) is one of them too.
+        let own = |window: &Window, positions: &[(String, i64)]| {
             let mut own = positions.to_vec();
-            let user = self.session.user();
-            let streams = node.window().frontier();
-            for (stream, _) in streams {
-                if node.bus.carries(&stream, user) {
+            for (stream, _) in window.frontier() {
+                if bus.carries(&stream, user) {
                     continue;
                 }
                 match own.iter_mut().find(|(s, _)| *s == stream) {
@@ -878,35 +880,34 @@ impl<L: Link> Connection<L> {
                 }
             }
             own
-        });
-        let scanned = own.as_deref();
+        };
+        let gaps = |positions: &[(String, i64)]| {
+            let mut window = node.window();
+            let own = own(&window, positions);
+            window.gaps(&own, std::time::Instant::now())
+        };
         // The window moves on while the log is read: read what it lost meanwhile too,
         // a few times, before a gap counts as lost.
         let mut reads = 0;
-        if let Some(positions) = scanned {
+        if let Some(positions) = resume {
             let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
             while tokio::time::Instant::now() < deadline && {
-                let mut window = node.window();
-                let gaps = window.gaps(positions, std::time::Instant::now());
-                window.loading(&gaps)
+                let gaps = gaps(positions);
+                node.window().loading(&gaps)
             } {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
         loop {
-            if let Some(positions) = scanned {
-                let gaps = node.window().gaps(positions, std::time::Instant::now());
-                for read in from_log.reads(&gaps) {
+            if let Some(positions) = resume {
+                for read in from_log.reads(&gaps(positions)) {
                     let who = self.subscriber(destination);
                     let got = Self::read_gap(&node, &who, &read.stream, read.from, read.to).await;
                     from_log.read_done(read, got);
                 }
             }
             reads += 1;
-            let covered = scanned.is_none_or(|positions| {
-                let gaps = node.window().gaps(positions, std::time::Instant::now());
-                from_log.covers(&gaps)
-            });
+            let covered = resume.is_none_or(|positions| from_log.covers(&gaps(positions)));
             if covered || reads == 3 {
                 break;
             }
@@ -924,7 +925,8 @@ impl<L: Link> Connection<L> {
         let (scan, frontier) = {
             let mut window = node.window();
             let mut scan = None;
-            if let (Some(positions), true) = (scanned, registered) {
+            if let (Some(positions), true) = (resume, registered) {
+                let positions = own(&window, positions);
                 let who = self.subscriber(destination);
                 let budget = Budget {
                     messages: room.messages,
@@ -932,7 +934,7 @@ impl<L: Link> Connection<L> {
                     scan: RESUME_SCAN,
                 };
                 scan =
-                    Some(window.start_resume(&who, positions, std::time::Instant::now(), budget));
+                    Some(window.start_resume(&who, &positions, std::time::Instant::now(), budget));
             }
             (scan, window.frontier())
         };
