@@ -76,7 +76,12 @@ pub(crate) fn delivery_from<M: Message>(m: &M, topic: Topic) -> Result<Delivery,
     check_publish_destination(&destination, targeted).map_err(|_| "bad destination")?;
     record.destination = destination;
     record.body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-    record.at_ms = timestamp_ms(m);
+    // Whole milliseconds: counted from the middle of the millisecond, so the latency
+    // histogram is neither early nor late on average.
+    record.at_us = match timestamp_ms(m) {
+        0 => 0,
+        ms => ms.saturating_mul(1000).saturating_add(500),
+    };
     Ok(Delivery {
         id: message_id(topic, m.partition(), m.offset()),
         record,

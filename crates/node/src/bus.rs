@@ -23,9 +23,9 @@ pub struct Record {
     pub session: Option<String>,
     /// Ordering key on a partitioned bus; the destination when absent.
     pub key: Option<String>,
-    /// When it was published, unix milliseconds (0: not known): the delivery latency
+    /// When it was published, unix microseconds (0: not known): the delivery latency
     /// histogram counts from here.
-    pub at_ms: u64,
+    pub at_us: u64,
 }
 
 /// Headers only the node writes on a MESSAGE: a publisher cannot set them.
@@ -59,9 +59,14 @@ pub const REPLY_HEADERS: [&str; 7] = [
 
 /// Milliseconds since the unix epoch.
 pub fn unix_ms() -> u64 {
+    unix_us() / 1000
+}
+
+/// Now, unix microseconds.
+pub(crate) fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// A request that a targeted record carries: its correlation id, the node whose
@@ -351,8 +356,8 @@ impl Bus for MemoryBus {
         let result = match self.deliver.get() {
             Some((deliver, _)) => {
                 let mut record = record;
-                if record.at_ms == 0 {
-                    record.at_ms = unix_ms();
+                if record.at_us == 0 {
+                    record.at_us = unix_us();
                 }
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let id = format!("{}-{}", self.node_id, seq);

@@ -128,8 +128,8 @@ impl Node {
     }
 
     pub(crate) async fn publish(&self, mut record: Record) -> Result<String, BusError> {
-        if record.at_ms == 0 {
-            record.at_ms = crate::bus::unix_ms();
+        if record.at_us == 0 {
+            record.at_us = crate::bus::unix_us();
         }
         match tokio::time::timeout(self.config.publish_timeout, self.bus.publish(record)).await {
             Ok(r) => r,

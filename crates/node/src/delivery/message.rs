@@ -24,8 +24,8 @@ pub(crate) struct Shared {
     /// Set when the message is a request: who may answer it, and until when it may
     /// be delivered.
     request: Option<Box<RequestInfo>>,
-    /// When it was published (unix ms, 0: not known).
-    at_ms: u64,
+    /// When it was published (unix µs, 0: not known).
+    at_us: u64,
 }
 
 const PREFIX: &[u8] = b"MESSAGE\n";
@@ -71,7 +71,7 @@ impl Shared {
         let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
         Some(Shared {
             request: r.request().map(Box::new),
-            at_ms: r.at_ms,
+            at_us: r.at_us,
             id: d.id.clone(),
             escaped_text: utf8(&escaped),
             v11_text: v11.as_deref().is_some_and(utf8),
@@ -95,8 +95,8 @@ impl Shared {
     }
 
     /// When it was published (unix ms, 0: not known).
-    pub(crate) fn at_ms(&self) -> u64 {
-        self.at_ms
+    pub(crate) fn at_us(&self) -> u64 {
+        self.at_us
     }
 
     /// The bytes that follow this connection's `subscription`/`ack` headers, and

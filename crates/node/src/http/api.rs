@@ -96,7 +96,7 @@ fn record_from(req: PublishRequest) -> Result<Record, String> {
         key: req.key,
         user: req.user,
         session: req.session,
-        at_ms: 0,
+        at_us: 0,
     })
 }
 
@@ -240,13 +240,18 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
+    // The delivery latency counts from the request's arrival.
+    let arrived = crate::bus::unix_us();
     let mut call: serde_json::Map<String, Value> = match backend_json(&node, &headers, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
     let Some(messages) = call.remove("messages") else {
         let record = match publish_record(&node, Value::Object(call)) {
-            Ok(r) => r,
+            Ok(r) => Record {
+                at_us: arrived,
+                ..r
+            },
             Err((status, e)) => return error(status, &e),
         };
         return match node.publish(record).await {
@@ -266,13 +271,18 @@ pub(crate) async fn publish(
     let Value::Array(messages) = messages else {
         return error(StatusCode::BAD_REQUEST, "`messages` must be an array");
     };
-    publish_batch(&node, &headers, messages).await
+    publish_batch(&node, &headers, messages, arrived).await
 }
 
 /// `{"messages": [...]}`: every message checked before any is published (an invalid
 /// one publishes nothing and is named by its index), then all handed to the bus in
 /// their order and awaited together; each one's result in `results`, in order.
-async fn publish_batch(node: &Node, headers: &HeaderMap, messages: Vec<Value>) -> Response {
+async fn publish_batch(
+    node: &Node,
+    headers: &HeaderMap,
+    messages: Vec<Value>,
+    arrived: u64,
+) -> Response {
     let n = messages.len();
     if n == 0 {
         return error(StatusCode::BAD_REQUEST, "`messages` is empty");
@@ -290,7 +300,10 @@ async fn publish_batch(node: &Node, headers: &HeaderMap, messages: Vec<Value>) -
     let mut records = Vec::with_capacity(n);
     for (i, m) in messages.into_iter().enumerate() {
         match publish_record(node, m) {
-            Ok(r) => records.push(r),
+            Ok(r) => records.push(Record {
+                at_us: arrived,
+                ..r
+            }),
             Err((status, e)) => {
                 let body = json!({"error": format!("messages[{i}]: {e}"), "index": i});
                 return (status, Json(body)).into_response();
@@ -446,7 +459,7 @@ pub(crate) async fn request(
             user: req.user,
             session: req.session,
             key: req.key,
-            at_ms: 0,
+            at_us: 0,
         })
     } else {
         if req.destination.is_some() || !body.is_empty() || !req.headers.is_empty() {
