@@ -185,6 +185,8 @@ async fn node_metrics_parse_and_follow_the_traffic() {
         assert_eq!(moved(&format!("{h}_count")), 3.0, "{h}");
         assert!(moved(&format!("{h}_sum")) < 3.0, "{h}");
     }
+    // Counted in microseconds: a delivery within the same millisecond is not 0.
+    assert!(moved("pushcenter_delivery_latency_seconds_sum") > 0.0);
     assert_eq!(
         moved("pushcenter_kafka_fetch_lag_seconds_count"),
         0.0,
