@@ -869,7 +869,7 @@ impl<L: Link> Connection<L> {
         // Taken from the window each time: a partition the node starts to read meanwhile
         // (another user connecting) is one of them too.
         let own = |window: &Window, positions: &[(String, i64)]| {
-            let mut own = positions.to_vec();
+            let mut own = window.known(positions);
             for (stream, _) in window.frontier() {
                 if bus.carries(&stream, user) {
                     continue;

@@ -408,6 +408,21 @@ impl Window {
         gaps
     }
 
+    /// The positions of streams the window holds, the first of each (as [`after`]
+    /// reads them): the rest cannot matter to a resume here, and a `resume-from` of
+    /// thousands of made-up ids would otherwise be scanned once per stream under the
+    /// window's lock.
+    pub(crate) fn known(&self, positions: &[(String, i64)]) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (stream, offset) in positions {
+            if self.streams.contains_key(stream.as_str()) && seen.insert(stream.as_str()) {
+                out.push((stream.clone(), *offset));
+            }
+        }
+        out
+    }
+
     /// Whether one of `gaps` is a stream still reading its history: the records it
     /// misses are on their way into the window.
     pub(crate) fn loading(&self, gaps: &[Gap]) -> bool {
@@ -896,6 +911,28 @@ mod tests {
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 17)], now);
         assert!(r.gaps.is_empty());
         assert_eq!(ids(&r), ["0-18", "0-19", "0-20"]);
+    }
+
+    #[test]
+    fn only_the_first_position_of_each_stream_the_window_holds_counts() {
+        let now = Instant::now();
+        let mut w = Window::new(Duration::from_secs(60), 1 << 20);
+        w.started("0", 0, 0);
+        w.started("1", 0, 0);
+        for i in 0..4 {
+            w.push(d(&format!("0-{i}"), "/topic/a"), now);
+            w.push(d(&format!("1-{i}"), "/topic/a"), now);
+        }
+        let mut positions: Vec<(String, i64)> = (0..4096).map(|i| (format!("x{i}"), 7)).collect();
+        positions.insert(10, ("1".into(), 2));
+        positions.push(("1".into(), 0));
+        positions.push(("0".into(), 1));
+        let known = w.known(&positions);
+        assert_eq!(known, [("1".to_string(), 2), ("0".to_string(), 1)]);
+        let a = w.resume(&topic("/topic/a"), &positions, now);
+        let b = w.resume(&topic("/topic/a"), &known, now);
+        assert_eq!(ids(&a), ids(&b));
+        assert_eq!(ids(&b), ["0-2", "0-3", "1-3"]);
     }
 
     #[test]
