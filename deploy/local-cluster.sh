@@ -79,7 +79,9 @@ wait_port "$BROKER" broker
 for i in 1 2 3; do
   http="127.0.0.1:$((BASE + 10 + i))"
   tcp="127.0.0.1:$((BASE + 20 + i))"
-  "$BIN" node --node-id "n$i" --http-addr "$http" --tcp-addr "$tcp" \
+  # Tansu answers a fetch only when its wait ends: 5 ms, not the node's 100.
+  PUSHCENTER_KAFKA_CONSUMER_FETCH_WAIT_MAX_MS=5 \
+    "$BIN" node --node-id "n$i" --http-addr "$http" --tcp-addr "$tcp" \
     --kafka-brokers "$BROKER" --etcd-endpoints "$ETCD_URL" \
     >"$DIR/n$i.log" 2>&1 &
   PIDS+=($!)

@@ -207,7 +207,8 @@ async fn run_cluster(o: ClusterOpts) -> Result<ClusterReport> {
                 "node_id = \"{id}\"\nhttp_addr = \"127.0.0.1:0\"\n\
                  insecure_login_as_user = true\nreport_interval = \"500ms\"\n\n\
                  [kafka]\nbrokers = \"{}\"\ntargeted_partitions = {partitions}\n\
-                 replies_partitions = {replies}\n\n[etcd]\nendpoints = [\"{etcd_url}\"]\n",
+                 replies_partitions = {replies}\n\n[kafka.consumer]\n\"fetch.wait.max.ms\" = \"5\"\n\n\
+                 [etcd]\nendpoints = [\"{etcd_url}\"]\n",
                 broker.addr
             ),
         )?;

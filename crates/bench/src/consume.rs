@@ -133,7 +133,8 @@ async fn run(o: ConsumeOpts) -> Result<ConsumeReport> {
     std::fs::write(
         &config,
         format!(
-            "node_id = \"n1\"\nhttp_addr = \"127.0.0.1:0\"\n{}\n\n[kafka]\nbrokers = \"{}\"\n",
+            "node_id = \"n1\"\nhttp_addr = \"127.0.0.1:0\"\n{}\n\n[kafka]\nbrokers = \"{}\"\n\n\
+             [kafka.consumer]\n\"fetch.wait.max.ms\" = \"5\"\n",
             NODE_SETTINGS.join("\n"),
             brokers
         ),

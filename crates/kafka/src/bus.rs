@@ -112,9 +112,11 @@ impl KafkaBus {
             // A broker that lost its log (offsets went back): read the new log whole.
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            // Brokers that answer a fetch only when its wait ends (Tansu) add this wait
-            // to every delivery; Apache Kafka answers as soon as data arrives.
-            .set("fetch.wait.max.ms", "5")
+            // Apache Kafka answers a fetch as soon as data arrives: the wait bounds only
+            // the idle fetch rate (10/s per broker) and how soon a newly assigned
+            // partition joins the fetch. Tansu answers only when the wait ends: its
+            // users set 5 (docs/kafka.md).
+            .set("fetch.wait.max.ms", "100")
             .set("reconnect.backoff.max.ms", "1000");
         for (k, v) in self.cfg.properties.iter().chain(&self.cfg.consumer) {
             cc.set(k, v);
