@@ -891,11 +891,17 @@ impl<L: Link> Connection<L> {
         let mut reads = 0;
         if let Some(positions) = resume {
             let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
+            // A look per 50 ms, and only the streams' state while none loads: many
+            // waiting connections cost the window's lock little.
             while tokio::time::Instant::now() < deadline && {
-                let gaps = gaps(positions);
-                node.window().loading(&gaps)
+                let mut window = node.window();
+                window.any_loading() && {
+                    let own = own(&window, positions);
+                    let gaps = window.gaps(&own, std::time::Instant::now());
+                    window.loading(&gaps)
+                }
             } {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
         loop {

@@ -423,6 +423,11 @@ impl Window {
         out
     }
 
+    /// Whether any stream is still reading its history.
+    pub(crate) fn any_loading(&self) -> bool {
+        self.streams.values().any(Stream::loading)
+    }
+
     /// Whether one of `gaps` is a stream still reading its history: the records it
     /// misses are on their way into the window.
     pub(crate) fn loading(&self, gaps: &[Gap]) -> bool {
@@ -894,7 +899,7 @@ mod tests {
             }]
         );
         assert!(r.replay.is_empty());
-        assert!(w.loading(&r.gaps));
+        assert!(w.loading(&r.gaps) && w.any_loading());
         // A subscription that starts now starts at the live edge, not in the history.
         assert_eq!(w.frontier(), vec![("0".into(), 19)]);
         for i in 12..20 {
@@ -906,7 +911,7 @@ mod tests {
             after: 10,
             base: 10,
         }];
-        assert!(!w.loading(&loaded));
+        assert!(!w.loading(&loaded) && !w.any_loading());
         // Loaded: the window serves the resume alone.
         let r = w.resume(&topic("/topic/a"), &[("0".into(), 17)], now);
         assert!(r.gaps.is_empty());
