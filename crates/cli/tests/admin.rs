@@ -248,19 +248,13 @@ async fn cluster() -> Cluster {
             "report_interval = \"200ms\"\n[kafka]\ntargeted_partitions = 12\nreplies_partitions = 4",
         ),
     );
-    let nodes: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|id| {
-            Node::cluster(
-                id,
-                &broker.brokers(),
-                &["--etcd-endpoints", &etcd.endpoint(), "--config", cfg.path()],
-            )
-        })
-        .collect();
-    for n in &nodes {
-        ready(n).await;
-    }
+    let nodes = start_cluster(
+        &["n1", "n2", "n3"],
+        &broker.brokers(),
+        &etcd.endpoint(),
+        cfg.path(),
+    )
+    .await;
     // All three registered (each once it reads the bus) and answering.
     let start = Instant::now();
     loop {

@@ -6,16 +6,7 @@ mod common;
 use common::*;
 
 async fn bench(args: &[&str]) -> serde_json::Value {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pushcenter"))
-            .arg("bench")
-            .args(args)
-            .output()
-            .expect("run pushcenter bench")
-    })
-    .await
-    .expect("join");
+    let out = run_bench(args).await;
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))

@@ -9,16 +9,7 @@ use std::process::Output;
 use common::*;
 
 async fn bench(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pushcenter"))
-            .arg("bench")
-            .args(args)
-            .output()
-            .expect("run pushcenter bench")
-    })
-    .await
-    .expect("join")
+    run_bench(args).await
 }
 
 /// The report, after checking the run succeeded and stdout is nothing but it.

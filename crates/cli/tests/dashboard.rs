@@ -50,19 +50,13 @@ async fn dashboard_charts_every_node_and_relays_an_admin_call() {
              [auth]\napi_keys = [\"{KEY}\"]\n"
         ),
     );
-    let nodes: Vec<Node> = ["n1", "n2"]
-        .iter()
-        .map(|id| {
-            Node::cluster(
-                id,
-                &broker.brokers(),
-                &["--etcd-endpoints", &etcd.endpoint(), "--config", cfg.path()],
-            )
-        })
-        .collect();
-    for n in &nodes {
-        ready(n).await;
-    }
+    let nodes = start_cluster(
+        &["n1", "n2"],
+        &broker.brokers(),
+        &etcd.endpoint(),
+        cfg.path(),
+    )
+    .await;
     let registry = Node::registry(&etcd.endpoint());
     for _ in 0..100 {
         let (_, v) = get(registry.http, "/v1/nodes", None).await;

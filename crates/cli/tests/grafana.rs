@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,28 +16,6 @@ use common::broker::Broker;
 use common::etcd::Etcd;
 use common::*;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn yaml(path: &Path) -> Value {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, json, yaml\njson.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
-        ])
-        .arg(path)
-        .output()
-        .expect("python3 with PyYAML (make test installs them)");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
-}
 
 fn dashboard() -> Value {
     let path = root().join("deploy/grafana/pushcenter.json");

@@ -611,3 +611,53 @@ impl TcpClient {
         .unwrap_or(false)
     }
 }
+
+/// The repository's root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A YAML file as JSON, through PyYAML (`make test` installs it).
+pub fn yaml(path: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml\njson.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3 with PyYAML (make test installs them)");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `pushcenter bench ARGS`, run to its end off the async runtime.
+pub async fn run_bench(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pushcenter"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("run pushcenter bench")
+    })
+    .await
+    .expect("join")
+}
+
+/// Nodes `ids` on one broker and one etcd, each with `--config config`, ready.
+pub async fn start_cluster(ids: &[&str], brokers: &str, etcd: &str, config: &str) -> Vec<Node> {
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::cluster(id, brokers, &["--etcd-endpoints", etcd, "--config", config]))
+        .collect();
+    for n in &nodes {
+        ready(n).await;
+    }
+    nodes
+}
